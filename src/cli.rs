@@ -1,0 +1,229 @@
+//! Command line: `imd serve`, `imd org create`, `imd keys rotate|list`, `imd demo`, `imd bench`.
+//! Offline commands (org, keys) work directly against the configured database.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use crate::clock::{Clock, SystemClock, rfc3339};
+use crate::config::{self, Settings};
+use crate::crypto::{ADMIN_KEY_PREFIX, random_secret, sha256_hex};
+use crate::startup::{self, Application};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "imd",
+    version,
+    about = "Integrated mass deployment activation service"
+)]
+pub struct Cli {
+    /// Config file (default: ./imd.toml when present).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Default, Clone)]
+pub struct StoreArgs {
+    /// Data directory (SQLite database, master key). [env: IMD_DATA_DIR]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Database URL, e.g. sqlite:///var/lib/imd/imd.db. [env: IMD_DATABASE_URL]
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service.
+    Serve {
+        /// Address to listen on, e.g. 127.0.0.1:8080. [env: IMD_LISTEN]
+        #[arg(long)]
+        listen: Option<String>,
+        /// URL clients reach this service at; becomes every token's issuer. [env: IMD_PUBLIC_URL]
+        #[arg(long)]
+        public_url: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Manage organizations.
+    #[command(subcommand)]
+    Org(OrgCommand),
+    /// Manage token signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Run the main job end to end on a temporary embedded database.
+    Demo(crate::demo::DemoArgs),
+    /// Measure activation throughput and latency, and a large device-map upload.
+    Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OrgCommand {
+    /// Create an organization and print its id and first admin API key.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Print JSON (for scripts).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Start signing with a new key; tokens signed by older keys stay valid.
+    Rotate {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List signing keys.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+fn store_flags(store: &StoreArgs, flags: &mut Vec<(&'static str, String)>) {
+    if let Some(d) = &store.data_dir {
+        flags.push(("data_dir", d.display().to_string()));
+    }
+    if let Some(u) = &store.database_url {
+        flags.push(("database_url", u.clone()));
+    }
+}
+
+pub fn settings(
+    file: Option<&std::path::Path>,
+    flags: &[(&str, String)],
+) -> Result<Settings, config::ConfigError> {
+    config::load(file, std::env::vars(), flags)
+}
+
+pub async fn run(cli: Cli) -> ExitCode {
+    match run_inner(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run_inner(cli: Cli) -> anyhow::Result<ExitCode> {
+    let file = cli.config.as_deref();
+    let mut flags = Vec::new();
+    match cli.command {
+        Command::Serve {
+            listen,
+            public_url,
+            store,
+        } => {
+            if let Some(l) = listen {
+                flags.push(("listen", l));
+            }
+            if let Some(u) = public_url {
+                flags.push(("public_url", u));
+            }
+            store_flags(&store, &mut flags);
+            let s = settings(file, &flags)?;
+            crate::telemetry::init(s.log_format == "json");
+            let app = Application::build(s, Arc::new(SystemClock)).await?;
+            tracing::info!(addr = %app.addr(), public_url = app.public_url(), "imd listening");
+            // The one line scripts (and `imd bench`) read to find the port.
+            println!(
+                "imd listening on {} (public URL {})",
+                app.addr(),
+                app.public_url()
+            );
+            app.run_until_stopped().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Org(OrgCommand::Create {
+            name,
+            json: as_json,
+            store,
+        }) => {
+            store_flags(&store, &mut flags);
+            let s = settings(file, &flags)?;
+            let name = name.trim().to_string();
+            if name.is_empty() || name.chars().count() > 200 {
+                anyhow::bail!("--name must be 1 to 200 characters");
+            }
+            let (org, key) = create_org(&s, &name).await?;
+            if as_json {
+                println!(
+                    "{}",
+                    json!({"id": org.id, "name": org.name, "admin_key": key, "created_at": rfc3339(org.created_at)})
+                );
+            } else {
+                println!("organization: {} ({})", org.name, org.id);
+                println!("admin key:    {key}");
+                println!("The admin key is shown only once; keep it somewhere safe.");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys(KeysCommand::Rotate {
+            json: as_json,
+            store,
+        }) => {
+            store_flags(&store, &mut flags);
+            let s = settings(file, &flags)?;
+            startup::install_crypto_provider();
+            let db = startup::open_store(&s).await?;
+            let master = startup::master_key(&s)?;
+            let now = SystemClock.now();
+            crate::tokens::ensure_signing_key(&db, &master, now).await?;
+            let kid = crate::tokens::rotate(&db, &master, now).await?;
+            if as_json {
+                println!("{}", json!({"kid": kid}));
+            } else {
+                println!("new signing key: {kid}");
+                println!(
+                    "Tokens signed by previous keys remain valid; running servers pick the key up on the next mint."
+                );
+            }
+            db.close().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys(KeysCommand::List { store }) => {
+            store_flags(&store, &mut flags);
+            let s = settings(file, &flags)?;
+            let db = startup::open_store(&s).await?;
+            for k in db.signing_keys().await? {
+                let state = if k.retired_at.is_some() {
+                    "verifies only"
+                } else {
+                    "signing"
+                };
+                println!("{}  created {}  {state}", k.kid, rfc3339(k.created_at));
+            }
+            db.close().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo(args) => crate::demo::run(args, file).await,
+        Command::Bench(args) => crate::bench::run(args).await,
+    }
+}
+
+/// Creates an organization with a fresh admin key; returns the key (shown once, stored hashed).
+pub async fn create_org(
+    s: &Settings,
+    name: &str,
+) -> anyhow::Result<(crate::store::OrgRow, String)> {
+    let db = startup::open_store(s).await?;
+    let key = random_secret(ADMIN_KEY_PREFIX)?;
+    let org = db
+        .create_org(name, &sha256_hex(&key), SystemClock.now())
+        .await?;
+    db.close().await;
+    Ok((org, key))
+}

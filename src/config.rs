@@ -1,0 +1,371 @@
+//! Layered, typed configuration: defaults → optional `imd.toml` → `IMD_*` environment variables →
+//! command-line flags. Every layer is merged as TOML values and deserialized once, so an unknown key
+//! in any layer is an error rather than a silently ignored typo.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration (defaults ← imd.toml ← IMD_* environment ← flags): {0}")]
+    Invalid(String),
+}
+
+/// The service configuration after all layers are applied.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// The URL clients use to reach this service; it becomes every token's `iss`.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Defaults to `sqlite://<data_dir>/imd.db`.
+    #[serde(default)]
+    pub database_url: Option<String>,
+    /// Defaults to `<data_dir>/master.key` (created with mode 0600 on first run).
+    #[serde(default)]
+    pub master_key_file: Option<PathBuf>,
+    #[serde(default = "default_log_format")]
+    pub log_format: String,
+    #[serde(default)]
+    pub tls: TlsSettings,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub database: DatabaseSettings,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    #[serde(deserialize_with = "num")]
+    pub activation_body_bytes: u64,
+    #[serde(deserialize_with = "num")]
+    pub json_body_bytes: u64,
+    #[serde(deserialize_with = "num")]
+    pub device_map_bytes: u64,
+    /// Failed activations (4xx) one client address may cause per minute before it gets 429.
+    /// 0 turns the limit off.
+    #[serde(deserialize_with = "num")]
+    pub activation_failures_per_minute: u64,
+    /// Activations processed at once; past this, clients get 503 with Retry-After.
+    #[serde(deserialize_with = "num")]
+    pub max_inflight_activations: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            activation_body_bytes: 16 * 1024,
+            json_body_bytes: 8 * 1024 * 1024,
+            device_map_bytes: 256 * 1024 * 1024,
+            activation_failures_per_minute: 120,
+            max_inflight_activations: 4096,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSettings {
+    /// Read connections (SQLite) or total connections (PostgreSQL).
+    #[serde(deserialize_with = "num")]
+    pub max_connections: u64,
+    #[serde(deserialize_with = "num")]
+    pub busy_timeout_ms: u64,
+    /// How long a request waits for a connection before it gets 503.
+    #[serde(deserialize_with = "num")]
+    pub acquire_timeout_ms: u64,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        DatabaseSettings {
+            max_connections: 8,
+            busy_timeout_ms: 5000,
+            acquire_timeout_ms: 5000,
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./imd-data")
+}
+fn default_log_format() -> String {
+    "text".into()
+}
+
+/// Environment values arrive as strings; numeric fields accept both forms.
+fn num<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum N {
+        N(u64),
+        S(String),
+    }
+    match N::deserialize(d)? {
+        N::N(n) => Ok(n),
+        N::S(s) => {
+            s.trim().replace('_', "").parse().map_err(|_| {
+                serde::de::Error::custom(format!("expected a whole number, got {s:?}"))
+            })
+        }
+    }
+}
+
+/// Builds settings from the layers. `file` is the explicit `--config` path; without it
+/// `./imd.toml` is read when present. `env` is passed in (not read here) so tests control it.
+pub fn load(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+    flags: &[(&str, String)],
+) -> Result<Settings, ConfigError> {
+    let mut root = toml::Table::new();
+    let path = match file {
+        Some(p) => Some(p.to_path_buf()),
+        None => Some(PathBuf::from("imd.toml")).filter(|p| p.exists()),
+    };
+    if let Some(path) = path {
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                path,
+                message: e.to_string(),
+            })?;
+        merge(&mut root, table);
+    }
+    let env: BTreeMap<String, String> = env.into_iter().collect();
+    for (name, value) in &env {
+        let Some(key) = name.strip_prefix("IMD_") else {
+            continue;
+        };
+        // IMD_LOG is the log filter, read by telemetry, not a setting.
+        if key == "LOG" {
+            continue;
+        }
+        let path: Vec<String> = key.split("__").map(|s| s.to_ascii_lowercase()).collect();
+        insert_path(&mut root, &path, toml::Value::String(value.clone()))
+            .map_err(|e| ConfigError::Invalid(format!("environment variable {name}: {e}")))?;
+    }
+    for (key, value) in flags {
+        let path: Vec<String> = key.split('.').map(str::to_string).collect();
+        insert_path(&mut root, &path, toml::Value::String(value.clone()))
+            .map_err(ConfigError::Invalid)?;
+    }
+    let settings: Settings = toml::Value::Table(root)
+        .try_into()
+        .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_string()))?;
+    settings.validate()?;
+    Ok(settings)
+}
+
+fn merge(into: &mut toml::Table, from: toml::Table) {
+    for (k, v) in from {
+        match (into.get_mut(&k), v) {
+            (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+            (_, v) => {
+                into.insert(k, v);
+            }
+        }
+    }
+}
+
+fn insert_path(root: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    let (last, parents) = path.split_last().ok_or("empty key")?;
+    let mut table = root;
+    for p in parents {
+        let entry = table
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("`{p}` is not a section"))?;
+    }
+    table.insert(last.clone(), value);
+    Ok(())
+}
+
+impl Settings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.listen_addr()?;
+        if let Some(url) = &self.public_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::Invalid(format!(
+                    "public_url must start with http:// or https://, got {url:?}"
+                )));
+            }
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err(ConfigError::Invalid(
+                "log_format must be \"text\" or \"json\"".into(),
+            ));
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return Err(ConfigError::Invalid(
+                "tls.cert_file and tls.key_file must be set together".into(),
+            ));
+        }
+        if self.database.max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "database.max_connections must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.listen.parse().map_err(|_| {
+            ConfigError::Invalid(format!("listen must be host:port, got {:?}", self.listen))
+        })
+    }
+
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("imd.db").display()))
+    }
+
+    pub fn master_key_path(&self) -> PathBuf {
+        self.master_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("master.key"))
+    }
+
+    /// The issuer put in tokens. Without an explicit public URL it is derived from the listen
+    /// address, which is right for a single machine and wrong behind a proxy (documented).
+    pub fn public_url_or_default(&self, bound: SocketAddr) -> String {
+        match &self.public_url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => {
+                let scheme = if self.tls.cert_file.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
+                format!("{scheme}://{bound}")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_apply_without_any_layer() {
+        let s = load(Some(Path::new("/dev/null")), env(&[]), &[]).unwrap();
+        assert_eq!(s.listen, "127.0.0.1:8080");
+        assert_eq!(s.limits.device_map_bytes, 256 * 1024 * 1024);
+        assert!(s.database_url().ends_with("imd-data/imd.db"));
+    }
+
+    #[test]
+    fn env_overrides_file_and_flags_override_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("imd.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:1\"\n[limits]\ndevice_map_bytes = 10\n",
+        )
+        .unwrap();
+        let s = load(
+            Some(&file),
+            env(&[
+                ("IMD_LISTEN", "127.0.0.1:2"),
+                ("IMD_LIMITS__DEVICE_MAP_BYTES", "20"),
+            ]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.listen, "127.0.0.1:2");
+        assert_eq!(s.limits.device_map_bytes, 20);
+        let s = load(
+            Some(&file),
+            env(&[("IMD_LISTEN", "127.0.0.1:2")]),
+            &[("listen", "127.0.0.1:3".into())],
+        )
+        .unwrap();
+        assert_eq!(s.listen, "127.0.0.1:3");
+        assert_eq!(s.limits.device_map_bytes, 10);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_in_every_layer() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("imd.toml");
+        std::fs::write(&file, "lisen = \"x\"\n").unwrap();
+        let e = load(Some(&file), env(&[]), &[]).unwrap_err().to_string();
+        assert!(e.contains("lisen"), "{e}");
+        let e = load(
+            Some(Path::new("/dev/null")),
+            env(&[("IMD_LISTN", "x")]),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("listn"), "{e}");
+        let e = load(
+            Some(Path::new("/dev/null")),
+            env(&[("IMD_LIMITS__NOPE", "1")]),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_the_reason() {
+        let e = load(
+            Some(Path::new("/dev/null")),
+            env(&[("IMD_LIMITS__JSON_BODY_BYTES", "lots")]),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("whole number"), "{e}");
+        let e = load(
+            Some(Path::new("/dev/null")),
+            env(&[("IMD_PUBLIC_URL", "ftp://x")]),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("public_url"), "{e}");
+    }
+}

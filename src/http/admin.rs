@@ -1,0 +1,329 @@
+//! Admin API (organization-scoped by the admin key): organization settings, tokens, users,
+//! devices and the activation audit trail.
+
+use actix_web::{HttpResponse, web};
+use imd_tokens::ImdVersion;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::auth::AdminAuth;
+use super::pagination::{PageQuery, Paged};
+use super::{ApiError, AppState};
+use crate::clock::parse_rfc3339;
+use crate::store::{OrgSettingsPatch, StoreError, TokenRow};
+
+const MAX_NAME: usize = 200;
+
+fn not_found(what: &'static str) -> impl Fn(StoreError) -> ApiError {
+    move |e| match e {
+        StoreError::NotFound => ApiError::not_found(what),
+        other => other.into(),
+    }
+}
+
+fn text(field: &str, v: &str, max: usize) -> Result<String, ApiError> {
+    let v = v.trim();
+    if v.is_empty() || v.chars().count() > max || v.chars().any(char::is_control) {
+        return Err(ApiError::invalid(format!(
+            "{field} must be 1 to {max} printable characters"
+        )));
+    }
+    Ok(v.to_string())
+}
+
+pub async fn get_org(
+    state: web::Data<AppState>,
+    auth: AdminAuth,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(state.store.org(&auth.org_id).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrgPatch {
+    name: Option<String>,
+    default_profile: Option<String>,
+    default_storage_region: Option<String>,
+    /// `null` = unlimited; absent = unchanged.
+    #[serde(default, deserialize_with = "double_option")]
+    default_quota_bytes: Option<Option<i64>>,
+    require_install_key: Option<bool>,
+}
+
+fn double_option<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<i64>>, D::Error> {
+    Ok(Some(Option::deserialize(d)?))
+}
+
+pub async fn patch_org(
+    state: web::Data<AppState>,
+    auth: AdminAuth,
+    body: web::Json<OrgPatch>,
+) -> Result<HttpResponse, ApiError> {
+    let b = body.into_inner();
+    if let Some(Some(q)) = b.default_quota_bytes {
+        if q < 0 {
+            return Err(ApiError::invalid(
+                "default_quota_bytes must be >= 0 or null",
+            ));
+        }
+    }
+    let patch = OrgSettingsPatch {
+        name: b
+            .name
+            .as_deref()
+            .map(|v| text("name", v, MAX_NAME))
+            .transpose()?,
+        default_profile: b
+            .default_profile
+            .as_deref()
+            .map(|v| text("default_profile", v, MAX_NAME))
+            .transpose()?,
+        default_storage_region: b
+            .default_storage_region
+            .as_deref()
+            .map(|v| text("default_storage_region", v, MAX_NAME))
+            .transpose()?,
+        default_quota_bytes: b.default_quota_bytes,
+        require_install_key: b.require_install_key,
+    };
+    Ok(HttpResponse::Ok().json(state.store.update_org(&auth.org_id, &patch).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MintRequest {
+    version: String,
+    name: String,
+    #[serde(default)]
+    expires_at: Option<String>,
+    #[serde(default)]
+    max_uses: Option<i64>,
+}
+
+/// The public view of a token row (never the token string), with days to expiry for rollouts.
+fn token_view(t: &TokenRow, now: i64) -> Value {
+    let mut v = serde_json::to_value(t).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("org_id");
+        o.remove("kid");
+        o.insert(
+            "days_to_expiry".into(),
+            json!(
+                t.expires_at
+                    .map(|e| if e > now { (e - now) / 86_400 } else { 0 })
+            ),
+        );
+        o.insert(
+            "expired".into(),
+            json!(t.expires_at.is_some_and(|e| e <= now)),
+        );
+    }
+    v
+}
+
+pub async fn mint_token(
+    state: web::Data<AppState>,
+    auth: AdminAuth,
+    body: web::Json<MintRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let now = state.clock.now();
+    let b = body.into_inner();
+    let version = ImdVersion::parse(&b.version)
+        .map_err(|_| ApiError::invalid("version must be \"v2\", \"v4\" or \"v5\""))?;
+    if version != ImdVersion::V4 {
+        return Err(ApiError::invalid(format!(
+            "IMD {} is not available on this server yet; use \"v4\" (device map)",
+            version.as_str()
+        )));
+    }
+    let name = text("name", &b.name, MAX_NAME)?;
+    let expires_at = b
+        .expires_at
+        .as_deref()
+        .map(parse_rfc3339)
+        .transpose()
+        .map_err(ApiError::invalid)?;
+    if expires_at.is_some_and(|e| e <= now) {
+        return Err(ApiError::invalid("expires_at must be in the future"));
+    }
+    if let Some(m) = b.max_uses {
+        if !(1..=1_000_000_000).contains(&m) {
+            return Err(ApiError::invalid(
+                "max_uses must be between 1 and 1000000000, or null",
+            ));
+        }
+    }
+    let (row, token) = state
+        .tokens
+        .mint(&auth.org_id, version, &name, expires_at, b.max_uses, now)
+        .await?;
+    let mut v = token_view(&row, now);
+    if let Some(o) = v.as_object_mut() {
+        o.insert("token".into(), json!(token));
+    }
+    Ok(HttpResponse::Created().json(v))
+}
+
+pub async fn list_tokens(
+    state: web::Data<AppState>,
+    auth: AdminAuth,
+    q: web::Query<PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let now = state.clock.now();
+    let page = q.page()?;
+    let rows = state.store.list_tokens(&auth.org_id, &page).await?;
+    let paged = Paged::new(rows, &page, |t| t.id.as_str());
+    Ok(HttpResponse::Ok().json(json!({
+        "items": paged.items.iter().map(|t| token_view(t, now)).collect::<Vec<_>>(),
+        "next_cursor": paged.next_cursor,
+    })))
+}
+
+pub async fn get_token(
+    state: web::Data<AppState>,
+    auth: AdminAuth,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let t = state
+        .store
+        .token(&auth.org_id, &id)
+        .await
+        .map_err(not_found("token"))?;
+    Ok(HttpResponse::Ok().json(token_view(&t, state.clock.now())))
+}
+
+pub async fn revoke_token(
+    state: web::Data<AppState>,
+    auth: AdminAuth,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let now = state.clock.now();
+    let t = state
+        .store
+        .revoke_token(&auth.org_id, &id, now)
+        .await
+        .map_err(not_found("token"))?;
+    Ok(HttpResponse::Ok().json(token_view(&t, now)))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct UserQuery {
+    email: Option<String>,
+    #[serde(flatten)]
+    page: PageQuery,
+}
+
+pub async fn list_users(
+    state: web::Data<AppState>,
+    auth: AdminAuth,
+    q: web::Query<UserQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let page = q.page.page()?;
+    let email = q.email.as_deref().map(|e| e.trim().to_lowercase());
+    let rows = state
+        .store
+        .list_users(&auth.org_id, email.as_deref(), &page)
+        .await?;
+    Ok(HttpResponse::Ok().json(Paged::new(rows, &page, |u| u.id.as_str())))
+}
+
+pub async fn get_user(
+    state: web::Data<AppState>,
+    auth: AdminAuth,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(
+        state
+            .store
+            .user(&auth.org_id, &id)
+            .await
+            .map_err(not_found("user"))?,
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DeviceQuery {
+    user_id: Option<String>,
+    status: Option<String>,
+    #[serde(flatten)]
+    page: PageQuery,
+}
+
+pub async fn list_devices(
+    state: web::Data<AppState>,
+    auth: AdminAuth,
+    q: web::Query<DeviceQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let page = q.page.page()?;
+    if let Some(s) = &q.status {
+        if !matches!(s.as_str(), "active" | "replaced" | "revoked") {
+            return Err(ApiError::invalid(
+                "status must be active, replaced or revoked",
+            ));
+        }
+    }
+    let rows = state
+        .store
+        .list_devices(
+            &auth.org_id,
+            q.user_id.as_deref(),
+            q.status.as_deref(),
+            &page,
+        )
+        .await?;
+    Ok(HttpResponse::Ok().json(Paged::new(rows, &page, |d| d.id.as_str())))
+}
+
+pub async fn get_device(
+    state: web::Data<AppState>,
+    auth: AdminAuth,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(
+        state
+            .store
+            .device(&auth.org_id, &id)
+            .await
+            .map_err(not_found("device"))?,
+    ))
+}
+
+pub async fn revoke_device(
+    state: web::Data<AppState>,
+    auth: AdminAuth,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let now = state.clock.now();
+    let d = state
+        .store
+        .revoke_device(&auth.org_id, &id, now)
+        .await
+        .map_err(not_found("device"))?;
+    Ok(HttpResponse::Ok().json(d))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ActivationQuery {
+    outcome: Option<String>,
+    device_id: Option<String>,
+    #[serde(flatten)]
+    page: PageQuery,
+}
+
+pub async fn list_activations(
+    state: web::Data<AppState>,
+    auth: AdminAuth,
+    q: web::Query<ActivationQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let page = q.page.page()?;
+    let rows = state
+        .store
+        .list_activations(
+            &auth.org_id,
+            q.outcome.as_deref(),
+            q.device_id.as_deref(),
+            &page,
+        )
+        .await?;
+    Ok(HttpResponse::Ok().json(Paged::new(rows, &page, |a| a.id.as_str())))
+}

@@ -1,0 +1,328 @@
+//! Device maps (IMD v4): CSV upload (`POST /admin/device-maps`) and the same mappings as JSON for
+//! MDM automation (`/admin/device-mappings`).
+
+use std::collections::HashSet;
+
+use actix_web::http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
+use actix_web::{HttpRequest, HttpResponse, web};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+
+use super::auth::AdminAuth;
+use super::pagination::{PageQuery, Paged};
+use super::{ApiError, AppState, Code};
+use crate::devicemap::import::{self, ImportError, ImportOptions, Mode};
+use crate::devicemap::{MappingInput, MappingRow};
+use crate::domain::IdentifierType;
+use crate::store::{MappingFilter, StoreError};
+
+const MAX_LISTED_ERRORS: usize = 1000;
+const MAX_JSON_MAPPINGS: usize = 10_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadQuery {
+    mode: Option<String>,
+    dry_run: Option<String>,
+}
+
+fn flag(name: &str, v: Option<&str>) -> Result<bool, ApiError> {
+    match v.map(|s| s.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") | Some("") => Ok(true),
+        Some(other) => Err(ApiError::invalid(format!(
+            "{name} must be true or false, got {other:?}"
+        ))),
+    }
+}
+
+fn wants_csv(req: &HttpRequest) -> bool {
+    req.headers()
+        .get(ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/csv"))
+}
+
+/// Streams a spooled file back as the response body.
+fn csv_body(status: actix_web::http::StatusCode, file: std::fs::File) -> HttpResponse {
+    let file = tokio::fs::File::from_std(file);
+    let stream = futures_util::stream::unfold(file, |mut f| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 64 * 1024];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(web::Bytes::from(buf)), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    });
+    HttpResponse::build(status)
+        .content_type("text/csv; charset=utf-8")
+        .streaming(stream)
+}
+
+pub async fn upload(
+    state: web::Data<AppState>,
+    auth: AdminAuth,
+    req: HttpRequest,
+    mut payload: web::Payload,
+    q: web::Query<UploadQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let now = state.clock.now();
+    let mode = match q.mode.as_deref() {
+        None | Some("all") => Mode::AllOrNothing,
+        Some("partial") => Mode::Partial,
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "mode must be \"all\" or \"partial\", got {other:?}"
+            )));
+        }
+    };
+    let dry_run = flag("dry_run", q.dry_run.as_deref())?;
+    let ct = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !(ct.starts_with("text/csv") || ct.starts_with("application/csv")) {
+        return Err(ApiError::new(
+            Code::UnsupportedMediaType,
+            "upload the device map with Content-Type: text/csv",
+        ));
+    }
+    let limit = state.limits.device_map_bytes;
+    let too_large = || {
+        ApiError::new(
+            Code::PayloadTooLarge,
+            format!("device map is larger than {limit} bytes"),
+        )
+    };
+    if let Some(len) = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    {
+        if len > limit {
+            return Err(too_large());
+        }
+    }
+
+    // Spool to disk: bounded memory, and the database is not touched while bytes trickle in.
+    std::fs::create_dir_all(&state.spool_dir).map_err(ApiError::internal)?;
+    let spool = tempfile::NamedTempFile::new_in(&state.spool_dir).map_err(ApiError::internal)?;
+    let mut file = tokio::fs::File::from_std(spool.reopen().map_err(ApiError::internal)?);
+    let mut size = 0u64;
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::invalid(format!("error reading upload: {e}")))?;
+        size += chunk.len() as u64;
+        if size > limit {
+            return Err(too_large());
+        }
+        file.write_all(&chunk).await.map_err(ApiError::internal)?;
+    }
+    file.flush().await.map_err(ApiError::internal)?;
+    drop(file);
+
+    let csv = wants_csv(&req);
+    let opts = ImportOptions {
+        mode,
+        dry_run,
+        failures_csv: csv,
+        max_listed_errors: MAX_LISTED_ERRORS,
+    };
+    let path = spool.path().to_path_buf();
+    let result = import::import(state.store.clone(), auth.org_id.clone(), path, opts, now).await;
+    drop(spool);
+    let mut report = match result {
+        Ok(r) => r,
+        Err(ImportError::Header(h)) => {
+            return Err(ApiError::new(Code::DeviceMapInvalid, h.to_string()));
+        }
+        Err(ImportError::Store(s)) => return Err(s.into()),
+        Err(e) => return Err(ApiError::internal(e)),
+    };
+    let refused = mode == Mode::AllOrNothing && report.rows_invalid > 0;
+    tracing::info!(
+        org_id = %auth.org_id, rows = report.rows_total, invalid = report.rows_invalid,
+        created = report.created, updated = report.updated, dry_run, refused, "device map upload"
+    );
+    let status = if refused {
+        actix_web::http::StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        actix_web::http::StatusCode::OK
+    };
+    if let Some(f) = report.failures_csv.take() {
+        return Ok(csv_body(status, f));
+    }
+    if refused {
+        return Err(ApiError::new(
+            Code::DeviceMapInvalid,
+            format!(
+                "{} of {} rows are invalid; nothing was applied (fix them, or upload with ?mode=partial)",
+                report.rows_invalid, report.rows_total
+            ),
+        )
+        .with_detail("rows_total", json!(report.rows_total))
+        .with_detail("rows_invalid", json!(report.rows_invalid))
+        .with_detail("errors", json!(report.errors))
+        .with_detail("errors_truncated", json!(report.errors_truncated)));
+    }
+    Ok(HttpResponse::Ok().json(report))
+}
+
+/// One mapping or an array of them; all are validated before any is stored.
+pub async fn create_mappings(
+    state: web::Data<AppState>,
+    auth: AdminAuth,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
+    let now = state.clock.now();
+    let body = body.into_inner();
+    let single = body.is_object();
+    let items: Vec<Value> = match body {
+        Value::Array(a) => a,
+        o @ Value::Object(_) => vec![o],
+        _ => {
+            return Err(ApiError::invalid(
+                "expected a mapping object or an array of them",
+            ));
+        }
+    };
+    if items.is_empty() || items.len() > MAX_JSON_MAPPINGS {
+        return Err(ApiError::invalid(format!(
+            "send 1 to {MAX_JSON_MAPPINGS} mappings per request"
+        )));
+    }
+    let mut rows: Vec<MappingRow> = Vec::with_capacity(items.len());
+    let mut errors = Vec::new();
+    let mut seen = HashSet::new();
+    for (index, item) in items.into_iter().enumerate() {
+        let input: MappingInput = match serde_json::from_value(item) {
+            Ok(i) => i,
+            Err(e) => {
+                errors.push(
+                    json!({"index": index, "errors": [{"field": null, "message": e.to_string()}]}),
+                );
+                continue;
+            }
+        };
+        match input.validate() {
+            Ok(row) => {
+                if !seen.insert((row.identifier_type, row.identifier_norm.clone())) {
+                    errors.push(json!({"index": index, "errors": [{"field": "deviceIdentifier", "message": "duplicate identifier in this request"}]}));
+                    continue;
+                }
+                if let Some(msg) = import::old_device_error(&state.store, &auth.org_id, &row).await? {
+                    errors.push(json!({"index": index, "errors": [{"field": "oldDeviceName", "message": msg}]}));
+                    continue;
+                }
+                rows.push(row);
+            }
+            Err(fe) => errors.push(json!({
+                "index": index,
+                "errors": fe.iter().map(|e| json!({"field": e.field, "message": e.message})).collect::<Vec<_>>(),
+            })),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::new(
+            Code::DeviceMapInvalid,
+            format!(
+                "{} mapping(s) are invalid; nothing was stored",
+                errors.len()
+            ),
+        )
+        .with_detail("errors", json!(errors)));
+    }
+    let stored = state
+        .store
+        .upsert_mappings(&auth.org_id, &rows, now)
+        .await?;
+    if single {
+        return Ok(HttpResponse::Created().json(&stored[0]));
+    }
+    Ok(HttpResponse::Created().json(json!({ "items": stored })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct MappingQuery {
+    #[serde(rename = "emailID")]
+    email_id: Option<String>,
+    #[serde(rename = "deviceIdentifierType")]
+    identifier_type: Option<String>,
+    #[serde(rename = "deviceIdentifier")]
+    identifier: Option<String>,
+    status: Option<String>,
+    #[serde(flatten)]
+    page: PageQuery,
+}
+
+pub async fn list_mappings(
+    state: web::Data<AppState>,
+    auth: AdminAuth,
+    q: web::Query<MappingQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let page = q.page.page()?;
+    let identifier_type = q
+        .identifier_type
+        .as_deref()
+        .map(IdentifierType::parse)
+        .transpose()
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
+    let identifier_norm = match (&q.identifier, identifier_type) {
+        (Some(v), Some(t)) => Some(
+            t.normalize(v)
+                .map_err(|e| ApiError::invalid(e.to_string()))?,
+        ),
+        (Some(_), None) => {
+            return Err(ApiError::invalid(
+                "deviceIdentifier needs deviceIdentifierType",
+            ));
+        }
+        _ => None,
+    };
+    if let Some(s) = &q.status {
+        if !matches!(s.as_str(), "pending" | "consumed") {
+            return Err(ApiError::invalid("status must be pending or consumed"));
+        }
+    }
+    let filter = MappingFilter {
+        email: q.email_id.as_deref().map(|e| e.trim().to_lowercase()),
+        identifier_type: identifier_type.map(|t| t.as_str().to_string()),
+        identifier_norm,
+        status: q.status.clone(),
+    };
+    let rows = state
+        .store
+        .list_mappings(&auth.org_id, &filter, &page)
+        .await?;
+    Ok(HttpResponse::Ok().json(Paged::new(rows, &page, |m| m.id.as_str())))
+}
+
+pub async fn get_mapping(
+    state: web::Data<AppState>,
+    auth: AdminAuth,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    match state.store.mapping(&auth.org_id, &id).await {
+        Ok(m) => Ok(HttpResponse::Ok().json(m)),
+        Err(StoreError::NotFound) => Err(ApiError::not_found("device mapping")),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn delete_mapping(
+    state: web::Data<AppState>,
+    auth: AdminAuth,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    match state.store.delete_mapping(&auth.org_id, &id).await {
+        Ok(()) => Ok(HttpResponse::NoContent().finish()),
+        Err(StoreError::NotFound) => Err(ApiError::not_found("device mapping")),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,229 @@
+//! The one place where errors become HTTP responses. Every error body is
+//! `{"error":{"code","message","retryable", ...details}}` with a stable `code` (docs/api.md lists
+//! them). A 5xx never carries internal text: the cause is logged, the client gets a generic message.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{HeaderValue, RETRY_AFTER};
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::{Map, Value, json};
+
+use crate::activation::ActivationError;
+use crate::store::StoreError;
+use crate::tokens::KeyError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    InvalidRequest,
+    Unauthorized,
+    NotFound,
+    MethodNotAllowed,
+    UnsupportedMediaType,
+    TokenInvalid,
+    TokenExpired,
+    TokenRevoked,
+    TokenExhausted,
+    UserNotMapped,
+    DeviceNotMapped,
+    DeviceConflict,
+    DeviceMapInvalid,
+    PayloadTooLarge,
+    RateLimited,
+    Unavailable,
+    Internal,
+}
+
+impl Code {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::InvalidRequest => "invalid_request",
+            Code::Unauthorized => "unauthorized",
+            Code::NotFound => "not_found",
+            Code::MethodNotAllowed => "method_not_allowed",
+            Code::UnsupportedMediaType => "unsupported_media_type",
+            Code::TokenInvalid => "token_invalid",
+            Code::TokenExpired => "token_expired",
+            Code::TokenRevoked => "token_revoked",
+            Code::TokenExhausted => "token_exhausted",
+            Code::UserNotMapped => "user_not_mapped",
+            Code::DeviceNotMapped => "device_not_mapped",
+            Code::DeviceConflict => "device_conflict",
+            Code::DeviceMapInvalid => "device_map_invalid",
+            Code::PayloadTooLarge => "payload_too_large",
+            Code::RateLimited => "rate_limited",
+            Code::Unavailable => "unavailable",
+            Code::Internal => "internal",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            Code::InvalidRequest => StatusCode::BAD_REQUEST,
+            Code::Unauthorized | Code::TokenInvalid | Code::TokenExpired | Code::TokenRevoked => {
+                StatusCode::UNAUTHORIZED
+            }
+            Code::TokenExhausted | Code::UserNotMapped | Code::DeviceNotMapped => {
+                StatusCode::FORBIDDEN
+            }
+            Code::NotFound => StatusCode::NOT_FOUND,
+            Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Code::DeviceConflict => StatusCode::CONFLICT,
+            Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Code::DeviceMapInvalid => StatusCode::UNPROCESSABLE_ENTITY,
+            Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Whether the same request may succeed later without change.
+    pub fn retryable(self) -> bool {
+        matches!(self, Code::RateLimited | Code::Unavailable | Code::Internal)
+    }
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: Code,
+    pub message: String,
+    pub retry_after: Option<u64>,
+    pub details: Map<String, Value>,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code.as_str(), self.message)
+    }
+}
+
+impl ApiError {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        let retry_after = match code {
+            Code::Unavailable => Some(1),
+            _ => None,
+        };
+        ApiError {
+            code,
+            message: message.into(),
+            retry_after,
+            details: Map::new(),
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(Code::InvalidRequest, message)
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        Self::new(Code::NotFound, format!("{what} not found"))
+    }
+
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    pub fn with_detail(mut self, key: &str, value: Value) -> Self {
+        self.details.insert(key.into(), value);
+        self
+    }
+
+    /// An unexpected failure: logged in full here, reported to the client without internals.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        Self::new(Code::Internal, "internal error; the cause has been logged")
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.code.status()
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut body = Map::new();
+        body.insert("code".into(), json!(self.code.as_str()));
+        body.insert("message".into(), json!(self.message));
+        body.insert("retryable".into(), json!(self.code.retryable()));
+        for (k, v) in &self.details {
+            body.insert(k.clone(), v.clone());
+        }
+        let mut resp = HttpResponse::build(self.status_code());
+        if let Some(s) = self.retry_after {
+            if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
+                resp.insert_header((RETRY_AFTER, v));
+            }
+        }
+        resp.json(json!({ "error": body }))
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => ApiError::not_found("resource"),
+            StoreError::Unavailable(m) => {
+                tracing::warn!(cause = %m, "database unavailable");
+                ApiError::new(Code::Unavailable, "the database is busy; retry shortly")
+            }
+            StoreError::Conflict => ApiError::new(
+                Code::Unavailable,
+                "a concurrent change got in the way; retry",
+            ),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<KeyError> for ApiError {
+    fn from(e: KeyError) -> Self {
+        match e {
+            KeyError::Store(s) => s.into(),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<ActivationError> for ApiError {
+    fn from(e: ActivationError) -> Self {
+        let code = match &e {
+            ActivationError::InvalidRequest(_) => Code::InvalidRequest,
+            ActivationError::TokenInvalid(_) => Code::TokenInvalid,
+            ActivationError::TokenExpired => Code::TokenExpired,
+            ActivationError::TokenRevoked => Code::TokenRevoked,
+            ActivationError::TokenExhausted => Code::TokenExhausted,
+            ActivationError::UserNotMapped(_) => Code::UserNotMapped,
+            ActivationError::DeviceNotMapped => Code::DeviceNotMapped,
+            ActivationError::DeviceConflict(_) => Code::DeviceConflict,
+            ActivationError::Unavailable(m) => {
+                tracing::warn!(cause = %m, "activation unavailable");
+                return ApiError::new(Code::Unavailable, "the service is busy; retry shortly");
+            }
+            ActivationError::Internal(m) => return ApiError::internal(m),
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
+/// actix's own extractor failures (bad JSON, oversized body, bad query) in our error shape.
+pub fn json_error(err: actix_web::error::JsonPayloadError) -> ApiError {
+    use actix_web::error::JsonPayloadError as J;
+    match err {
+        J::OverflowKnownLength { .. } | J::Overflow { .. } => {
+            ApiError::new(Code::PayloadTooLarge, "request body is too large")
+        }
+        J::ContentType => ApiError::new(
+            Code::UnsupportedMediaType,
+            "expected Content-Type: application/json",
+        ),
+        other => ApiError::invalid(format!("malformed JSON body: {other}")),
+    }
+}
+
+pub fn query_error(err: actix_web::error::QueryPayloadError) -> ApiError {
+    ApiError::invalid(format!("bad query string: {err}"))
+}
+
+pub fn path_error(err: actix_web::error::PathError) -> ApiError {
+    ApiError::invalid(format!("bad path: {err}"))
+}

@@ -1,0 +1,18 @@
+//! imd: integrated mass deployment activation service.
+//! `main.rs` is a thin wrapper around [`cli`]; [`startup::Application`] runs the server.
+
+pub mod activation;
+pub mod bench;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod crypto;
+pub mod demo;
+pub mod devicemap;
+pub mod domain;
+pub mod http;
+pub mod resolve;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+pub mod tokens;

@@ -1,0 +1,69 @@
+//! User resolution: given an activation, decide which user the device belongs to. One resolver
+//! per IMD version (v4 device map now; v2 LDAP via the connector and v5 Entra ID plug in here).
+//! Resolvers only *look up* (they may call a directory over the network); they never write, and
+//! they run before the write transaction, which re-checks everything they relied on.
+
+mod device_map;
+
+pub use device_map::DeviceMapResolver;
+
+use futures_util::future::BoxFuture;
+
+use crate::activation::request::ActivationRequest;
+use crate::domain::{Email, RestoreData};
+use crate::store::{DeviceRow, OrgRow, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("no mapping for this device")]
+    DeviceNotMapped,
+    #[error("{0}")]
+    UserNotMapped(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The directory could not be asked right now (connector offline, Graph throttling).
+    #[error("directory unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The user a device is to be bound to; created just in time if missing.
+#[derive(Debug, Clone)]
+pub struct UserSpec {
+    pub email: Email,
+    pub user_name: String,
+    pub external_id: Option<String>,
+    pub source: &'static str,
+    pub profile: String,
+    pub storage_region: String,
+    pub quota_bytes: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Binding {
+    pub user: UserSpec,
+    pub device_name: Option<String>,
+    /// The pending mapping this binding consumes (v4).
+    pub mapping_id: Option<String>,
+    pub old_device_name: Option<String>,
+    pub restore_data: Option<RestoreData>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Resolution {
+    /// A known device that stays with its user (a repeat); the pipeline checks the reported user.
+    Keep,
+    Bind(Binding),
+}
+
+pub struct ResolveContext<'a> {
+    pub org: &'a OrgRow,
+    pub request: &'a ActivationRequest,
+    pub existing: Option<&'a DeviceRow>,
+}
+
+pub trait Resolver: Send + Sync {
+    fn resolve<'a>(
+        &'a self,
+        ctx: &'a ResolveContext<'a>,
+    ) -> BoxFuture<'a, Result<Resolution, ResolveError>>;
+}

@@ -1,0 +1,172 @@
+//! Assembling and running the service: `Application::build` opens the store, loads keys, binds the
+//! listener (port 0 in tests) and wires the HTTP server; `run_until_stopped` serves until shutdown.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::{App, HttpServer, middleware, web};
+use imd_tokens::ImdVersion;
+
+use crate::activation::Activator;
+use crate::activation::audit::AuditSink;
+use crate::activation::limiter::FailureLimiter;
+use crate::clock::Clock;
+use crate::config::Settings;
+use crate::crypto::MasterKey;
+use crate::http::{self, AppState};
+use crate::resolve::{DeviceMapResolver, Resolver};
+use crate::store::{Store, StoreOptions};
+use crate::tokens::{self, TokenService};
+
+pub struct Application {
+    addr: SocketAddr,
+    public_url: String,
+    server: Server,
+    store: Store,
+    audit: tokio::task::JoinHandle<()>,
+}
+
+/// Opens the configured database (migrations applied).
+pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
+    Ok(Store::open(&StoreOptions {
+        url: settings.database_url(),
+        max_connections: settings.database.max_connections as u32,
+        busy_timeout: Duration::from_millis(settings.database.busy_timeout_ms),
+        acquire_timeout: Duration::from_millis(settings.database.acquire_timeout_ms),
+    })
+    .await?)
+}
+
+/// The master key: `IMD_MASTER_KEY` (base64, for replicas sharing one database) or the key file.
+pub fn master_key(settings: &Settings) -> anyhow::Result<MasterKey> {
+    if let Ok(k) = std::env::var("IMD_MASTER_KEY") {
+        return MasterKey::from_base64(k.trim())
+            .map_err(|e| anyhow::anyhow!("IMD_MASTER_KEY: {e}"));
+    }
+    Ok(MasterKey::load_or_create(&settings.master_key_path())?)
+}
+
+fn load_tls(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(key)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            anyhow::bail!(
+                "TLS key {} has permissions {:o}; run `chmod 600` on it",
+                key.display(),
+                mode & 0o777
+            );
+        }
+    }
+    let certs = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("parsing {}: {e}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", key.display()))?;
+    Ok(rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?)
+}
+
+/// rustls needs one process-wide crypto provider; installing it twice is harmless.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+impl Application {
+    pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Application> {
+        install_crypto_provider();
+        let now = clock.now();
+        std::fs::create_dir_all(&settings.data_dir)?;
+        let store = open_store(&settings).await?;
+        let master = Arc::new(master_key(&settings)?);
+        tokens::ensure_signing_key(&store, &master, now).await?;
+
+        let listener = TcpListener::bind(settings.listen_addr()?)?;
+        let addr = listener.local_addr()?;
+        let public_url = settings.public_url_or_default(addr);
+        let tokens = Arc::new(
+            TokenService::load(store.clone(), master.clone(), public_url.clone(), now).await?,
+        );
+
+        let mut resolvers: HashMap<ImdVersion, Arc<dyn Resolver>> = HashMap::new();
+        resolvers.insert(
+            ImdVersion::V4,
+            Arc::new(DeviceMapResolver::new(store.clone())),
+        );
+        let activator = Activator::new(
+            store.clone(),
+            tokens.clone(),
+            master.credential_key(),
+            resolvers,
+        );
+        let (audit, audit_task) = AuditSink::start(store.clone());
+        let limits = settings.limits.clone();
+        let state = web::Data::new(AppState {
+            store: store.clone(),
+            tokens,
+            activator,
+            audit,
+            limiter: FailureLimiter::new(limits.activation_failures_per_minute),
+            clock,
+            limits: limits.clone(),
+            spool_dir: settings.data_dir.join("spool"),
+            inflight: AtomicU64::new(0),
+        });
+
+        let server = HttpServer::new(move || {
+            let limits = limits.clone();
+            App::new()
+                .wrap(middleware::Logger::new("%a \"%r\" %s %b %Dms"))
+                .app_data(state.clone())
+                .configure(|c| http::routes(c, &limits))
+                .default_service(web::to(http::not_found))
+        })
+        .shutdown_timeout(10);
+        let server = match (&settings.tls.cert_file, &settings.tls.key_file) {
+            (Some(cert), Some(key)) => server.listen_rustls_0_23(listener, load_tls(cert, key)?)?,
+            _ => server.listen(listener)?,
+        }
+        .run();
+        Ok(Application {
+            addr,
+            public_url,
+            server,
+            store,
+            audit: audit_task,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn public_url(&self) -> &str {
+        &self.public_url
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Serves until the server stops (SIGINT/SIGTERM stop it gracefully), then flushes the audit queue.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let r = self.server.await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.audit).await;
+        self.store.close().await;
+        r
+    }
+}

@@ -1,0 +1,224 @@
+//! Device mappings (IMD v4): pending until a device activates, then kept as consumed for audit.
+//! At most one pending mapping per identifier; uploading the identifier again updates it.
+
+use std::collections::HashSet;
+
+use super::{Conn, Page, Result, Store, StoreError, new_id};
+use crate::devicemap::MappingRow;
+use crate::domain::DeviceIdentifiers;
+use serde::Serialize;
+use sqlx::QueryBuilder;
+
+#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+pub struct StoredMapping {
+    pub id: String,
+    #[serde(skip)]
+    pub org_id: String,
+    pub email: String,
+    #[serde(skip)]
+    pub email_norm: String,
+    pub user_name: String,
+    pub device_name: String,
+    pub identifier_type: String,
+    pub identifier: String,
+    #[serde(skip)]
+    pub identifier_norm: String,
+    pub old_device_name: Option<String>,
+    pub restore_data: Option<String>,
+    #[serde(serialize_with = "crate::clock::ser::ts")]
+    pub created_at: i64,
+    #[serde(serialize_with = "crate::clock::ser::ts")]
+    pub updated_at: i64,
+    #[serde(serialize_with = "crate::clock::ser::ts_opt")]
+    pub consumed_at: Option<i64>,
+    pub device_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct MappingFilter {
+    pub email: Option<String>,
+    pub identifier_type: Option<String>,
+    pub identifier_norm: Option<String>,
+    /// "pending" or "consumed".
+    pub status: Option<String>,
+}
+
+/// Rows per INSERT statement: large enough to amortize statement cost, small enough to stay far
+/// under SQLite's bound-parameter limit (12 columns each).
+pub const UPSERT_BATCH: usize = 512;
+
+/// Inserts or updates pending mappings. Returns how many were newly created (the rest updated).
+pub async fn upsert(conn: &mut Conn, org_id: &str, rows: &[MappingRow], now: i64) -> Result<u64> {
+    let mut created = 0u64;
+    for chunk in rows.chunks(UPSERT_BATCH) {
+        let ids: Vec<String> = chunk.iter().map(|_| new_id()).collect();
+        let mut qb = QueryBuilder::<super::Db>::new(
+            "INSERT INTO device_mappings (id, org_id, email, email_norm, user_name, device_name, identifier_type,
+                                          identifier, identifier_norm, old_device_name, restore_data, created_at,
+                                          updated_at) ",
+        );
+        qb.push_values(chunk.iter().zip(&ids), |mut b, (r, id)| {
+            b.push_bind(id.as_str())
+                .push_bind(org_id)
+                .push_bind(r.email.as_str())
+                .push_bind(r.email.normalized())
+                .push_bind(r.user_name.as_str())
+                .push_bind(r.device_name.as_str())
+                .push_bind(r.identifier_type.as_str())
+                .push_bind(r.identifier.as_str())
+                .push_bind(r.identifier_norm.as_str())
+                .push_bind(r.old_device_name.as_deref())
+                .push_bind(r.restore_data.map(|x| x.as_str()))
+                .push_bind(now)
+                .push_bind(now);
+        });
+        qb.push(
+            " ON CONFLICT (org_id, identifier_type, identifier_norm) WHERE consumed_at IS NULL DO UPDATE SET
+               email = excluded.email, email_norm = excluded.email_norm, user_name = excluded.user_name,
+               device_name = excluded.device_name, identifier = excluded.identifier,
+               old_device_name = excluded.old_device_name, restore_data = excluded.restore_data,
+               updated_at = excluded.updated_at
+             RETURNING id",
+        );
+        let returned: Vec<(String,)> = qb.build_query_as().fetch_all(&mut *conn).await?;
+        let fresh: HashSet<&str> = ids.iter().map(String::as_str).collect();
+        created += returned
+            .iter()
+            .filter(|(id,)| fresh.contains(id.as_str()))
+            .count() as u64;
+    }
+    Ok(created)
+}
+
+/// The pending mapping for these identifiers, trying serial, then UUID, then hostname.
+pub async fn find_pending(
+    conn: &mut Conn,
+    org_id: &str,
+    ids: &DeviceIdentifiers,
+) -> Result<Option<StoredMapping>> {
+    Ok(sqlx::query_as::<_, StoredMapping>(
+        "SELECT * FROM device_mappings WHERE org_id = $1 AND consumed_at IS NULL AND (
+            (identifier_type = 'serial-number' AND identifier_norm = $2)
+         OR (identifier_type = 'uuid' AND identifier_norm = $3)
+         OR (identifier_type = 'hostname' AND identifier_norm = $4))
+         ORDER BY CASE identifier_type WHEN 'serial-number' THEN 0 WHEN 'uuid' THEN 1 ELSE 2 END
+         LIMIT 1",
+    )
+    .bind(org_id)
+    .bind(ids.serial.as_deref())
+    .bind(ids.uuid.as_deref())
+    .bind(ids.hostname.as_deref())
+    .fetch_optional(&mut *conn)
+    .await?)
+}
+
+/// Marks a mapping consumed by a device; `false` if someone else consumed or deleted it first.
+pub async fn consume(conn: &mut Conn, mapping_id: &str, device_id: &str, now: i64) -> Result<bool> {
+    let r = sqlx::query(
+        "UPDATE device_mappings SET consumed_at = $3, device_id = $2 WHERE id = $1 AND consumed_at IS NULL",
+    )
+    .bind(mapping_id)
+    .bind(device_id)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+impl Store {
+    pub async fn find_pending_mapping(
+        &self,
+        org_id: &str,
+        ids: &DeviceIdentifiers,
+    ) -> Result<Option<StoredMapping>> {
+        let mut conn = self.read.acquire().await?;
+        find_pending(&mut conn, org_id, ids).await
+    }
+
+    /// Upserts mappings in one transaction and returns the stored rows (JSON API).
+    pub async fn upsert_mappings(
+        &self,
+        org_id: &str,
+        rows: &[MappingRow],
+        now: i64,
+    ) -> Result<Vec<StoredMapping>> {
+        let mut tx = self.begin().await?;
+        upsert(&mut tx, org_id, rows, now).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let m = sqlx::query_as::<_, StoredMapping>(
+                "SELECT * FROM device_mappings WHERE org_id = $1 AND identifier_type = $2 AND identifier_norm = $3
+                   AND consumed_at IS NULL",
+            )
+            .bind(org_id)
+            .bind(r.identifier_type.as_str())
+            .bind(&r.identifier_norm)
+            .fetch_one(&mut *tx)
+            .await?;
+            out.push(m);
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    pub async fn list_mappings(
+        &self,
+        org_id: &str,
+        f: &MappingFilter,
+        page: &Page,
+    ) -> Result<Vec<StoredMapping>> {
+        Ok(sqlx::query_as::<_, StoredMapping>(
+            "SELECT * FROM device_mappings WHERE org_id = $1 AND id > $2
+               AND ($3 IS NULL OR email_norm = $3)
+               AND ($4 IS NULL OR identifier_type = $4)
+               AND ($5 IS NULL OR identifier_norm = $5)
+               AND ($6 IS NULL OR ($6 = 'pending' AND consumed_at IS NULL) OR ($6 = 'consumed' AND consumed_at IS NOT NULL))
+             ORDER BY id LIMIT $7",
+        )
+        .bind(org_id)
+        .bind(page.after.as_deref().unwrap_or(""))
+        .bind(f.email.as_deref())
+        .bind(f.identifier_type.as_deref())
+        .bind(f.identifier_norm.as_deref())
+        .bind(f.status.as_deref())
+        .bind(i64::from(page.limit))
+        .fetch_all(&self.read)
+        .await?)
+    }
+
+    pub async fn mapping(&self, org_id: &str, id: &str) -> Result<StoredMapping> {
+        sqlx::query_as::<_, StoredMapping>(
+            "SELECT * FROM device_mappings WHERE id = $1 AND org_id = $2",
+        )
+        .bind(id)
+        .bind(org_id)
+        .fetch_optional(&self.read)
+        .await?
+        .ok_or(StoreError::NotFound)
+    }
+
+    pub async fn delete_mapping(&self, org_id: &str, id: &str) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let r = sqlx::query("DELETE FROM device_mappings WHERE id = $1 AND org_id = $2")
+            .bind(id)
+            .bind(org_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        if r.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::NotFound)
+        }
+    }
+
+    pub async fn count_pending_mappings(&self, org_id: &str) -> Result<i64> {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM device_mappings WHERE org_id = $1 AND consumed_at IS NULL",
+        )
+        .bind(org_id)
+        .fetch_one(&self.read)
+        .await?;
+        Ok(n)
+    }
+}

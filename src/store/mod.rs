@@ -1,0 +1,159 @@
+//! Storage: owns the database, its migrations and every SQL statement. Nothing outside this module
+//! writes SQL. SQLite (WAL) is the embedded default: one writer connection (SQLite admits one
+//! writer at a time, so queueing in the pool beats failing with SQLITE_BUSY) plus a pool of
+//! readers. Write transactions start with `BEGIN IMMEDIATE` so a read-then-write transaction never
+//! hits the lock-upgrade failure that the busy handler does not cover.
+
+pub mod activations;
+pub mod devices;
+pub mod keys;
+pub mod mappings;
+pub mod orgs;
+pub mod tokens;
+pub mod users;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqlitePool};
+
+pub use activations::{ActivationRecord, ActivationRow};
+pub use devices::{DeviceRow, NewDevice};
+pub use keys::SigningKeyRow;
+pub use mappings::{MappingFilter, StoredMapping};
+pub use orgs::{OrgRow, OrgSettingsPatch};
+pub use tokens::{NewToken, TokenRow};
+pub use users::{NewUser, UserRow};
+
+pub type Db = Sqlite;
+pub type Conn = sqlx::SqliteConnection;
+pub type Tx = sqlx::Transaction<'static, Db>;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Transient: the database is busy or out of connections. Callers answer 503 + Retry-After.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A uniqueness rule fired: a concurrent writer got there first.
+    #[error("conflicting concurrent write")]
+    Conflict,
+    #[error("not found")]
+    NotFound,
+    #[error("database error: {0}")]
+    Internal(#[source] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported database url {0:?} (use sqlite://...)")]
+    UnsupportedUrl(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+                StoreError::Unavailable(e.to_string())
+            }
+            sqlx::Error::RowNotFound => StoreError::NotFound,
+            sqlx::Error::Database(db) => {
+                if db.is_unique_violation() {
+                    return StoreError::Conflict;
+                }
+                // SQLITE_BUSY (5), SQLITE_LOCKED (6) and their extended codes.
+                let code = db.code().and_then(|c| c.parse::<i32>().ok()).unwrap_or(0);
+                if matches!(code & 0xff, 5 | 6) {
+                    StoreError::Unavailable(e.to_string())
+                } else {
+                    StoreError::Internal(e)
+                }
+            }
+            _ => StoreError::Internal(e),
+        }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub url: String,
+    pub max_connections: u32,
+    pub busy_timeout: Duration,
+    pub acquire_timeout: Duration,
+}
+
+/// Handle to the database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    write: SqlitePool,
+    read: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating when missing) the database and applies pending migrations.
+    pub async fn open(opts: &StoreOptions) -> Result<Store> {
+        if !opts.url.starts_with("sqlite:") {
+            return Err(StoreError::UnsupportedUrl(opts.url.clone()));
+        }
+        let base = SqliteConnectOptions::from_str(&opts.url)
+            .map_err(StoreError::Internal)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // NORMAL in WAL mode survives process crashes; only power loss can drop the last commits.
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(opts.busy_timeout);
+        if let Some(parent) = base.get_filename().parent() {
+            if !parent.as_os_str().is_empty() {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    StoreError::Unavailable(format!("cannot create {}: {e}", parent.display()))
+                })?;
+            }
+        }
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(opts.acquire_timeout)
+            .connect_with(base.clone())
+            .await?;
+        MIGRATOR.run(&write).await?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(opts.max_connections)
+            .acquire_timeout(opts.acquire_timeout)
+            .connect_with(base)
+            .await?;
+        Ok(Store { write, read })
+    }
+
+    /// Starts a write transaction (`BEGIN IMMEDIATE`: takes the write lock up front).
+    pub async fn begin(&self) -> Result<Tx> {
+        Ok(self.write.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    pub fn reader(&self) -> &SqlitePool {
+        &self.read
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.read).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.write.close().await;
+        self.read.close().await;
+    }
+}
+
+/// A new time-ordered id (UUIDv7), so ordering by id is ordering by creation.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Bounds for list endpoints.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub after: Option<String>,
+    pub limit: u32,
+}

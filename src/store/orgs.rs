@@ -1,0 +1,123 @@
+//! Organizations, their activation defaults, and admin API keys (stored as SHA-256 only).
+
+use super::{Result, Store, StoreError, new_id};
+use serde::Serialize;
+
+#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+pub struct OrgRow {
+    pub id: String,
+    pub name: String,
+    pub default_profile: String,
+    pub default_storage_region: String,
+    pub default_quota_bytes: Option<i64>,
+    pub require_install_key: bool,
+    #[serde(serialize_with = "crate::clock::ser::ts")]
+    pub created_at: i64,
+}
+
+/// Fields an admin may change; `None` leaves a field as it is. `default_quota_bytes` is doubly
+/// optional: `Some(None)` sets "unlimited".
+#[derive(Debug, Clone, Default)]
+pub struct OrgSettingsPatch {
+    pub name: Option<String>,
+    pub default_profile: Option<String>,
+    pub default_storage_region: Option<String>,
+    pub default_quota_bytes: Option<Option<i64>>,
+    pub require_install_key: Option<bool>,
+}
+
+impl Store {
+    /// Creates an organization and its first admin key (given as a hash) atomically.
+    pub async fn create_org(&self, name: &str, admin_key_hash: &str, now: i64) -> Result<OrgRow> {
+        let mut tx = self.begin().await?;
+        let id = new_id();
+        sqlx::query("INSERT INTO orgs (id, name, created_at) VALUES ($1, $2, $3)")
+            .bind(&id)
+            .bind(name)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO admin_keys (id, org_id, key_hash, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(new_id())
+        .bind(&id)
+        .bind(admin_key_hash)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let org = sqlx::query_as::<_, OrgRow>("SELECT * FROM orgs WHERE id = $1")
+            .bind(&id)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(org)
+    }
+
+    pub async fn org(&self, id: &str) -> Result<OrgRow> {
+        sqlx::query_as::<_, OrgRow>("SELECT * FROM orgs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await?
+            .ok_or(StoreError::NotFound)
+    }
+
+    pub async fn update_org(&self, id: &str, p: &OrgSettingsPatch) -> Result<OrgRow> {
+        let mut tx = self.begin().await?;
+        let cur = sqlx::query_as::<_, OrgRow>("SELECT * FROM orgs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        sqlx::query(
+            "UPDATE orgs SET name = $2, default_profile = $3, default_storage_region = $4,
+             default_quota_bytes = $5, require_install_key = $6 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(p.name.as_ref().unwrap_or(&cur.name))
+        .bind(p.default_profile.as_ref().unwrap_or(&cur.default_profile))
+        .bind(
+            p.default_storage_region
+                .as_ref()
+                .unwrap_or(&cur.default_storage_region),
+        )
+        .bind(p.default_quota_bytes.unwrap_or(cur.default_quota_bytes))
+        .bind(p.require_install_key.unwrap_or(cur.require_install_key))
+        .execute(&mut *tx)
+        .await?;
+        let org = sqlx::query_as::<_, OrgRow>("SELECT * FROM orgs WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(org)
+    }
+
+    /// The organization an admin key (by hash) belongs to, if the key is live.
+    pub async fn org_for_admin_key(&self, key_hash: &str) -> Result<Option<String>> {
+        let row: Option<(String, String)> = sqlx::query_as(
+            "SELECT org_id, key_hash FROM admin_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+        )
+        .bind(key_hash)
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(row
+            .filter(|(_, h)| crate::crypto::ct_eq(h, key_hash))
+            .map(|(org, _)| org))
+    }
+
+    pub async fn add_admin_key(&self, org_id: &str, key_hash: &str, now: i64) -> Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO admin_keys (id, org_id, key_hash, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(new_id())
+        .bind(org_id)
+        .bind(key_hash)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

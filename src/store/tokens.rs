@@ -1,0 +1,142 @@
+//! Mass-deployment token rows: the server-side state of each JWT (revocation, expiry, uses).
+//! The token string itself is never stored; it can be re-derived from the row and its signing key.
+
+use super::{Conn, Page, Result, Store, StoreError};
+use serde::Serialize;
+
+#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+pub struct TokenRow {
+    pub id: String,
+    pub org_id: String,
+    pub version: String,
+    pub name: String,
+    pub kid: String,
+    pub issuer: String,
+    #[serde(serialize_with = "crate::clock::ser::ts")]
+    pub issued_at: i64,
+    #[serde(serialize_with = "crate::clock::ser::ts_opt")]
+    pub expires_at: Option<i64>,
+    pub max_uses: Option<i64>,
+    pub uses: i64,
+    #[serde(serialize_with = "crate::clock::ser::ts_opt")]
+    pub last_used_at: Option<i64>,
+    #[serde(serialize_with = "crate::clock::ser::ts_opt")]
+    pub revoked_at: Option<i64>,
+    #[serde(serialize_with = "crate::clock::ser::ts")]
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewToken<'a> {
+    pub id: &'a str,
+    pub org_id: &'a str,
+    pub version: &'a str,
+    pub name: &'a str,
+    pub kid: &'a str,
+    pub issuer: &'a str,
+    pub issued_at: i64,
+    pub expires_at: Option<i64>,
+    pub max_uses: Option<i64>,
+}
+
+impl Store {
+    pub async fn insert_token(&self, t: &NewToken<'_>) -> Result<TokenRow> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO tokens (id, org_id, version, name, kid, issuer, issued_at, expires_at, max_uses, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $7)",
+        )
+        .bind(t.id)
+        .bind(t.org_id)
+        .bind(t.version)
+        .bind(t.name)
+        .bind(t.kid)
+        .bind(t.issuer)
+        .bind(t.issued_at)
+        .bind(t.expires_at)
+        .bind(t.max_uses)
+        .execute(&mut *tx)
+        .await?;
+        let row = sqlx::query_as::<_, TokenRow>("SELECT * FROM tokens WHERE id = $1")
+            .bind(t.id)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    pub async fn token(&self, org_id: &str, id: &str) -> Result<TokenRow> {
+        sqlx::query_as::<_, TokenRow>("SELECT * FROM tokens WHERE id = $1 AND org_id = $2")
+            .bind(id)
+            .bind(org_id)
+            .fetch_optional(&self.read)
+            .await?
+            .ok_or(StoreError::NotFound)
+    }
+
+    pub async fn list_tokens(&self, org_id: &str, page: &Page) -> Result<Vec<TokenRow>> {
+        Ok(sqlx::query_as::<_, TokenRow>(
+            "SELECT * FROM tokens WHERE org_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+        )
+        .bind(org_id)
+        .bind(page.after.as_deref().unwrap_or(""))
+        .bind(i64::from(page.limit))
+        .fetch_all(&self.read)
+        .await?)
+    }
+
+    /// Revokes a token; revoking twice keeps the first time. Devices stay activated.
+    pub async fn revoke_token(&self, org_id: &str, id: &str, now: i64) -> Result<TokenRow> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "UPDATE tokens SET revoked_at = COALESCE(revoked_at, $3) WHERE id = $1 AND org_id = $2",
+        )
+        .bind(id)
+        .bind(org_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let row =
+            sqlx::query_as::<_, TokenRow>("SELECT * FROM tokens WHERE id = $1 AND org_id = $2")
+                .bind(id)
+                .bind(org_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(StoreError::NotFound)?;
+        tx.commit().await?;
+        Ok(row)
+    }
+}
+
+/// Consumes one use atomically. `false` when the token is revoked or has no uses left: the
+/// condition and the increment are one statement, so N racing activations cannot overshoot.
+pub async fn consume_use(conn: &mut Conn, token_id: &str, now: i64) -> Result<bool> {
+    let r = sqlx::query(
+        "UPDATE tokens SET uses = uses + 1, last_used_at = $2
+         WHERE id = $1 AND revoked_at IS NULL AND (max_uses IS NULL OR uses < max_uses)",
+    )
+    .bind(token_id)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Records a use that does not count against `max_uses` (a repeated activation).
+pub async fn touch(conn: &mut Conn, token_id: &str, now: i64) -> Result<()> {
+    sqlx::query("UPDATE tokens SET last_used_at = $2 WHERE id = $1")
+        .bind(token_id)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn token_in(conn: &mut Conn, token_id: &str) -> Result<Option<TokenRow>> {
+    Ok(
+        sqlx::query_as::<_, TokenRow>("SELECT * FROM tokens WHERE id = $1")
+            .bind(token_id)
+            .fetch_optional(&mut *conn)
+            .await?,
+    )
+}

@@ -1,0 +1,288 @@
+//! Admin API: authentication, organization isolation, pagination, settings, health, TLS.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{HEADER, activation, device_map, error_code, spawn_app, spawn_app_with};
+
+#[tokio::test]
+async fn health_and_readiness_answer() {
+    let app = spawn_app().await;
+    let r = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let (s, c, _) = error_code(app.client.get(app.url("/nope")).send().await.unwrap()).await;
+    assert_eq!((s, c.as_str()), (StatusCode::NOT_FOUND, "not_found"));
+}
+
+#[tokio::test]
+async fn admin_endpoints_need_a_valid_admin_key() {
+    let app = spawn_app().await;
+    let r = app
+        .client
+        .get(app.url("/api/v1/admin/tokens"))
+        .send()
+        .await
+        .unwrap();
+    let (s, c, _) = error_code(r).await;
+    assert_eq!((s, c.as_str()), (StatusCode::UNAUTHORIZED, "unauthorized"));
+    let r = app
+        .client
+        .get(app.url("/api/v1/admin/tokens"))
+        .bearer_auth("imd_adm_wrong")
+        .send()
+        .await
+        .unwrap();
+    let (s, c, _) = error_code(r).await;
+    assert_eq!((s, c.as_str()), (StatusCode::UNAUTHORIZED, "unauthorized"));
+    // A device credential is not an admin key.
+    let r = app
+        .client
+        .get(app.url("/api/v1/device"))
+        .bearer_auth(&app.admin_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn organizations_cannot_see_or_touch_each_other() {
+    let app = spawn_app().await;
+    app.map(&format!(
+        "{HEADER}a@corp.example.com,a,WS-1,serial-number,S1,,\n"
+    ))
+    .await;
+    let minted = app
+        .mint(&json!({"version": "v4", "name": "t"}))
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    let token = minted["token"].as_str().unwrap();
+    let (_, act) = app.activate_ok(&activation(token, "S1", "WS-1", "a")).await;
+
+    let (other_id, other_key) = app.other_org().await;
+    assert_ne!(other_id, app.org_id);
+    let get = |path: String| {
+        let c = app.client.clone();
+        let url = app.url(&path);
+        let key = other_key.clone();
+        async move { c.get(url).bearer_auth(key).send().await.unwrap() }
+    };
+    for path in [
+        "/api/v1/admin/tokens",
+        "/api/v1/admin/users",
+        "/api/v1/admin/devices",
+        "/api/v1/admin/device-mappings",
+        "/api/v1/admin/activations",
+    ] {
+        let v: Value = get(path.to_string()).await.json().await.unwrap();
+        assert_eq!(v["items"].as_array().unwrap().len(), 0, "{path} leaks: {v}");
+    }
+    for path in [
+        format!("/api/v1/admin/tokens/{}", minted["id"].as_str().unwrap()),
+        format!(
+            "/api/v1/admin/devices/{}",
+            act["device_id"].as_str().unwrap()
+        ),
+        format!("/api/v1/admin/users/{}", act["user_id"].as_str().unwrap()),
+    ] {
+        assert_eq!(
+            get(path.clone()).await.status(),
+            StatusCode::NOT_FOUND,
+            "{path}"
+        );
+    }
+    let r = app
+        .client
+        .post(app.url(&format!(
+            "/api/v1/admin/devices/{}/revoke",
+            act["device_id"].as_str().unwrap()
+        )))
+        .bearer_auth(&other_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = app
+        .client
+        .post(app.url(&format!(
+            "/api/v1/admin/tokens/{}/revoke",
+            minted["id"].as_str().unwrap()
+        )))
+        .bearer_auth(&other_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    // The other org's mapping for the same serial is invisible to this org's token.
+    let r = app
+        .client
+        .post(app.url("/api/v1/admin/device-maps"))
+        .bearer_auth(&other_key)
+        .header("Content-Type", "text/csv")
+        .body(format!(
+            "{HEADER}z@other.example.com,z,WS-2,serial-number,S2,,\n"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let (s, c, _) = error_code(app.activate(&activation(token, "S2", "WS-2", "z")).await).await;
+    assert_eq!(
+        (s, c.as_str()),
+        (StatusCode::FORBIDDEN, "device_not_mapped")
+    );
+    // And the device still works for its own org.
+    let r = app
+        .client
+        .get(app.url("/api/v1/device"))
+        .bearer_auth(act["device_credential"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn lists_are_cursor_paginated() {
+    let app = spawn_app().await;
+    app.map(&device_map(5)).await;
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/api/v1/admin/device-mappings?limit=2&cursor={c}"),
+            None => "/api/v1/admin/device-mappings?limit=2".to_string(),
+        };
+        let v: Value = app.admin_get(&path).await.json().await.unwrap();
+        for m in v["items"].as_array().unwrap() {
+            seen.push(m["identifier"].as_str().unwrap().to_string());
+        }
+        match v["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        (0..5).map(|i| format!("SER{i:06}")).collect::<Vec<_>>()
+    );
+    let (s, c, _) = error_code(app.admin_get("/api/v1/admin/devices?limit=0").await).await;
+    assert_eq!(
+        (s, c.as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
+    let (s, c, _) = error_code(app.admin_get("/api/v1/admin/devices?cursor=%%%").await).await;
+    assert_eq!(
+        (s, c.as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
+}
+
+#[tokio::test]
+async fn org_defaults_apply_to_users_created_just_in_time() {
+    let app = spawn_app().await;
+    let r = app
+        .client
+        .patch(app.url("/api/v1/admin/org"))
+        .bearer_auth(&app.admin_key)
+        .json(&json!({"default_profile": "Laptops", "default_storage_region": "eu-central", "default_quota_bytes": 53687091200_i64}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    app.map(&format!(
+        "{HEADER}a@corp.example.com,a,WS-1,serial-number,S1,,\n"
+    ))
+    .await;
+    let token = app.token().await;
+    let (_, body) = app
+        .activate_ok(&activation(&token, "S1", "WS-1", "a"))
+        .await;
+    assert_eq!(body["profile"], "Laptops");
+    assert_eq!(body["storage_region"], "eu-central");
+    assert_eq!(body["quota_bytes"], 53687091200_i64);
+    let r = app
+        .client
+        .patch(app.url("/api/v1/admin/org"))
+        .bearer_auth(&app.admin_key)
+        .json(&json!({"default_quota_bytes": -1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = app
+        .client
+        .patch(app.url("/api/v1/admin/org"))
+        .bearer_auth(&app.admin_key)
+        .json(&json!({"bogus": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn org_can_require_install_keys() {
+    let app = spawn_app().await;
+    app.client
+        .patch(app.url("/api/v1/admin/org"))
+        .bearer_auth(&app.admin_key)
+        .json(&json!({"require_install_key": true}))
+        .send()
+        .await
+        .unwrap();
+    app.map(&format!(
+        "{HEADER}a@corp.example.com,a,WS-1,serial-number,S1,,\n"
+    ))
+    .await;
+    let token = app.token().await;
+    let (s, c, _) = error_code(app.activate(&activation(&token, "S1", "WS-1", "a")).await).await;
+    assert_eq!(
+        (s, c.as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
+    let mut req = activation(&token, "S1", "WS-1", "a");
+    req["device"]["install_key"] = json!("0123456789abcdef0123");
+    app.activate_ok(&req).await;
+}
+
+#[tokio::test]
+async fn serves_https_when_a_certificate_is_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let app = spawn_app_with(&[
+        ("tls.cert_file", cert_path.to_str().unwrap()),
+        ("tls.key_file", key_path.to_str().unwrap()),
+    ])
+    .await;
+    let port = app.addr.rsplit(':').next().unwrap().to_string();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let r = client
+        .get(format!("https://localhost:{port}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // Plain HTTP to the TLS port does not get an answer.
+    assert!(
+        reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
+            .await
+            .map(|r| !r.status().is_success())
+            .unwrap_or(true)
+    );
+}

@@ -1,0 +1,438 @@
+//! Device-map CSV uploads and the JSON mapping API: formats, validation, modes, atomicity.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{HEADER, activation, device_map, error_code, spawn_app, spawn_app_with};
+
+async fn mapping_count(app: &crate::helpers::TestApp) -> usize {
+    app.list("/api/v1/admin/device-mappings?limit=1000")
+        .await
+        .len()
+}
+
+#[tokio::test]
+async fn accepts_bom_crlf_quoting_and_any_column_order() {
+    let app = spawn_app().await;
+    let csv = "\u{feff}DeviceIdentifier,EMAILID,username,devicename,deviceIdentifierType\r\n\
+               S1,a@corp.example.com,\"Doe, Jane\",\"WS \"\"1\"\"\",serial-number\r\n\
+               S2,b@corp.example.com,b,WS-2,SERIAL-NUMBER\r\n";
+    let body = app.map(csv).await;
+    assert_eq!(body["rows_total"], 2);
+    assert_eq!(body["created"], 2);
+    let m = app
+        .list(
+            "/api/v1/admin/device-mappings?deviceIdentifierType=serial-number&deviceIdentifier=s1",
+        )
+        .await;
+    assert_eq!(m.len(), 1);
+    assert_eq!(m[0]["user_name"], "Doe, Jane");
+    assert_eq!(m[0]["device_name"], "WS \"1\"");
+}
+
+#[tokio::test]
+async fn unknown_or_missing_columns_are_rejected_by_name() {
+    let app = spawn_app().await;
+    let (s, c, body) = error_code(
+        app.upload(
+            "emailID,userName,deviceName,deviceIdentifierType,deviceIdentifier,colour\n",
+            "",
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        (s, c.as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "device_map_invalid")
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("colour"),
+        "{body}"
+    );
+    let (_, _, body) = error_code(app.upload("emailID,userName,deviceName\n", "").await).await;
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("deviceIdentifierType") && msg.contains("deviceIdentifier"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn one_bad_row_applies_nothing_and_every_bad_row_is_listed() {
+    let app = spawn_app().await;
+    app.map(&format!(
+        "{HEADER}keep@corp.example.com,keep,WS-0,serial-number,KEEP,,\n"
+    ))
+    .await;
+    let csv = format!(
+        "{HEADER}a@corp.example.com,a,WS-1,serial-number,S1,,\n\
+         not-an-email,b,WS-2,serial-number,S2,,\n\
+         c@corp.example.com,c,WS-3,mac-address,S3,,\n\
+         d@corp.example.com,d,WS-4,uuid,not-a-uuid,,\n\
+         e@corp.example.com,e,WS-5,serial-number,s1,,\n\
+         f@corp.example.com,f,WS-6,serial-number,S6,,EVERYTHING\n"
+    );
+    let r = app.upload(&csv, "").await;
+    let (s, c, body) = error_code(r).await;
+    assert_eq!(
+        (s, c.as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "device_map_invalid")
+    );
+    let errors = body["error"]["errors"].as_array().unwrap();
+    let lines: Vec<u64> = errors.iter().map(|e| e["line"].as_u64().unwrap()).collect();
+    assert_eq!(lines, vec![3, 4, 5, 6, 7]);
+    assert_eq!(errors[0]["column"], "emailID");
+    assert_eq!(errors[1]["column"], "deviceIdentifierType");
+    assert_eq!(errors[2]["column"], "deviceIdentifier");
+    assert!(
+        errors[3]["error"].as_str().unwrap().contains("duplicate"),
+        "{}",
+        errors[3]
+    );
+    assert_eq!(body["error"]["rows_invalid"], 5);
+    assert_eq!(
+        mapping_count(&app).await,
+        1,
+        "nothing from the bad upload was applied"
+    );
+}
+
+#[tokio::test]
+async fn partial_mode_applies_good_rows_and_csv_accept_returns_failing_rows() {
+    let app = spawn_app().await;
+    let csv = format!(
+        "{HEADER}a@corp.example.com,a,WS-1,serial-number,S1,,\nbad,b,WS-2,serial-number,S2,,\n"
+    );
+    let r = app.upload(&csv, "?mode=partial").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        (body["created"].as_u64(), body["rows_invalid"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(mapping_count(&app).await, 1);
+
+    let r = app
+        .client
+        .post(app.url("/api/v1/admin/device-maps"))
+        .bearer_auth(&app.admin_key)
+        .header("Content-Type", "text/csv")
+        .header("Accept", "text/csv")
+        .body(csv.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv")
+    );
+    let text = r.text().await.unwrap();
+    let mut rdr = csv::Reader::from_reader(text.as_bytes());
+    let headers: Vec<String> = rdr.headers().unwrap().iter().map(str::to_string).collect();
+    assert_eq!(headers.last().unwrap(), "error");
+    let rows: Vec<csv::StringRecord> = rdr.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(&rows[0][0], "bad");
+}
+
+#[tokio::test]
+async fn dry_run_validates_without_writing() {
+    let app = spawn_app().await;
+    let r = app.upload(&device_map(3), "?dry_run=true").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["rows_valid"], 3);
+    assert_eq!(body["applied"], false);
+    assert_eq!(mapping_count(&app).await, 0);
+}
+
+#[tokio::test]
+async fn reupload_updates_pending_mappings_in_place() {
+    let app = spawn_app().await;
+    app.map(&format!(
+        "{HEADER}a@corp.example.com,a,WS-1,serial-number,S1,,\n"
+    ))
+    .await;
+    let body = app.map(&format!("{HEADER}b@corp.example.com,b,WS-1b,serial-number,s1,,\nc@corp.example.com,c,WS-3,hostname,WS-3.corp.example.com,,\n")).await;
+    assert_eq!(
+        (body["created"].as_u64(), body["updated"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let m = app
+        .list(
+            "/api/v1/admin/device-mappings?deviceIdentifierType=serial-number&deviceIdentifier=S1",
+        )
+        .await;
+    assert_eq!(m.len(), 1);
+    assert_eq!(m[0]["email"], "b@corp.example.com");
+    // The hostname mapping matches the short, case-insensitive name.
+    let token = app.token().await;
+    let mut req = activation(&token, "", "ws-3", "c");
+    req["device"]["serial"] = Value::Null;
+    let (s, _) = app.activate_ok(&req).await;
+    assert_eq!(s, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn old_device_name_must_exist_for_an_existing_user() {
+    let app = spawn_app().await;
+    app.map(&format!(
+        "{HEADER}a@corp.example.com,a,WS-1,serial-number,S1,,\n"
+    ))
+    .await;
+    let token = app.token().await;
+    app.activate_ok(&activation(&token, "S1", "WS-1", "a"))
+        .await;
+    let (s, c, body) = error_code(
+        app.upload(
+            &format!("{HEADER}a@corp.example.com,a,WS-2,serial-number,S2,NO-SUCH-DEVICE,ALL\n"),
+            "",
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        (s, c.as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "device_map_invalid")
+    );
+    assert_eq!(body["error"]["errors"][0]["column"], "oldDeviceName");
+    // The existing device by name (case-insensitive) is fine; so is a user that does not exist yet.
+    app.map(&format!("{HEADER}a@corp.example.com,a,WS-2,serial-number,S2,ws-1,ALL\nnew@corp.example.com,n,WS-9,serial-number,S9,WHATEVER,\n")).await;
+}
+
+#[tokio::test]
+async fn ten_thousand_rows_upload_and_activate() {
+    let app = spawn_app().await;
+    let body = app.map(&device_map(10_000)).await;
+    assert_eq!(body["created"], 10_000);
+    assert_eq!(
+        app.store.count_pending_mappings(&app.org_id).await.unwrap(),
+        10_000
+    );
+    let token = app.token().await;
+    let (s, _) = app
+        .activate_ok(&activation(&token, "SER009999", "WS-09999", "user9999"))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn oversized_upload_is_refused_and_changes_nothing() {
+    let app = spawn_app_with(&[("limits.device_map_bytes", "1000")]).await;
+    let (s, c, _) = error_code(app.upload(&device_map(100), "").await).await;
+    assert_eq!(
+        (s, c.as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+    );
+    // Without a declared length (chunked), the limit is enforced while reading.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = device_map(100)
+        .into_bytes()
+        .chunks(100)
+        .map(|c| Ok(c.to_vec()))
+        .collect();
+    let r = app
+        .client
+        .post(app.url("/api/v1/admin/device-maps"))
+        .bearer_auth(&app.admin_key)
+        .header("Content-Type", "text/csv")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    let (s, c, _) = error_code(r).await;
+    assert_eq!(
+        (s, c.as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+    );
+    assert_eq!(mapping_count(&app).await, 0);
+}
+
+#[tokio::test]
+async fn wrong_content_type_and_bad_flags_are_refused() {
+    let app = spawn_app().await;
+    let r = app
+        .admin_post("/api/v1/admin/device-maps", &json!({"x": 1}))
+        .await;
+    let (s, c, _) = error_code(r).await;
+    assert_eq!(
+        (s, c.as_str()),
+        (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+    );
+    let (s, c, _) = error_code(app.upload(&device_map(1), "?mode=some").await).await;
+    assert_eq!(
+        (s, c.as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
+    let (s, c, _) = error_code(app.upload(&device_map(1), "?dry_run=maybe").await).await;
+    assert_eq!(
+        (s, c.as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
+}
+
+#[tokio::test]
+async fn json_mapping_api_creates_lists_and_deletes() {
+    let app = spawn_app().await;
+    let one = json!({"emailID": "a@corp.example.com", "userName": "a", "deviceName": "MAC-1",
+                     "deviceIdentifierType": "serial-number", "deviceIdentifier": "C02XK0ABJGH5"});
+    let r = app.admin_post("/api/v1/admin/device-mappings", &one).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let created: Value = r.json().await.unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+
+    let many = json!([
+        {"emailID": "b@corp.example.com", "userName": "b", "deviceName": "MAC-2", "deviceIdentifierType": "serial-number", "deviceIdentifier": "B2"},
+        {"emailID": "c@corp.example.com", "userName": "c", "deviceName": "MAC-3", "deviceIdentifierType": "uuid", "deviceIdentifier": "{0E3A1C22-59A4-4E48-8C38-7E5C9D0B2A11}"}
+    ]);
+    let r = app.admin_post("/api/v1/admin/device-mappings", &many).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    let bad = json!([{"emailID": "x"}, {"emailID": "d@corp.example.com", "userName": "d", "deviceName": "D", "deviceIdentifierType": "serial-number", "deviceIdentifier": "D1", "extra": 1}]);
+    let (s, c, body) =
+        error_code(app.admin_post("/api/v1/admin/device-mappings", &bad).await).await;
+    assert_eq!(
+        (s, c.as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "device_map_invalid")
+    );
+    assert_eq!(body["error"]["errors"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        mapping_count(&app).await,
+        3,
+        "an invalid batch stores nothing"
+    );
+
+    let by_email = app
+        .list("/api/v1/admin/device-mappings?emailID=B@corp.example.com")
+        .await;
+    assert_eq!(by_email.len(), 1);
+    let r = app
+        .client
+        .delete(app.url(&format!("/api/v1/admin/device-mappings/{id}")))
+        .bearer_auth(&app.admin_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = app
+        .client
+        .delete(app.url(&format!("/api/v1/admin/device-mappings/{id}")))
+        .bearer_auth(&app.admin_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(mapping_count(&app).await, 2);
+}
+
+/// Killing the server in the middle of applying a large upload leaves the previous mappings
+/// exactly as they were: either none of the new upload is visible, or all of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_server_mid_upload_leaves_the_previous_state() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap().to_string();
+    let bin = env!("CARGO_BIN_EXE_imd");
+    let org = std::process::Command::new(bin)
+        .args([
+            "org",
+            "create",
+            "--name",
+            "Kill",
+            "--json",
+            "--data-dir",
+            &data,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        org.status.success(),
+        "{}",
+        String::from_utf8_lossy(&org.stderr)
+    );
+    let org: Value = serde_json::from_slice(&org.stdout).unwrap();
+    let key = org["admin_key"].as_str().unwrap().to_string();
+
+    let start = || {
+        let mut child = std::process::Command::new(bin)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", &data])
+            .env("IMD_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line.split_whitespace().nth(3).unwrap().to_string();
+        (child, format!("http://{addr}"))
+    };
+    let (mut child, base) = start();
+    let client = reqwest::Client::new();
+    let upload = |n: usize, prefix: &'static str| {
+        let mut s = String::from(HEADER);
+        for i in 0..n {
+            s.push_str(&format!(
+                "{prefix}{i}@corp.example.com,u{i},WS-{i},serial-number,{prefix}{i:07},,\n"
+            ));
+        }
+        client
+            .post(format!("{base}/api/v1/admin/device-maps"))
+            .bearer_auth(&key)
+            .header("Content-Type", "text/csv")
+            .body(s)
+    };
+    let r = upload(100, "old").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let big = 200_000;
+    let pending = tokio::spawn(upload(big, "new").send());
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = pending.await;
+
+    let (mut child, base) = start();
+    let count: Value = client
+        .get(format!("{base}/api/v1/admin/device-mappings?limit=1000"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let items = count["items"].as_array().unwrap();
+    let old = items
+        .iter()
+        .filter(|m| m["identifier"].as_str().unwrap().starts_with("old"))
+        .count();
+    assert_eq!(old, 100, "the previous mappings are intact");
+    let db = sqlx::SqlitePool::connect(&format!("sqlite://{data}/imd.db"))
+        .await
+        .unwrap();
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM device_mappings")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert!(
+        n == 100 || n == 100 + big as i64,
+        "partial upload visible: {n} rows"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

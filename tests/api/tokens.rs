@@ -1,0 +1,144 @@
+//! Token minting, listing, key rotation and restarts.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{HEADER, activation, error_code, spawn_app, spawn_app_in};
+
+#[tokio::test]
+async fn minting_returns_the_token_once_and_lists_never_show_it() {
+    let app = spawn_app().await;
+    let r = app.mint(&json!({"version": "v4", "name": "Berlin laptops", "expires_at": null, "max_uses": 500})).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let t: Value = r.json().await.unwrap();
+    for k in [
+        "id",
+        "token",
+        "version",
+        "name",
+        "expires_at",
+        "max_uses",
+        "uses",
+    ] {
+        assert!(t.get(k).is_some(), "missing {k} in {t}");
+    }
+    assert_eq!(t["uses"], 0);
+    assert_eq!(t["max_uses"], 500);
+    let token = t["token"].as_str().unwrap();
+    let claims = imd_tokens::decode_unverified(token).unwrap();
+    assert_eq!(claims.claims.sub, app.org_id);
+    assert_eq!(claims.claims.jti, t["id"].as_str().unwrap());
+    assert_eq!(claims.claims.iss, app.addr);
+    assert_eq!(claims.claims.aud, "imd:activation");
+    assert_eq!(claims.alg, "EdDSA");
+
+    let second = app.token().await;
+    let listed = app
+        .admin_get("/api/v1/admin/tokens")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(!listed.contains(token) && !listed.contains(&second));
+    let v: Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(
+        v["items"].as_array().unwrap().len(),
+        2,
+        "a new token never replaces an old one"
+    );
+    assert!(v["items"][0].get("revoked_at").is_some());
+    assert!(v["items"][0].get("last_used_at").is_some());
+}
+
+#[tokio::test]
+async fn bad_mint_requests_are_refused_with_reasons() {
+    let app = spawn_app().await;
+    let cases = [
+        json!({"version": "v9", "name": "x"}),
+        json!({"version": "v2", "name": "x"}),
+        json!({"version": "v4", "name": ""}),
+        json!({"version": "v4", "name": "x", "expires_at": "yesterday"}),
+        json!({"version": "v4", "name": "x", "expires_at": "2001-01-01T00:00:00Z"}),
+        json!({"version": "v4", "name": "x", "max_uses": 0}),
+        json!({"version": "v4", "name": "x", "colour": "blue"}),
+        json!({"name": "x"}),
+    ];
+    for body in cases {
+        let (s, c, _) = error_code(app.mint(&body).await).await;
+        assert_eq!(
+            (s, c.as_str()),
+            (StatusCode::BAD_REQUEST, "invalid_request"),
+            "{body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn key_rotation_keeps_old_tokens_valid_and_keys_survive_restarts() {
+    let app = spawn_app().await;
+    app.map(&format!("{HEADER}a@corp.example.com,a,WS-1,serial-number,S1,,\nb@corp.example.com,b,WS-2,serial-number,S2,,\nc@corp.example.com,c,WS-3,serial-number,S3,,\n")).await;
+    let old = app.token().await;
+    // `imd keys rotate` runs as another process against the same database.
+    let master = imd::crypto::MasterKey::load_or_create(&app.settings.master_key_path()).unwrap();
+    let new_kid = imd::tokens::rotate(&app.store, &master, app.clock_now())
+        .await
+        .unwrap();
+    let new = app.token().await;
+    assert_eq!(
+        imd_tokens::decode_unverified(&new).unwrap().kid.as_deref(),
+        Some(new_kid.as_str())
+    );
+    assert_ne!(
+        imd_tokens::decode_unverified(&old).unwrap().kid,
+        imd_tokens::decode_unverified(&new).unwrap().kid
+    );
+    app.activate_ok(&activation(&old, "S1", "WS-1", "a")).await;
+    app.activate_ok(&activation(&new, "S2", "WS-2", "b")).await;
+    let jwks: Value = app
+        .client
+        .get(app.url("/api/v1/keys"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
+    assert!(
+        !jwks.to_string().contains("\"d\""),
+        "no private key material in the JWKS"
+    );
+}
+
+#[tokio::test]
+async fn signing_keys_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_path_buf();
+    let pinned = [("public_url", "https://imd.example.com")];
+    let app = spawn_app_in(dir, &pinned).await;
+    app.map(&format!(
+        "{HEADER}a@corp.example.com,a,WS-1,serial-number,S1,,\n"
+    ))
+    .await;
+    let token = app.token().await;
+    assert_eq!(
+        imd_tokens::decode_unverified(&token).unwrap().claims.iss,
+        "https://imd.example.com"
+    );
+    // A second server on the same data directory: what a restart (or another replica) sees.
+    let second = imd::startup::Application::build(
+        crate::helpers::settings_for(&data, &pinned),
+        std::sync::Arc::new(imd::clock::OffsetClock::default()),
+    )
+    .await
+    .unwrap();
+    let url = format!("http://{}/api/v1/activations", second.addr());
+    tokio::spawn(second.run_until_stopped());
+    let r = reqwest::Client::new()
+        .post(url)
+        .json(&activation(&token, "S1", "WS-1", "a"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+}
