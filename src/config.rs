@@ -215,13 +215,12 @@ fn insert_path(root: &mut toml::Table, path: &[String], value: toml::Value) -> R
 impl Settings {
     fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
-        if let Some(url) = &self.public_url {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
+        if let Some(url) = &self.public_url
+            && !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(ConfigError::Invalid(format!(
                     "public_url must start with http:// or https://, got {url:?}"
                 )));
             }
-        }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(ConfigError::Invalid(
                 "log_format must be \"text\" or \"json\"".into(),

@@ -374,7 +374,7 @@ impl Activator {
         token: &TokenRow,
         req: &ActivationRequest,
         existing: Option<&DeviceRow>,
-        b: Binding,
+        b: Box<Binding>,
         install_key_hash: Option<&str>,
         now: i64,
     ) -> Result<ActivationOutcome, Retryable> {
@@ -603,10 +603,9 @@ async fn consume_mapping(
     device_id: &str,
     now: i64,
 ) -> Result<(), Retryable> {
-    if let Some(m) = &b.mapping_id {
-        if !store::mappings::consume(tx, m, device_id, now).await? {
+    if let Some(m) = &b.mapping_id
+        && !store::mappings::consume(tx, m, device_id, now).await? {
             return Err(Retryable::Retry);
         }
-    }
     Ok(())
 }

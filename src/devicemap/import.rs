@@ -136,6 +136,9 @@ fn run(
             }
         }
     }
+    if let Some(msg) = reader.read_error() {
+        return Err(ImportError::Io(std::io::Error::other(msg.to_string())));
+    }
     if let Some(w) = failures {
         let mut f = w
             .into_inner()
@@ -166,6 +169,9 @@ fn run(
             applied += batch.len() as u64;
             batch.clear();
         }
+    }
+    if let Some(msg) = reader.read_error() {
+        return Err(ImportError::Io(std::io::Error::other(msg.to_string())));
     }
     if !batch.is_empty() {
         created += rt.block_on(store::mappings::upsert(&mut tx, org_id, &batch, now))?;

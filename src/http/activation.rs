@@ -27,8 +27,8 @@ pub async fn read_limited(
             format!("request body is larger than {limit} bytes"),
         )
     };
-    if let Some(len) = req.headers().get(actix_web::http::header::CONTENT_LENGTH) {
-        if len
+    if let Some(len) = req.headers().get(actix_web::http::header::CONTENT_LENGTH)
+        && len
             .to_str()
             .ok()
             .and_then(|s| s.parse::<u64>().ok())
@@ -36,7 +36,6 @@ pub async fn read_limited(
         {
             return Err(too_large());
         }
-    }
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk =
@@ -64,15 +63,14 @@ pub async fn activate(
 ) -> Result<HttpResponse, ApiError> {
     let now = state.clock.now();
     let ip = req.peer_addr().map(|a| a.ip());
-    if let Some(ip) = ip {
-        if let Err(secs) = state.limiter.check(ip, now) {
+    if let Some(ip) = ip
+        && let Err(secs) = state.limiter.check(ip, now) {
             return Err(ApiError::new(
                 Code::RateLimited,
                 "too many failed activations from this address",
             )
             .with_retry_after(secs));
         }
-    }
     let _guard = Inflight(&state.inflight);
     if state.inflight.fetch_add(1, Ordering::Relaxed) >= state.limits.max_inflight_activations {
         return Err(ApiError::new(

@@ -60,13 +60,12 @@ pub async fn patch_org(
     body: web::Json<OrgPatch>,
 ) -> Result<HttpResponse, ApiError> {
     let b = body.into_inner();
-    if let Some(Some(q)) = b.default_quota_bytes {
-        if q < 0 {
+    if let Some(Some(q)) = b.default_quota_bytes
+        && q < 0 {
             return Err(ApiError::invalid(
                 "default_quota_bytes must be >= 0 or null",
             ));
         }
-    }
     let patch = OrgSettingsPatch {
         name: b
             .name
@@ -146,13 +145,12 @@ pub async fn mint_token(
     if expires_at.is_some_and(|e| e <= now) {
         return Err(ApiError::invalid("expires_at must be in the future"));
     }
-    if let Some(m) = b.max_uses {
-        if !(1..=1_000_000_000).contains(&m) {
+    if let Some(m) = b.max_uses
+        && !(1..=1_000_000_000).contains(&m) {
             return Err(ApiError::invalid(
                 "max_uses must be between 1 and 1000000000, or null",
             ));
         }
-    }
     let (row, token) = state
         .tokens
         .mint(&auth.org_id, version, &name, expires_at, b.max_uses, now)
@@ -255,13 +253,12 @@ pub async fn list_devices(
     q: web::Query<DeviceQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let page = q.page.page()?;
-    if let Some(s) = &q.status {
-        if !matches!(s.as_str(), "active" | "replaced" | "revoked") {
+    if let Some(s) = &q.status
+        && !matches!(s.as_str(), "active" | "replaced" | "revoked") {
             return Err(ApiError::invalid(
                 "status must be active, replaced or revoked",
             ));
         }
-    }
     let rows = state
         .store
         .list_devices(

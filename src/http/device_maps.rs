@@ -105,11 +105,9 @@ pub async fn upload(
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-    {
-        if len > limit {
+        && len > limit {
             return Err(too_large());
         }
-    }
 
     // Spool to disk: bounded memory, and the database is not touched while bytes trickle in.
     std::fs::create_dir_all(&state.spool_dir).map_err(ApiError::internal)?;
@@ -285,11 +283,10 @@ pub async fn list_mappings(
         }
         _ => None,
     };
-    if let Some(s) = &q.status {
-        if !matches!(s.as_str(), "pending" | "consumed") {
+    if let Some(s) = &q.status
+        && !matches!(s.as_str(), "pending" | "consumed") {
             return Err(ApiError::invalid("status must be pending or consumed"));
         }
-    }
     let filter = MappingFilter {
         email: q.email_id.as_deref().map(|e| e.trim().to_lowercase()),
         identifier_type: identifier_type.map(|t| t.as_str().to_string()),

@@ -149,11 +149,10 @@ impl ResponseError for ApiError {
             body.insert(k.clone(), v.clone());
         }
         let mut resp = HttpResponse::build(self.status_code());
-        if let Some(s) = self.retry_after {
-            if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
+        if let Some(s) = self.retry_after
+            && let Ok(v) = HeaderValue::from_str(&s.to_string()) {
                 resp.insert_header((RETRY_AFTER, v));
             }
-        }
         resp.json(json!({ "error": body }))
     }
 }

@@ -42,7 +42,7 @@ impl DeviceMapResolver {
         let email = Email::parse(&m.email).map_err(|e| {
             ResolveError::UserNotMapped(format!("mapping has an invalid email: {e}"))
         })?;
-        Ok(Resolution::Bind(Binding {
+        Ok(Resolution::Bind(Box::new(Binding {
             user: UserSpec {
                 email,
                 user_name: m.user_name.clone(),
@@ -59,7 +59,7 @@ impl DeviceMapResolver {
                 .restore_data
                 .as_deref()
                 .and_then(|r| RestoreData::parse(r).ok()),
-        }))
+        })))
     }
 }
 

@@ -52,7 +52,7 @@ pub struct Binding {
 pub enum Resolution {
     /// A known device that stays with its user (a repeat); the pipeline checks the reported user.
     Keep,
-    Bind(Binding),
+    Bind(Box<Binding>),
 }
 
 pub struct ResolveContext<'a> {

@@ -107,8 +107,8 @@ pub async fn find_active(
             return Ok(d);
         }
     }
-    if ids.serial.is_none() && ids.uuid.is_none() {
-        if let Some(host) = &ids.hostname {
+    if ids.serial.is_none() && ids.uuid.is_none()
+        && let Some(host) = &ids.hostname {
             return Ok(sqlx::query_as::<_, DeviceRow>(
                 "SELECT * FROM devices WHERE org_id = $1 AND status = 'active' AND hostname_norm = $2
                    AND serial_norm IS NULL AND uuid_norm IS NULL",
@@ -118,7 +118,6 @@ pub async fn find_active(
             .fetch_optional(&mut *conn)
             .await?);
         }
-    }
     Ok(None)
 }
 

@@ -105,13 +105,12 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(opts.busy_timeout);
-        if let Some(parent) = base.get_filename().parent() {
-            if !parent.as_os_str().is_empty() {
+        if let Some(parent) = base.get_filename().parent()
+            && !parent.as_os_str().is_empty() {
                 std::fs::create_dir_all(parent).map_err(|e| {
                     StoreError::Unavailable(format!("cannot create {}: {e}", parent.display()))
                 })?;
             }
-        }
         let write = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(opts.acquire_timeout)

@@ -436,3 +436,12 @@ async fn killing_the_server_mid_upload_leaves_the_previous_state() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[tokio::test]
+async fn the_shipped_example_device_map_is_valid() {
+    let app = spawn_app().await;
+    let csv = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/device-map-example.csv")).unwrap();
+    let body = app.map(&csv).await;
+    assert_eq!(body["rows_invalid"], 0);
+    assert_eq!(body["created"], 4);
+}
