@@ -167,7 +167,7 @@ async fn run_inner(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 println!("organization: {} ({})", org.name, org.id);
                 println!("admin key:    {key}");
-                println!("The admin key is shown only once; keep it somewhere safe.");
+                println!("Keep this key safe: it is shown only once and stored only as a hash.");
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -33,6 +33,7 @@ pub struct Application {
 
 /// Opens the configured database (migrations applied).
 pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
+    create_private_dir(&settings.data_dir)?;
     Ok(Store::open(&StoreOptions {
         url: settings.database_url(),
         max_connections: settings.database.max_connections as u32,
@@ -77,6 +78,21 @@ fn load_tls(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig> {
         .with_single_cert(certs, key)?)
 }
 
+/// Creates the data directory owner-only (it holds the database and the master key); an existing
+/// directory is left as the operator set it.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    if dir.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
 /// rustls needs one process-wide crypto provider; installing it twice is harmless.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -86,7 +102,7 @@ impl Application {
     pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Application> {
         install_crypto_provider();
         let now = clock.now();
-        std::fs::create_dir_all(&settings.data_dir)?;
+        create_private_dir(&settings.data_dir)?;
         let store = open_store(&settings).await?;
         let master = Arc::new(master_key(&settings)?);
         tokens::ensure_signing_key(&store, &master, now).await?;
