@@ -11,6 +11,7 @@ pub mod demo;
 pub mod devicemap;
 pub mod domain;
 pub mod http;
+pub mod loadgen;
 pub mod resolve;
 pub mod startup;
 pub mod store;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use indicatif::ProgressBar;
-use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -42,6 +42,61 @@ pub fn http_client(concurrency: usize) -> anyhow::Result<reqwest::Client> {
         .no_proxy()
         .connect_timeout(Duration::from_secs(5))
         .build()?)
+}
+
+/// `POST /api/v1/admin/tokens` for a v4 (device map) token; returns the token string and its id.
+pub async fn mint_v4_token(
+    client: &reqwest::Client,
+    base: &str,
+    admin_key: &str,
+    name: &str,
+) -> anyhow::Result<(String, String)> {
+    let resp = client
+        .post(format!("{base}/api/v1/admin/tokens"))
+        .bearer_auth(admin_key)
+        .timeout(REQUEST_TIMEOUT)
+        .json(&json!({"version": "v4", "name": name}))
+        .send()
+        .await?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await?;
+    if status != reqwest::StatusCode::CREATED {
+        anyhow::bail!("minting a token answered {status}: {body}");
+    }
+    let field = |k: &str| body[k].as_str().map(str::to_string);
+    match (field("token"), field("id")) {
+        (Some(t), Some(id)) => Ok((t, id)),
+        _ => anyhow::bail!("mint response without token or id: {body}"),
+    }
+}
+
+/// `POST /api/v1/admin/device-maps` (all or nothing); the JSON report, or an error with the body.
+pub async fn upload_device_map(
+    client: &reqwest::Client,
+    base: &str,
+    admin_key: &str,
+    body: reqwest::Body,
+    content_length: Option<u64>,
+    timeout: Duration,
+) -> anyhow::Result<serde_json::Value> {
+    let mut req = client
+        .post(format!("{base}/api/v1/admin/device-maps"))
+        .bearer_auth(admin_key)
+        .header(CONTENT_TYPE, "text/csv")
+        .timeout(timeout);
+    // A streamed body has no length of its own; declaring it lets the server refuse an oversized
+    // map before it is sent, and avoids chunked encoding.
+    if let Some(n) = content_length {
+        req = req.header(CONTENT_LENGTH, n);
+    }
+    let resp = req.body(body).send().await?;
+    let status = resp.status();
+    let text = resp.text().await?;
+    if status != reqwest::StatusCode::OK {
+        let shown: String = text.chars().take(2000).collect();
+        anyhow::bail!("device map upload answered {status}: {shown}");
+    }
+    Ok(serde_json::from_str(&text)?)
 }
 
 // ---------------------------------------------------------------------------------------------

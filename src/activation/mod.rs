@@ -258,20 +258,31 @@ impl Activator {
         remote_ip: Option<&str>,
         now: i64,
     ) -> Result<Attempt, ActivationError> {
-        let mut tx = self.store.begin().await?;
-        let result = match (&existing, resolution) {
+        // For a repeat, the device's user is read before taking the write lock: a device changes
+        // user only through `reassign`, which `refresh` (conditional on the user id) detects.
+        let keep_user = match (&existing, &resolution) {
             (Some(d), Resolution::Keep) => {
-                let user = store::users::user_in(&mut tx, &d.user_id).await?;
+                let user = match self.store.user(&org.id, &d.user_id).await {
+                    Err(StoreError::NotFound) => return Ok(Attempt::Retry),
+                    other => other?,
+                };
                 if !req.user.matches(&user.email_norm, &user.user_name) {
                     return Err(ActivationError::DeviceConflict(
                         "this device is already activated for another user".into(),
                     ));
                 }
+                Some(user)
+            }
+            _ => None,
+        };
+        let mut tx = self.store.begin().await?;
+        let result = match (&existing, resolution, keep_user) {
+            (Some(d), Resolution::Keep, Some(user)) => {
                 self.repeat(&mut tx, d, &user, token, req, install_key_hash, now)
                     .await
             }
-            (_, Resolution::Keep) => return Ok(Attempt::Retry),
-            (existing, Resolution::Bind(b)) => {
+            (_, Resolution::Keep, _) => return Ok(Attempt::Retry),
+            (existing, Resolution::Bind(b), _) => {
                 self.bind(
                     &mut tx,
                     org,
@@ -447,7 +458,9 @@ impl Activator {
         // Replacement: the mapping names the old device, or (the reference product's default) an
         // active device of this user with the same hostname is superseded by the new one.
         let mut replaced = None;
+        // A user created a moment ago has no devices to replace.
         let old = match (&b.old_device_name, &req.ids.hostname) {
+            _ if user_created => None,
             (Some(old_name), _) => store::devices::active_by_name(tx, &user.id, old_name).await?,
             (None, Some(host)) => store::devices::active_by_hostname(tx, &user.id, host).await?,
             (None, None) => None,

@@ -39,13 +39,17 @@ pub struct NewUser<'a> {
 /// Returns the user with this email, creating it if missing: `(user, created)`. The unique index
 /// on (org, email) makes concurrent first activations converge on one row.
 pub async fn ensure_user(conn: &mut Conn, u: &NewUser<'_>, now: i64) -> Result<(UserRow, bool)> {
-    let r = sqlx::query(
+    // One statement on the write path: the no-op update makes RETURNING yield the existing row on
+    // conflict; the row is new exactly when it carries the id generated here.
+    let id = new_id();
+    let user = sqlx::query_as::<_, UserRow>(
         "INSERT INTO users (id, org_id, email, email_norm, user_name, external_id, source, profile,
                             storage_region, quota_bytes, created_at, updated_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)
-         ON CONFLICT (org_id, email_norm) DO NOTHING",
+         ON CONFLICT (org_id, email_norm) DO UPDATE SET email_norm = excluded.email_norm
+         RETURNING *",
     )
-    .bind(new_id())
+    .bind(&id)
     .bind(u.org_id)
     .bind(u.email)
     .bind(u.email_norm)
@@ -56,23 +60,10 @@ pub async fn ensure_user(conn: &mut Conn, u: &NewUser<'_>, now: i64) -> Result<(
     .bind(u.storage_region)
     .bind(u.quota_bytes)
     .bind(now)
-    .execute(&mut *conn)
+    .fetch_one(&mut *conn)
     .await?;
-    let user =
-        sqlx::query_as::<_, UserRow>("SELECT * FROM users WHERE org_id = $1 AND email_norm = $2")
-            .bind(u.org_id)
-            .bind(u.email_norm)
-            .fetch_one(&mut *conn)
-            .await?;
-    Ok((user, r.rows_affected() == 1))
-}
-
-pub async fn user_in(conn: &mut Conn, id: &str) -> Result<UserRow> {
-    sqlx::query_as::<_, UserRow>("SELECT * FROM users WHERE id = $1")
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await?
-        .ok_or(StoreError::NotFound)
+    let created = user.id == id;
+    Ok((user, created))
 }
 
 impl Store {
