@@ -150,29 +150,55 @@ fn org_create_and_key_rotation_commands_work_offline() {
     let data = dir.path().join("data");
     let bin = env!("CARGO_BIN_EXE_imd");
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(bin).args(args).arg("--data-dir").arg(&data).env_remove("IMD_MASTER_KEY").output().unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = std::process::Command::new(bin)
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .env_remove("IMD_MASTER_KEY")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     };
-    let org: Value = serde_json::from_str(&run(&["org", "create", "--name", "Acme", "--json"])).unwrap();
+    let org: Value =
+        serde_json::from_str(&run(&["org", "create", "--name", "Acme", "--json"])).unwrap();
     assert!(org["id"].is_string());
     assert!(org["admin_key"].as_str().unwrap().starts_with("imd_adm_"));
     let human = run(&["org", "create", "--name", "Beta"]);
-    assert!(human.contains("admin key:") && human.contains("imd_adm_"), "{human}");
+    assert!(
+        human.contains("admin key:") && human.contains("imd_adm_"),
+        "{human}"
+    );
     let first: Value = serde_json::from_str(&run(&["keys", "rotate", "--json"])).unwrap();
     let second: Value = serde_json::from_str(&run(&["keys", "rotate", "--json"])).unwrap();
     assert_ne!(first["kid"], second["kid"]);
     let list = run(&["keys", "list"]);
     // The first key (created by the first rotate's ensure step) plus two rotations.
     assert_eq!(list.lines().count(), 3, "{list}");
-    assert_eq!(list.lines().filter(|l| l.ends_with("signing")).count(), 1, "{list}");
+    assert_eq!(
+        list.lines().filter(|l| l.ends_with("signing")).count(),
+        1,
+        "{list}"
+    );
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(data.join("master.key")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(data.join("master.key"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     let mode = std::fs::metadata(&data).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o700);
     // Unknown configuration is an error, not silently ignored.
-    let out = std::process::Command::new(bin).args(["keys", "list", "--data-dir"]).arg(&data).env("IMD_LISTN", "x").output().unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["keys", "list", "--data-dir"])
+        .arg(&data)
+        .env("IMD_LISTN", "x")
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("listn"));
 }
