@@ -68,7 +68,7 @@ pub struct Limits {
     /// 0 turns the limit off.
     #[serde(deserialize_with = "num")]
     pub activation_failures_per_minute: u64,
-    /// Activations processed at once; past this, clients get 503 with Retry-After.
+    /// Activations processed at once; past this, clients get 503 with Retry-After. 0 = no limit.
     #[serde(deserialize_with = "num")]
     pub max_inflight_activations: u64,
 }
@@ -79,7 +79,7 @@ impl Default for Limits {
             activation_body_bytes: 16 * 1024,
             json_body_bytes: 8 * 1024 * 1024,
             device_map_bytes: 256 * 1024 * 1024,
-            activation_failures_per_minute: 120,
+            activation_failures_per_minute: 600,
             max_inflight_activations: 4096,
         }
     }
@@ -166,8 +166,9 @@ pub fn load(
         let Some(key) = name.strip_prefix("IMD_") else {
             continue;
         };
-        // IMD_LOG is the log filter, read by telemetry, not a setting.
-        if key == "LOG" {
+        // IMD_LOG (the log filter) and IMD_MASTER_KEY (a secret) are read where they are used;
+        // they are not settings and must never end up in a settings dump.
+        if key == "LOG" || key == "MASTER_KEY" {
             continue;
         }
         let path: Vec<String> = key.split("__").map(|s| s.to_ascii_lowercase()).collect();
@@ -216,11 +217,12 @@ impl Settings {
     fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
         if let Some(url) = &self.public_url
-            && !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(ConfigError::Invalid(format!(
-                    "public_url must start with http:// or https://, got {url:?}"
-                )));
-            }
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "public_url must start with http:// or https://, got {url:?}"
+            )));
+        }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(ConfigError::Invalid(
                 "log_format must be \"text\" or \"json\"".into(),
@@ -240,9 +242,14 @@ impl Settings {
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
-        self.listen.parse().map_err(|_| {
-            ConfigError::Invalid(format!("listen must be host:port, got {:?}", self.listen))
-        })
+        use std::net::ToSocketAddrs;
+        self.listen
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| {
+                ConfigError::Invalid(format!("listen must be host:port, got {:?}", self.listen))
+            })
     }
 
     pub fn database_url(&self) -> String {

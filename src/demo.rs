@@ -11,13 +11,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use clap::builder::RangedU64ValueParser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::clock::SystemClock;
 use crate::config::{self, Settings};
 use crate::domain::IdentifierType;
-use crate::loadgen::{self, Activated, Fleet, PhaseStats, Run};
+use crate::loadgen::{self, Activated, Fleet, PhaseStats, Run, count};
 use crate::startup::Application;
 
 /// Every load loop is bounded in time as well as in count; the demo finishes in seconds, so this
@@ -29,10 +28,10 @@ const REPEAT_EVERY: usize = 20;
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
     /// Devices in the generated device map; each is activated by its own simulated agent.
-    #[arg(long, default_value_t = 1000, value_parser = RangedU64ValueParser::<usize>::new().range(1..=200_000))]
+    #[arg(long, default_value_t = 1000, value_parser = count(1, 200_000))]
     pub devices: usize,
     /// Simulated agents activating at the same time.
-    #[arg(long, default_value_t = 32, value_parser = RangedU64ValueParser::<usize>::new().range(1..=1024))]
+    #[arg(long, default_value_t = 32, value_parser = count(1, 1024))]
     pub concurrency: usize,
     /// Keep the data directory and leave the server running until Ctrl-C, to look around with curl.
     #[arg(long)]
@@ -154,12 +153,18 @@ pub async fn run(args: DemoArgs, config_file: Option<&Path>) -> anyhow::Result<E
     let app = Application::build(settings, Arc::new(SystemClock)).await?;
     let base = format!("http://{}", app.addr());
     let mut server = tokio::spawn(app.run_until_stopped());
-    step(2, format_args!("server listening on {base} (in this process)"));
+    step(
+        2,
+        format_args!("server listening on {base} (in this process)"),
+    );
 
     let client = loadgen::http_client(args.concurrency)?;
     let (token, token_id) =
         loadgen::mint_v4_token(&client, &base, &admin_key, "demo rollout").await?;
-    step(3, format_args!("minted v4 token \"demo rollout\" ({token_id})"));
+    step(
+        3,
+        format_args!("minted v4 token \"demo rollout\" ({token_id})"),
+    );
 
     let fleet = Fleet::varied(args.devices)?;
     step(
@@ -435,4 +440,22 @@ pub async fn run(args: DemoArgs, config_file: Option<&Path>) -> anyhow::Result<E
         server.abort();
     }
     Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_small_demo_runs_clean_end_to_end() {
+        // 300 devices: every kind of row, a two-device user and one hardware refresh.
+        let args = DemoArgs {
+            devices: 300,
+            concurrency: 8,
+            keep: false,
+            data_dir: None,
+        };
+        let code = run(args, None).await.expect("demo runs");
+        assert_eq!(code, ExitCode::SUCCESS);
+    }
 }

@@ -32,6 +32,11 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
+/// A command-line count bounded to `min..=max` (the flags' ranges keep every run bounded).
+pub fn count(min: u64, max: u64) -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(min..=max)
+}
+
 /// One HTTP client for the whole run: a pool with room for every worker's connection keeps the
 /// run from paying for new TCP connections once warm; no proxy, the target is always loopback.
 pub fn http_client(concurrency: usize) -> anyhow::Result<reqwest::Client> {
@@ -107,8 +112,22 @@ const FIRST: [&str; 16] = [
     "lena", "marta", "noah", "olga", "pavel",
 ];
 const LAST: [&str; 16] = [
-    "schmidt", "okafor", "garcia", "tanaka", "novak", "dubois", "rossi", "kowalski", "silva",
-    "jensen", "murphy", "haddad", "fischer", "lindqvist", "moreau", "petrov",
+    "schmidt",
+    "okafor",
+    "garcia",
+    "tanaka",
+    "novak",
+    "dubois",
+    "rossi",
+    "kowalski",
+    "silva",
+    "jensen",
+    "murphy",
+    "haddad",
+    "fischer",
+    "lindqvist",
+    "moreau",
+    "petrov",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,7 +228,11 @@ impl SimDevice {
             uuid,
             os,
             os_version,
-            client_version: if d % 8 == 0 { "7.4.2" } else { "7.5.0" },
+            client_version: if d.is_multiple_of(8) {
+                "7.4.2"
+            } else {
+                "7.5.0"
+            },
             reports_upn: u % 5 == 4,
             old_device_name: None,
             restore_data: None,
@@ -344,7 +367,8 @@ impl Fleet {
         let mut out = Vec::with_capacity(DEVICE_MAP_HEADER.len() + self.devices.len() * 100);
         out.extend_from_slice(DEVICE_MAP_HEADER.as_bytes());
         for d in &self.devices {
-            d.write_csv_row(&mut out).expect("writing to a Vec cannot fail");
+            d.write_csv_row(&mut out)
+                .expect("writing to a Vec cannot fail");
         }
         out
     }

@@ -14,6 +14,7 @@ CREATE TABLE orgs (
 CREATE TABLE admin_keys (
     id         TEXT PRIMARY KEY,
     org_id     TEXT NOT NULL REFERENCES orgs(id),
+    name       TEXT NOT NULL,
     key_hash   TEXT NOT NULL UNIQUE,
     created_at BIGINT NOT NULL,
     revoked_at BIGINT

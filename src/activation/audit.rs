@@ -25,16 +25,12 @@ impl AuditSink {
             let mut batch = Vec::with_capacity(BATCH);
             while rx.recv_many(&mut batch, BATCH).await > 0 {
                 let mut delay = Duration::from_millis(50);
-                // Retry transient failures; the records are the audit trail, not to be lost lightly.
-                for _ in 0..10 {
-                    match store.insert_activation_records(&batch).await {
-                        Ok(()) => break,
-                        Err(e) => {
-                            tracing::warn!(error = %e, records = batch.len(), "writing activation audit records failed; retrying");
-                            tokio::time::sleep(delay).await;
-                            delay = (delay * 2).min(Duration::from_secs(2));
-                        }
-                    }
+                // Retry until written: while the database is unavailable the queue fills and
+                // senders wait, which slows failing clients down instead of losing their records.
+                while let Err(e) = store.insert_activation_records(&batch).await {
+                    tracing::warn!(error = %e, records = batch.len(), "writing activation audit records failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
                 }
                 batch.clear();
             }

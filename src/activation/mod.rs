@@ -18,8 +18,8 @@ use serde::Serialize;
 use crate::crypto::{CredentialKey, ct_eq, sha256_hex};
 use crate::resolve::{Binding, Resolution, ResolveContext, ResolveError, Resolver};
 use crate::store::{
-    self, ActivationRecord, DeviceRow, NewDevice, NewUser, OrgRow, Store, StoreError, TokenRow,
-    UserRow, new_id,
+    self, ActivationRecord, DeviceReport, DeviceRow, NewDevice, NewUser, OrgRow, Store, StoreError,
+    TokenRow, UserRow, new_id,
 };
 use crate::tokens::TokenService;
 use request::ActivationRequest;
@@ -193,7 +193,16 @@ impl Activator {
         })?;
         let install_key_hash = req.install_key.as_deref().map(sha256_hex);
         for _ in 0..MAX_ATTEMPTS {
-            let existing = self.store.find_active_device(&org.id, &req.ids).await?;
+            let mut existing = self.store.find_active_device(&org.id, &req.ids).await?;
+            if let Some(d) = existing.as_ref().filter(|d| weak_match(d, req)) {
+                // Matched only by hostname although the client now reports hardware identifiers:
+                // the same machine only if the same person is signed in; otherwise it is another
+                // machine that happens to share the name, and it gets no part of this device.
+                let user = self.store.user(&org.id, &d.user_id).await?;
+                if !req.user.matches(&user.email_norm, &user.user_name) {
+                    existing = None;
+                }
+            }
             if let Some(d) = &existing {
                 check_install_key(d, install_key_hash.as_deref())?;
             }
@@ -278,7 +287,7 @@ impl Activator {
         let mut tx = self.store.begin().await?;
         let result = match (&existing, resolution, keep_user) {
             (Some(d), Resolution::Keep, Some(user)) => {
-                self.repeat(&mut tx, d, &user, token, req, install_key_hash, now)
+                self.repeat(&mut tx, d, &user, token, req, None, install_key_hash, now)
                     .await
             }
             (_, Resolution::Keep, _) => return Ok(Attempt::Retry),
@@ -338,7 +347,8 @@ impl Activator {
         }
     }
 
-    /// The same device again, same user: nothing new, the same credential back.
+    /// The same device again, same user: nothing new, the same credential back. `rename` is the
+    /// device name of a fresh mapping for the device's current user.
     #[allow(clippy::too_many_arguments)]
     async fn repeat(
         &self,
@@ -347,26 +357,16 @@ impl Activator {
         user: &UserRow,
         token: &TokenRow,
         req: &ActivationRequest,
+        rename: Option<&str>,
         install_key_hash: Option<&str>,
         now: i64,
     ) -> Result<ActivationOutcome, Retryable> {
-        store::devices::refresh(
-            tx,
-            d,
-            req.hostname.as_deref(),
-            &req.ids,
-            req.os.as_deref(),
-            req.os_version.as_deref(),
-            req.client_version.as_deref(),
-            install_key_hash,
-            now,
-        )
-        .await?;
+        store::devices::refresh(tx, d, &report(req), rename, install_key_hash, now).await?;
         store::tokens::touch(tx, &token.id, now).await?;
         Ok(ActivationOutcome {
             created: false,
             response: self.response(
-                d,
+                &d.id,
                 d.credential_gen,
                 user,
                 false,
@@ -375,6 +375,29 @@ impl Activator {
                 d.restore_data.clone(),
             ),
         })
+    }
+
+    /// The device this binding supersedes: the mapping's `oldDeviceName`, or (the reference
+    /// product's default) an active device of the same user with the same hostname.
+    async fn superseded(
+        &self,
+        tx: &mut store::Conn,
+        b: &Binding,
+        user: &UserRow,
+        user_created: bool,
+        req: &ActivationRequest,
+        this_device: &str,
+    ) -> Result<Option<DeviceRow>, Retryable> {
+        if user_created {
+            // A user created a moment ago has no devices to replace.
+            return Ok(None);
+        }
+        let old = match (&b.old_device_name, &req.ids.hostname) {
+            (Some(old_name), _) => store::devices::active_by_name(tx, &user.id, old_name).await?,
+            (None, Some(host)) => store::devices::active_by_hostname(tx, &user.id, host).await?,
+            (None, None) => None,
+        };
+        Ok(old.filter(|o| o.id != this_device))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -406,7 +429,6 @@ impl Activator {
             now,
         )
         .await?;
-        let restore = b.restore_data.map(|r| r.as_str().to_string());
         let name = b
             .device_name
             .clone()
@@ -415,125 +437,93 @@ impl Activator {
 
         if let Some(d) = existing {
             if d.user_id == user.id {
-                // A fresh mapping for a device its user already has: settle the mapping, keep the rest.
+                // A fresh mapping for a device its user already has: settle the mapping and take
+                // its device name; everything else stays.
                 consume_mapping(tx, &b, &d.id, now).await?;
                 return self
-                    .repeat(tx, d, &user, token, req, install_key_hash, now)
+                    .repeat(tx, d, &user, token, req, Some(&name), install_key_hash, now)
                     .await;
             }
-            // The mapping moves the device to another user: a new activation, and a new credential.
-            take_token_use(tx, token, now).await?;
-            let generation = d.credential_gen + 1;
-            let credential = self.credentials.device_credential(&d.id, generation);
-            store::devices::reassign(
-                tx,
-                d,
-                &user.id,
-                &name,
-                &sha256_hex(&credential),
-                &token.id,
-                restore.as_deref(),
-                now,
-            )
-            .await?;
-            consume_mapping(tx, &b, &d.id, now).await?;
-            let mut moved = d.clone();
-            moved.name = name;
-            return Ok(ActivationOutcome {
-                created: true,
-                response: self.response(
-                    &moved,
-                    generation,
-                    &user,
-                    user_created,
-                    false,
-                    None,
-                    restore,
-                ),
-            });
         }
 
+        // A new binding: a new device, or a known device moving to another user.
         take_token_use(tx, token, now).await?;
-        let device_id = new_id();
-        // Replacement: the mapping names the old device, or (the reference product's default) an
-        // active device of this user with the same hostname is superseded by the new one.
-        let mut replaced = None;
-        // A user created a moment ago has no devices to replace.
-        let old = match (&b.old_device_name, &req.ids.hostname) {
-            _ if user_created => None,
-            (Some(old_name), _) => store::devices::active_by_name(tx, &user.id, old_name).await?,
-            (None, Some(host)) => store::devices::active_by_hostname(tx, &user.id, host).await?,
-            (None, None) => None,
-        };
-        if let Some(old) = old {
-            if !store::devices::mark_replaced(tx, &old.id, &device_id).await? {
-                return Err(Retryable::Retry);
+        let device_id = existing.map_or_else(new_id, |d| d.id.clone());
+        let replaced = match self
+            .superseded(tx, &b, &user, user_created, req, &device_id)
+            .await?
+        {
+            Some(old) => {
+                if !store::devices::mark_replaced(tx, &old.id, &device_id).await? {
+                    return Err(Retryable::Retry);
+                }
+                Some(old.id)
             }
-            replaced = Some(old.id);
-        }
-        let credential = self.credentials.device_credential(&device_id, 1);
-        let credential_hash = sha256_hex(&credential);
-        store::devices::insert(
-            tx,
-            &NewDevice {
-                id: &device_id,
-                org_id: &org.id,
-                user_id: &user.id,
-                name: &name,
-                hostname: req.hostname.as_deref(),
-                serial: req.serial.as_deref(),
-                uuid: req.uuid.as_deref(),
-                ids: &req.ids,
-                os: req.os.as_deref(),
-                os_version: req.os_version.as_deref(),
-                client_version: req.client_version.as_deref(),
-                install_key_hash,
-                credential_hash: &credential_hash,
-                token_id: &token.id,
-                restore_data: restore.as_deref(),
-                replaces: replaced.as_deref(),
-            },
-            now,
-        )
-        .await?;
-        consume_mapping(tx, &b, &device_id, now).await?;
-        let device = DeviceRow {
-            id: device_id.clone(),
-            org_id: org.id.clone(),
-            user_id: user.id.clone(),
-            name,
-            name_norm: String::new(),
-            hostname: req.hostname.clone(),
-            hostname_norm: None,
-            serial: None,
-            serial_norm: None,
-            uuid: None,
-            uuid_norm: None,
-            os: None,
-            os_version: None,
-            client_version: None,
-            install_key_hash: None,
-            credential_gen: 1,
-            credential_hash,
-            status: "active".into(),
-            token_id: Some(token.id.clone()),
-            replaced_by: None,
-            replaces: replaced.clone(),
-            restore_data: restore.clone(),
-            created_at: now,
-            last_activated_at: now,
-            revoked_at: None,
+            None => None,
         };
+        // What to restore only means something when a device was replaced.
+        let restore = replaced
+            .as_ref()
+            .and(b.restore_data)
+            .map(|r| r.as_str().to_string());
+        let generation = existing.map_or(1, |d| d.credential_gen + 1);
+        let credential_hash =
+            sha256_hex(&self.credentials.device_credential(&device_id, generation));
+        match existing {
+            Some(d) => {
+                // The new user's client gets a new credential generation: the old one stops working.
+                store::devices::reassign(
+                    tx,
+                    d,
+                    &user.id,
+                    &name,
+                    &credential_hash,
+                    &token.id,
+                    restore.as_deref(),
+                    replaced.as_deref(),
+                    now,
+                )
+                .await?;
+            }
+            None => {
+                store::devices::insert(
+                    tx,
+                    &NewDevice {
+                        id: &device_id,
+                        org_id: &org.id,
+                        user_id: &user.id,
+                        name: &name,
+                        report: &report(req),
+                        install_key_hash,
+                        credential_hash: &credential_hash,
+                        token_id: &token.id,
+                        restore_data: restore.as_deref(),
+                        replaces: replaced.as_deref(),
+                    },
+                    now,
+                )
+                .await?;
+            }
+        }
+        consume_mapping(tx, &b, &device_id, now).await?;
         Ok(ActivationOutcome {
             created: true,
-            response: self.response(&device, 1, &user, user_created, true, replaced, restore),
+            response: self.response(
+                &device_id,
+                generation,
+                &user,
+                user_created,
+                existing.is_none(),
+                replaced,
+                restore,
+            ),
         })
     }
 
     #[allow(clippy::too_many_arguments)]
     fn response(
         &self,
-        d: &DeviceRow,
+        device_id: &str,
         generation: i64,
         user: &UserRow,
         user_created: bool,
@@ -542,7 +532,7 @@ impl Activator {
         restore: Option<String>,
     ) -> ActivationResponse {
         ActivationResponse {
-            device_id: d.id.clone(),
+            device_id: device_id.to_string(),
             user_id: user.id.clone(),
             user_created,
             device_created,
@@ -551,8 +541,20 @@ impl Activator {
             profile: user.profile.clone(),
             storage_region: user.storage_region.clone(),
             quota_bytes: user.quota_bytes,
-            device_credential: self.credentials.device_credential(&d.id, generation),
+            device_credential: self.credentials.device_credential(device_id, generation),
         }
+    }
+}
+
+fn report(req: &ActivationRequest) -> DeviceReport<'_> {
+    DeviceReport {
+        ids: &req.ids,
+        hostname: req.hostname.as_deref(),
+        serial: req.serial.as_deref(),
+        uuid: req.uuid.as_deref(),
+        os: req.os.as_deref(),
+        os_version: req.os_version.as_deref(),
+        client_version: req.client_version.as_deref(),
     }
 }
 
@@ -575,6 +577,14 @@ impl From<ActivationError> for Retryable {
     fn from(e: ActivationError) -> Self {
         Retryable::Fail(e)
     }
+}
+
+/// A hostname-only device matched by a request that carries a serial or UUID (rule 3 of the
+/// identity rules, the weakest evidence).
+fn weak_match(d: &DeviceRow, req: &ActivationRequest) -> bool {
+    d.serial_norm.is_none()
+        && d.uuid_norm.is_none()
+        && (req.ids.serial.is_some() || req.ids.uuid.is_some())
 }
 
 fn check_token_row(t: &TokenRow, now: i64) -> Result<(), ActivationError> {
@@ -617,8 +627,9 @@ async fn consume_mapping(
     now: i64,
 ) -> Result<(), Retryable> {
     if let Some(m) = &b.mapping_id
-        && !store::mappings::consume(tx, m, device_id, now).await? {
-            return Err(Retryable::Retry);
-        }
+        && !store::mappings::consume(tx, m, device_id, now).await?
+    {
+        return Err(Retryable::Retry);
+    }
     Ok(())
 }

@@ -94,11 +94,12 @@ impl ActivationRequest {
                 .map_err(|e| e.to_string())?;
         let install_key = field("device.install_key", d.install_key, MAX_INSTALL_KEY_LEN)?;
         if let Some(k) = &install_key
-            && k.len() < MIN_INSTALL_KEY_LEN {
-                return Err(format!(
-                    "device.install_key must be at least {MIN_INSTALL_KEY_LEN} characters"
-                ));
-            }
+            && k.len() < MIN_INSTALL_KEY_LEN
+        {
+            return Err(format!(
+                "device.install_key must be at least {MIN_INSTALL_KEY_LEN} characters"
+            ));
+        }
         let u = raw.user.ok_or("user is required")?;
         let user = ReportedUser {
             login: field("user.login", u.login, MAX_FIELD_LEN)?,

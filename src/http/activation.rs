@@ -33,9 +33,9 @@ pub async fn read_limited(
             .ok()
             .and_then(|s| s.parse::<u64>().ok())
             .is_some_and(|n| n > limit)
-        {
-            return Err(too_large());
-        }
+    {
+        return Err(too_large());
+    }
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk =
@@ -64,15 +64,17 @@ pub async fn activate(
     let now = state.clock.now();
     let ip = req.peer_addr().map(|a| a.ip());
     if let Some(ip) = ip
-        && let Err(secs) = state.limiter.check(ip, now) {
-            return Err(ApiError::new(
-                Code::RateLimited,
-                "too many failed activations from this address",
-            )
-            .with_retry_after(secs));
-        }
+        && let Err(secs) = state.limiter.check(ip, now)
+    {
+        return Err(ApiError::new(
+            Code::RateLimited,
+            "too many failed activations from this address",
+        )
+        .with_retry_after(secs));
+    }
     let _guard = Inflight(&state.inflight);
-    if state.inflight.fetch_add(1, Ordering::Relaxed) >= state.limits.max_inflight_activations {
+    let max = state.limits.max_inflight_activations;
+    if state.inflight.fetch_add(1, Ordering::Relaxed) >= max && max > 0 {
         return Err(ApiError::new(
             Code::Unavailable,
             "too many activations in progress; retry shortly",

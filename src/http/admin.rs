@@ -8,8 +8,9 @@ use serde_json::{Value, json};
 
 use super::auth::AdminAuth;
 use super::pagination::{PageQuery, Paged};
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, Code};
 use crate::clock::parse_rfc3339;
+use crate::crypto::{ADMIN_KEY_PREFIX, random_secret, sha256_hex};
 use crate::store::{OrgSettingsPatch, StoreError, TokenRow};
 
 const MAX_NAME: usize = 200;
@@ -61,11 +62,12 @@ pub async fn patch_org(
 ) -> Result<HttpResponse, ApiError> {
     let b = body.into_inner();
     if let Some(Some(q)) = b.default_quota_bytes
-        && q < 0 {
-            return Err(ApiError::invalid(
-                "default_quota_bytes must be >= 0 or null",
-            ));
-        }
+        && q < 0
+    {
+        return Err(ApiError::invalid(
+            "default_quota_bytes must be >= 0 or null",
+        ));
+    }
     let patch = OrgSettingsPatch {
         name: b
             .name
@@ -104,7 +106,6 @@ fn token_view(t: &TokenRow, now: i64) -> Value {
     let mut v = serde_json::to_value(t).unwrap_or_default();
     if let Some(o) = v.as_object_mut() {
         o.remove("org_id");
-        o.remove("kid");
         o.insert(
             "days_to_expiry".into(),
             json!(
@@ -146,11 +147,12 @@ pub async fn mint_token(
         return Err(ApiError::invalid("expires_at must be in the future"));
     }
     if let Some(m) = b.max_uses
-        && !(1..=1_000_000_000).contains(&m) {
-            return Err(ApiError::invalid(
-                "max_uses must be between 1 and 1000000000, or null",
-            ));
-        }
+        && !(1..=1_000_000_000).contains(&m)
+    {
+        return Err(ApiError::invalid(
+            "max_uses must be between 1 and 1000000000, or null",
+        ));
+    }
     let (row, token) = state
         .tokens
         .mint(&auth.org_id, version, &name, expires_at, b.max_uses, now)
@@ -254,11 +256,12 @@ pub async fn list_devices(
 ) -> Result<HttpResponse, ApiError> {
     let page = q.page.page()?;
     if let Some(s) = &q.status
-        && !matches!(s.as_str(), "active" | "replaced" | "revoked") {
-            return Err(ApiError::invalid(
-                "status must be active, replaced or revoked",
-            ));
-        }
+        && !matches!(s.as_str(), "active" | "replaced" | "revoked")
+    {
+        return Err(ApiError::invalid(
+            "status must be active, replaced or revoked",
+        ));
+    }
     let rows = state
         .store
         .list_devices(
@@ -323,4 +326,57 @@ pub async fn list_activations(
         )
         .await?;
     Ok(HttpResponse::Ok().json(Paged::new(rows, &page, |a| a.id.as_str())))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewAdminKey {
+    name: String,
+}
+
+/// A further admin key (for rotation or another automation); shown once, stored as a hash.
+pub async fn create_admin_key(
+    state: web::Data<AppState>,
+    auth: AdminAuth,
+    body: web::Json<NewAdminKey>,
+) -> Result<HttpResponse, ApiError> {
+    let name = text("name", &body.name, MAX_NAME)?;
+    let key = random_secret(ADMIN_KEY_PREFIX).map_err(ApiError::internal)?;
+    let row = state
+        .store
+        .add_admin_key(&auth.org_id, &name, &sha256_hex(&key), state.clock.now())
+        .await?;
+    let mut v = serde_json::to_value(&row).map_err(ApiError::internal)?;
+    if let Some(o) = v.as_object_mut() {
+        o.insert("key".into(), json!(key));
+    }
+    Ok(HttpResponse::Created().json(v))
+}
+
+pub async fn list_admin_keys(
+    state: web::Data<AppState>,
+    auth: AdminAuth,
+) -> Result<HttpResponse, ApiError> {
+    let rows = state.store.list_admin_keys(&auth.org_id).await?;
+    Ok(HttpResponse::Ok().json(json!({ "items": rows, "next_cursor": null })))
+}
+
+pub async fn revoke_admin_key(
+    state: web::Data<AppState>,
+    auth: AdminAuth,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    match state
+        .store
+        .revoke_admin_key(&auth.org_id, &id, state.clock.now())
+        .await
+    {
+        Ok(true) => Ok(HttpResponse::NoContent().finish()),
+        Ok(false) => Err(ApiError::new(
+            Code::Conflict,
+            "this is the organization's last admin key; create another before revoking it",
+        )),
+        Err(StoreError::NotFound) => Err(ApiError::not_found("admin key")),
+        Err(e) => Err(e.into()),
+    }
 }

@@ -105,9 +105,10 @@ pub async fn upload(
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-        && len > limit {
-            return Err(too_large());
-        }
+        && len > limit
+    {
+        return Err(too_large());
+    }
 
     // Spool to disk: bounded memory, and the database is not touched while bytes trickle in.
     std::fs::create_dir_all(&state.spool_dir).map_err(ApiError::internal)?;
@@ -154,7 +155,22 @@ pub async fn upload(
         actix_web::http::StatusCode::OK
     };
     if let Some(f) = report.failures_csv.take() {
-        return Ok(csv_body(status, f));
+        // The body is the failing rows; the summary travels in headers.
+        let mut resp = csv_body(status, f);
+        let h = resp.headers_mut();
+        for (name, value) in [
+            ("x-imd-rows-total", report.rows_total),
+            ("x-imd-rows-invalid", report.rows_invalid),
+            ("x-imd-created", report.created),
+            ("x-imd-updated", report.updated),
+            ("x-imd-applied", u64::from(report.applied)),
+        ] {
+            h.insert(
+                actix_web::http::header::HeaderName::from_static(name),
+                actix_web::http::header::HeaderValue::from(value),
+            );
+        }
+        return Ok(resp);
     }
     if refused {
         return Err(ApiError::new(
@@ -284,9 +300,10 @@ pub async fn list_mappings(
         _ => None,
     };
     if let Some(s) = &q.status
-        && !matches!(s.as_str(), "pending" | "consumed") {
-            return Err(ApiError::invalid("status must be pending or consumed"));
-        }
+        && !matches!(s.as_str(), "pending" | "consumed")
+    {
+        return Err(ApiError::invalid("status must be pending or consumed"));
+    }
     let filter = MappingFilter {
         email: q.email_id.as_deref().map(|e| e.trim().to_lowercase()),
         identifier_type: identifier_type.map(|t| t.as_str().to_string()),
@@ -317,6 +334,20 @@ pub async fn delete_mapping(
     auth: AdminAuth,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    let m = state
+        .store
+        .mapping(&auth.org_id, &id)
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => ApiError::not_found("device mapping"),
+            other => other.into(),
+        })?;
+    if m.consumed_at.is_some() {
+        return Err(ApiError::new(
+            Code::Conflict,
+            "this mapping was consumed by an activation and is kept for audit",
+        ));
+    }
     match state.store.delete_mapping(&auth.org_id, &id).await {
         Ok(()) => Ok(HttpResponse::NoContent().finish()),
         Err(StoreError::NotFound) => Err(ApiError::not_found("device mapping")),

@@ -25,6 +25,7 @@ pub enum Code {
     UserNotMapped,
     DeviceNotMapped,
     DeviceConflict,
+    Conflict,
     DeviceMapInvalid,
     PayloadTooLarge,
     RateLimited,
@@ -47,6 +48,7 @@ impl Code {
             Code::UserNotMapped => "user_not_mapped",
             Code::DeviceNotMapped => "device_not_mapped",
             Code::DeviceConflict => "device_conflict",
+            Code::Conflict => "conflict",
             Code::DeviceMapInvalid => "device_map_invalid",
             Code::PayloadTooLarge => "payload_too_large",
             Code::RateLimited => "rate_limited",
@@ -66,7 +68,7 @@ impl Code {
             }
             Code::NotFound => StatusCode::NOT_FOUND,
             Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Code::DeviceConflict => StatusCode::CONFLICT,
+            Code::DeviceConflict | Code::Conflict => StatusCode::CONFLICT,
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Code::DeviceMapInvalid => StatusCode::UNPROCESSABLE_ENTITY,
@@ -100,6 +102,7 @@ impl ApiError {
     pub fn new(code: Code, message: impl Into<String>) -> Self {
         let retry_after = match code {
             Code::Unavailable => Some(1),
+            Code::Internal => Some(5),
             _ => None,
         };
         ApiError {
@@ -150,9 +153,10 @@ impl ResponseError for ApiError {
         }
         let mut resp = HttpResponse::build(self.status_code());
         if let Some(s) = self.retry_after
-            && let Ok(v) = HeaderValue::from_str(&s.to_string()) {
-                resp.insert_header((RETRY_AFTER, v));
-            }
+            && let Ok(v) = HeaderValue::from_str(&s.to_string())
+        {
+            resp.insert_header((RETRY_AFTER, v));
+        }
         resp.json(json!({ "error": body }))
     }
 }

@@ -21,6 +21,10 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
 }
 
 /// JWKS of the token-signing keys, so `imd-tokens inspect --public-key` can verify offline.
+/// Re-reads the key ring (at most once a second) so a rotation by another process shows up.
 pub async fn jwks(state: web::Data<AppState>) -> HttpResponse {
+    if let Err(e) = state.tokens.refresh(state.clock.now()).await {
+        tracing::warn!(error = %e, "reloading signing keys failed; serving the loaded set");
+    }
     HttpResponse::Ok().json(state.tokens.jwks())
 }

@@ -37,6 +37,11 @@ pub struct AppState {
     pub inflight: AtomicU64,
 }
 
+/// A path with its handlers; any other method on it is 405 in the JSON error shape.
+fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(method_not_allowed))
+}
+
 pub fn routes(cfg: &mut web::ServiceConfig, limits: &Limits) {
     let json_small = web::JsonConfig::default()
         .limit(limits.activation_body_bytes as usize)
@@ -46,51 +51,79 @@ pub fn routes(cfg: &mut web::ServiceConfig, limits: &Limits) {
         .error_handler(|e, _| error::json_error(e).into());
     cfg.app_data(web::QueryConfig::default().error_handler(|e, _| error::query_error(e).into()))
         .app_data(web::PathConfig::default().error_handler(|e, _| error::path_error(e).into()))
-        .route("/healthz", web::get().to(health::healthz))
-        .route("/readyz", web::get().to(health::readyz))
+        .service(resource("/healthz").route(web::get().to(health::healthz)))
+        .service(resource("/readyz").route(web::get().to(health::readyz)))
         .service(
             web::scope("/api/v1")
-                .route("/keys", web::get().to(health::jwks))
+                .service(resource("/keys").route(web::get().to(health::jwks)))
                 .service(
-                    web::resource("/activations")
-                        .app_data(json_small.clone())
+                    resource("/activations")
+                        .app_data(json_small)
                         .route(web::post().to(activation::activate)),
                 )
-                .route("/device", web::get().to(activation::device))
+                .service(resource("/device").route(web::get().to(activation::device)))
                 .service(
                     web::scope("/admin")
                         .app_data(json_admin)
-                        .route("/org", web::get().to(admin::get_org))
-                        .route("/org", web::patch().to(admin::patch_org))
-                        .route("/tokens", web::post().to(admin::mint_token))
-                        .route("/tokens", web::get().to(admin::list_tokens))
-                        .route("/tokens/{id}", web::get().to(admin::get_token))
-                        .route("/tokens/{id}/revoke", web::post().to(admin::revoke_token))
-                        .route("/users", web::get().to(admin::list_users))
-                        .route("/users/{id}", web::get().to(admin::get_user))
-                        .route("/devices", web::get().to(admin::list_devices))
-                        .route("/devices/{id}", web::get().to(admin::get_device))
-                        .route("/devices/{id}/revoke", web::post().to(admin::revoke_device))
-                        .route("/activations", web::get().to(admin::list_activations))
-                        .route("/device-maps", web::post().to(device_maps::upload))
-                        .route(
-                            "/device-mappings",
-                            web::post().to(device_maps::create_mappings),
+                        .service(
+                            resource("/org")
+                                .route(web::get().to(admin::get_org))
+                                .route(web::patch().to(admin::patch_org)),
                         )
-                        .route(
-                            "/device-mappings",
-                            web::get().to(device_maps::list_mappings),
+                        .service(
+                            resource("/admin-keys")
+                                .route(web::post().to(admin::create_admin_key))
+                                .route(web::get().to(admin::list_admin_keys)),
                         )
-                        .route(
-                            "/device-mappings/{id}",
-                            web::get().to(device_maps::get_mapping),
+                        .service(
+                            resource("/admin-keys/{id}/revoke")
+                                .route(web::post().to(admin::revoke_admin_key)),
                         )
-                        .route(
-                            "/device-mappings/{id}",
-                            web::delete().to(device_maps::delete_mapping),
+                        .service(
+                            resource("/tokens")
+                                .route(web::post().to(admin::mint_token))
+                                .route(web::get().to(admin::list_tokens)),
+                        )
+                        .service(resource("/tokens/{id}").route(web::get().to(admin::get_token)))
+                        .service(
+                            resource("/tokens/{id}/revoke")
+                                .route(web::post().to(admin::revoke_token)),
+                        )
+                        .service(resource("/users").route(web::get().to(admin::list_users)))
+                        .service(resource("/users/{id}").route(web::get().to(admin::get_user)))
+                        .service(resource("/devices").route(web::get().to(admin::list_devices)))
+                        .service(resource("/devices/{id}").route(web::get().to(admin::get_device)))
+                        .service(
+                            resource("/devices/{id}/revoke")
+                                .route(web::post().to(admin::revoke_device)),
+                        )
+                        .service(
+                            resource("/activations").route(web::get().to(admin::list_activations)),
+                        )
+                        .service(
+                            resource("/device-maps").route(web::post().to(device_maps::upload)),
+                        )
+                        .service(
+                            resource("/device-mappings")
+                                .route(web::post().to(device_maps::create_mappings))
+                                .route(web::get().to(device_maps::list_mappings)),
+                        )
+                        .service(
+                            resource("/device-mappings/{id}")
+                                .route(web::get().to(device_maps::get_mapping))
+                                .route(web::delete().to(device_maps::delete_mapping)),
                         ),
                 ),
         );
+}
+
+async fn method_not_allowed(
+    req: actix_web::HttpRequest,
+) -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::new(
+        Code::MethodNotAllowed,
+        format!("{} is not allowed on {}", req.method(), req.path()),
+    ))
 }
 
 /// Unknown paths and methods answer in the same JSON error shape as everything else.

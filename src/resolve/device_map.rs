@@ -34,10 +34,10 @@ impl DeviceMapResolver {
         // could claim a mapped laptop for themselves. A reassignment of a known device is the
         // mapping's decision and the new user is who signs in.
         if !ctx.request.user.matches(&m.email_norm, &m.user_name) {
-            return Err(ResolveError::UserNotMapped(format!(
-                "this device is mapped to another user ({})",
-                m.user_name
-            )));
+            // The mapped user's name is not revealed to whoever holds the token.
+            return Err(ResolveError::UserNotMapped(
+                "this device is mapped to another user".into(),
+            ));
         }
         let email = Email::parse(&m.email).map_err(|e| {
             ResolveError::UserNotMapped(format!("mapping has an invalid email: {e}"))

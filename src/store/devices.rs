@@ -51,18 +51,37 @@ pub struct NewDevice<'a> {
     pub org_id: &'a str,
     pub user_id: &'a str,
     pub name: &'a str,
-    pub hostname: Option<&'a str>,
-    pub serial: Option<&'a str>,
-    pub uuid: Option<&'a str>,
-    pub ids: &'a DeviceIdentifiers,
-    pub os: Option<&'a str>,
-    pub os_version: Option<&'a str>,
-    pub client_version: Option<&'a str>,
+    pub report: &'a DeviceReport<'a>,
     pub install_key_hash: Option<&'a str>,
     pub credential_hash: &'a str,
     pub token_id: &'a str,
     pub restore_data: Option<&'a str>,
     pub replaces: Option<&'a str>,
+}
+
+/// What a client reported about its machine. Raw identifier values are kept only where they
+/// normalized to something usable, so placeholders like "To Be Filled By O.E.M." never show up.
+#[derive(Debug, Clone)]
+pub struct DeviceReport<'a> {
+    pub ids: &'a DeviceIdentifiers,
+    pub hostname: Option<&'a str>,
+    pub serial: Option<&'a str>,
+    pub uuid: Option<&'a str>,
+    pub os: Option<&'a str>,
+    pub os_version: Option<&'a str>,
+    pub client_version: Option<&'a str>,
+}
+
+impl DeviceReport<'_> {
+    fn hostname(&self) -> Option<&str> {
+        self.ids.hostname.as_ref().and(self.hostname)
+    }
+    fn serial(&self) -> Option<&str> {
+        self.ids.serial.as_ref().and(self.serial)
+    }
+    fn uuid(&self) -> Option<&str> {
+        self.ids.uuid.as_ref().and(self.uuid)
+    }
 }
 
 /// Display names compare case-insensitively.
@@ -73,8 +92,8 @@ pub fn name_norm(name: &str) -> String {
 /// The active device these identifiers denote, if any:
 /// 1. same serial;
 /// 2. else same UUID, unless both sides have a serial (then they differ: a cloned image);
-/// 3. else, when the request has neither serial nor UUID, same hostname on a device that has
-///    neither either.
+/// 3. else same hostname on a device that has neither serial nor UUID (a machine whose agent could
+///    not read them before; the repeat then records them).
 pub async fn find_active(
     conn: &mut Conn,
     org_id: &str,
@@ -107,17 +126,16 @@ pub async fn find_active(
             return Ok(d);
         }
     }
-    if ids.serial.is_none() && ids.uuid.is_none()
-        && let Some(host) = &ids.hostname {
-            return Ok(sqlx::query_as::<_, DeviceRow>(
-                "SELECT * FROM devices WHERE org_id = $1 AND status = 'active' AND hostname_norm = $2
+    if let Some(host) = &ids.hostname {
+        return Ok(sqlx::query_as::<_, DeviceRow>(
+            "SELECT * FROM devices WHERE org_id = $1 AND status = 'active' AND hostname_norm = $2
                    AND serial_norm IS NULL AND uuid_norm IS NULL",
-            )
-            .bind(org_id)
-            .bind(host)
-            .fetch_optional(&mut *conn)
-            .await?);
-        }
+        )
+        .bind(org_id)
+        .bind(host)
+        .fetch_optional(&mut *conn)
+        .await?);
+    }
     Ok(None)
 }
 
@@ -133,15 +151,15 @@ pub async fn insert(conn: &mut Conn, d: &NewDevice<'_>, now: i64) -> Result<()> 
     .bind(d.user_id)
     .bind(d.name)
     .bind(name_norm(d.name))
-    .bind(d.hostname)
-    .bind(d.ids.hostname.as_deref())
-    .bind(d.serial)
-    .bind(d.ids.serial.as_deref())
-    .bind(d.uuid)
-    .bind(d.ids.uuid.as_deref())
-    .bind(d.os)
-    .bind(d.os_version)
-    .bind(d.client_version)
+    .bind(d.report.hostname())
+    .bind(d.report.ids.hostname.as_deref())
+    .bind(d.report.serial())
+    .bind(d.report.ids.serial.as_deref())
+    .bind(d.report.uuid())
+    .bind(d.report.ids.uuid.as_deref())
+    .bind(d.report.os)
+    .bind(d.report.os_version)
+    .bind(d.report.client_version)
     .bind(d.install_key_hash)
     .bind(d.credential_hash)
     .bind(d.token_id)
@@ -153,34 +171,40 @@ pub async fn insert(conn: &mut Conn, d: &NewDevice<'_>, now: i64) -> Result<()> 
     Ok(())
 }
 
-/// Refreshes a known device on a repeated activation. Conditional on the state the caller saw,
-/// so a concurrent change makes it return `Conflict` instead of overwriting.
-#[allow(clippy::too_many_arguments)]
+/// Refreshes a known device on a repeated activation: what the client reports now, identifiers
+/// it could not read before, and (for a fresh mapping of the same user) a new display name.
+/// Conditional on the state the caller saw, so a concurrent change yields `Conflict`.
 pub async fn refresh(
     conn: &mut Conn,
     d: &DeviceRow,
-    hostname: Option<&str>,
-    ids: &DeviceIdentifiers,
-    os: Option<&str>,
-    os_version: Option<&str>,
-    client_version: Option<&str>,
+    report: &DeviceReport<'_>,
+    name: Option<&str>,
     install_key_hash: Option<&str>,
     now: i64,
 ) -> Result<()> {
     let r = sqlx::query(
         "UPDATE devices SET hostname = COALESCE($3, hostname), hostname_norm = COALESCE($4, hostname_norm),
-                os = COALESCE($5, os), os_version = COALESCE($6, os_version),
-                client_version = COALESCE($7, client_version),
-                install_key_hash = COALESCE(install_key_hash, $8), last_activated_at = $9
+                serial = COALESCE(serial, $5), serial_norm = COALESCE(serial_norm, $6),
+                uuid = COALESCE(uuid, $7), uuid_norm = COALESCE(uuid_norm, $8),
+                os = COALESCE($9, os), os_version = COALESCE($10, os_version),
+                client_version = COALESCE($11, client_version),
+                name = COALESCE($12, name), name_norm = COALESCE($13, name_norm),
+                install_key_hash = COALESCE(install_key_hash, $14), last_activated_at = $15
          WHERE id = $1 AND user_id = $2 AND status = 'active'",
     )
     .bind(&d.id)
     .bind(&d.user_id)
-    .bind(hostname)
-    .bind(ids.hostname.as_deref())
-    .bind(os)
-    .bind(os_version)
-    .bind(client_version)
+    .bind(report.hostname())
+    .bind(report.ids.hostname.as_deref())
+    .bind(report.serial())
+    .bind(report.ids.serial.as_deref())
+    .bind(report.uuid())
+    .bind(report.ids.uuid.as_deref())
+    .bind(report.os)
+    .bind(report.os_version)
+    .bind(report.client_version)
+    .bind(name)
+    .bind(name.map(name_norm))
     .bind(install_key_hash)
     .bind(now)
     .execute(&mut *conn)
@@ -203,12 +227,13 @@ pub async fn reassign(
     credential_hash: &str,
     token_id: &str,
     restore_data: Option<&str>,
+    replaces: Option<&str>,
     now: i64,
 ) -> Result<()> {
     let r = sqlx::query(
         "UPDATE devices SET user_id = $3, name = $4, name_norm = $5, credential_gen = credential_gen + 1,
-                credential_hash = $6, token_id = $7, restore_data = $8, last_activated_at = $9
-         WHERE id = $1 AND user_id = $2 AND status = 'active' AND credential_gen = $10",
+                credential_hash = $6, token_id = $7, restore_data = $8, replaces = $9, last_activated_at = $10
+         WHERE id = $1 AND user_id = $2 AND status = 'active' AND credential_gen = $11",
     )
     .bind(&d.id)
     .bind(&d.user_id)
@@ -218,6 +243,7 @@ pub async fn reassign(
     .bind(credential_hash)
     .bind(token_id)
     .bind(restore_data)
+    .bind(replaces)
     .bind(now)
     .bind(d.credential_gen)
     .execute(&mut *conn)

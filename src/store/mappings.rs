@@ -14,16 +14,24 @@ pub struct StoredMapping {
     pub id: String,
     #[serde(skip)]
     pub org_id: String,
+    // The mapping fields carry the same names as the CSV columns and the JSON input.
+    #[serde(rename = "emailID")]
     pub email: String,
     #[serde(skip)]
     pub email_norm: String,
+    #[serde(rename = "userName")]
     pub user_name: String,
+    #[serde(rename = "deviceName")]
     pub device_name: String,
+    #[serde(rename = "deviceIdentifierType")]
     pub identifier_type: String,
+    #[serde(rename = "deviceIdentifier")]
     pub identifier: String,
     #[serde(skip)]
     pub identifier_norm: String,
+    #[serde(rename = "oldDeviceName")]
     pub old_device_name: Option<String>,
+    #[serde(rename = "restoreData")]
     pub restore_data: Option<String>,
     #[serde(serialize_with = "crate::clock::ser::ts")]
     pub created_at: i64,
@@ -199,11 +207,14 @@ impl Store {
 
     pub async fn delete_mapping(&self, org_id: &str, id: &str) -> Result<()> {
         let mut tx = self.begin().await?;
-        let r = sqlx::query("DELETE FROM device_mappings WHERE id = $1 AND org_id = $2")
-            .bind(id)
-            .bind(org_id)
-            .execute(&mut *tx)
-            .await?;
+        // Consumed mappings are the record of how a device was bound: kept.
+        let r = sqlx::query(
+            "DELETE FROM device_mappings WHERE id = $1 AND org_id = $2 AND consumed_at IS NULL",
+        )
+        .bind(id)
+        .bind(org_id)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         if r.rows_affected() == 1 {
             Ok(())

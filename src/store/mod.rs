@@ -19,10 +19,10 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Sqlite, SqlitePool};
 
 pub use activations::{ActivationRecord, ActivationRow};
-pub use devices::{DeviceRow, NewDevice};
+pub use devices::{DeviceReport, DeviceRow, NewDevice};
 pub use keys::SigningKeyRow;
 pub use mappings::{MappingFilter, StoredMapping};
-pub use orgs::{OrgRow, OrgSettingsPatch};
+pub use orgs::{AdminKeyRow, OrgRow, OrgSettingsPatch};
 pub use tokens::{NewToken, TokenRow};
 pub use users::{NewUser, UserRow};
 
@@ -106,11 +106,12 @@ impl Store {
             .foreign_keys(true)
             .busy_timeout(opts.busy_timeout);
         if let Some(parent) = base.get_filename().parent()
-            && !parent.as_os_str().is_empty() {
-                std::fs::create_dir_all(parent).map_err(|e| {
-                    StoreError::Unavailable(format!("cannot create {}: {e}", parent.display()))
-                })?;
-            }
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", parent.display()))
+            })?;
+        }
         let write = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(opts.acquire_timeout)

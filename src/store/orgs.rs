@@ -15,6 +15,17 @@ pub struct OrgRow {
     pub created_at: i64,
 }
 
+/// An admin API key as listed (never the key or its hash).
+#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+pub struct AdminKeyRow {
+    pub id: String,
+    pub name: String,
+    #[serde(serialize_with = "crate::clock::ser::ts")]
+    pub created_at: i64,
+    #[serde(serialize_with = "crate::clock::ser::ts_opt")]
+    pub revoked_at: Option<i64>,
+}
+
 /// Fields an admin may change; `None` leaves a field as it is. `default_quota_bytes` is doubly
 /// optional: `Some(None)` sets "unlimited".
 #[derive(Debug, Clone, Default)]
@@ -38,7 +49,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-            "INSERT INTO admin_keys (id, org_id, key_hash, created_at) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO admin_keys (id, org_id, name, key_hash, created_at) VALUES ($1, $2, 'initial', $3, $4)",
         )
         .bind(new_id())
         .bind(&id)
@@ -93,7 +104,7 @@ impl Store {
         Ok(org)
     }
 
-    /// The organization an admin key (by hash) belongs to, if the key is live.
+    /// The organization a live admin key (by hash) belongs to.
     pub async fn org_for_admin_key(&self, key_hash: &str) -> Result<Option<String>> {
         let row: Option<(String, String)> = sqlx::query_as(
             "SELECT org_id, key_hash FROM admin_keys WHERE key_hash = $1 AND revoked_at IS NULL",
@@ -106,18 +117,69 @@ impl Store {
             .map(|(org, _)| org))
     }
 
-    pub async fn add_admin_key(&self, org_id: &str, key_hash: &str, now: i64) -> Result<()> {
+    pub async fn list_admin_keys(&self, org_id: &str) -> Result<Vec<AdminKeyRow>> {
+        Ok(sqlx::query_as::<_, AdminKeyRow>(
+            "SELECT id, name, created_at, revoked_at FROM admin_keys WHERE org_id = $1 ORDER BY id",
+        )
+        .bind(org_id)
+        .fetch_all(&self.read)
+        .await?)
+    }
+
+    /// Revokes an admin key unless it is the organization's last live one (which would lock the
+    /// organization out of its own API). `Ok(false)`: refused for that reason.
+    pub async fn revoke_admin_key(&self, org_id: &str, id: &str, now: i64) -> Result<bool> {
         let mut tx = self.begin().await?;
-        sqlx::query(
-            "INSERT INTO admin_keys (id, org_id, key_hash, created_at) VALUES ($1, $2, $3, $4)",
+        let target: Option<(Option<i64>,)> =
+            sqlx::query_as("SELECT revoked_at FROM admin_keys WHERE id = $1 AND org_id = $2")
+                .bind(id)
+                .bind(org_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((revoked_at,)) = target else {
+            return Err(StoreError::NotFound);
+        };
+        if revoked_at.is_none() {
+            let (live,): (i64,) = sqlx::query_as(
+                "SELECT COUNT(*) FROM admin_keys WHERE org_id = $1 AND revoked_at IS NULL",
+            )
+            .bind(org_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            if live <= 1 {
+                return Ok(false);
+            }
+            sqlx::query("UPDATE admin_keys SET revoked_at = $3 WHERE id = $1 AND org_id = $2")
+                .bind(id)
+                .bind(org_id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn add_admin_key(
+        &self,
+        org_id: &str,
+        name: &str,
+        key_hash: &str,
+        now: i64,
+    ) -> Result<AdminKeyRow> {
+        let mut tx = self.begin().await?;
+        let row = sqlx::query_as::<_, AdminKeyRow>(
+            "INSERT INTO admin_keys (id, org_id, name, key_hash, created_at) VALUES ($1, $2, $3, $4, $5)
+             RETURNING id, name, created_at, revoked_at",
         )
         .bind(new_id())
         .bind(org_id)
+        .bind(name)
         .bind(key_hash)
         .bind(now)
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(row)
     }
 }

@@ -151,6 +151,11 @@ impl TokenService {
         Ok(())
     }
 
+    /// Picks up keys rotated by another process (rate-limited like `reload`).
+    pub async fn refresh(&self, now: i64) -> Result<(), KeyError> {
+        self.reload(now, false).await
+    }
+
     /// Public keys as a JWKS document (published at `/api/v1/keys`).
     pub fn jwks(&self) -> serde_json::Value {
         let ring = self.ring.read().expect("ring lock");
@@ -195,7 +200,7 @@ impl TokenService {
     }
 
     /// The token string for a stored row. Ed25519 signatures are deterministic, so this is the
-    /// exact string handed out at minting: admins never need to keep it.
+    /// exact string handed out at minting, re-derivable later without ever storing it.
     pub fn token_string(&self, row: &TokenRow) -> Result<String, KeyError> {
         let key = self
             .ring

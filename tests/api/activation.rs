@@ -596,3 +596,121 @@ async fn failed_and_successful_attempts_are_in_the_audit_trail() {
     assert_eq!(failed[0]["serial"], "S9");
     assert_eq!(failed[0]["status"], 403);
 }
+
+#[tokio::test]
+async fn reassignment_with_old_device_name_replaces_the_new_users_old_device() {
+    let app = spawn_app().await;
+    app.map(&format!("{HEADER}a@corp.example.com,a,A-LAPTOP,serial-number,SA,,\nb@corp.example.com,b,B-OLD,serial-number,SB,,\n")).await;
+    let token = app.token().await;
+    let (_, a) = app
+        .activate_ok(&activation(&token, "SA", "A-LAPTOP", "a"))
+        .await;
+    let (_, b_old) = app
+        .activate_ok(&activation(&token, "SB", "B-OLD", "b"))
+        .await;
+    // A's laptop goes to B and takes over B's old device's data.
+    app.map(&format!(
+        "{HEADER}b@corp.example.com,b,B-NEW,serial-number,SA,b-old,ALL\n"
+    ))
+    .await;
+    let (s, moved) = app
+        .activate_ok(&activation(&token, "SA", "A-LAPTOP", "b"))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    assert_eq!(moved["device_id"], a["device_id"]);
+    assert_eq!(moved["user_id"], b_old["user_id"]);
+    assert_eq!(moved["replaced_device_id"], b_old["device_id"]);
+    assert_eq!(moved["restore_data"], "ALL");
+    let old = app
+        .admin_get(&format!(
+            "/api/v1/admin/devices/{}",
+            b_old["device_id"].as_str().unwrap()
+        ))
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(old["status"], "replaced");
+}
+
+#[tokio::test]
+async fn restore_data_is_only_reported_when_a_device_was_replaced() {
+    let app = spawn_app().await;
+    // A brand-new user cannot have an old device, whatever the mapping says.
+    app.map(&format!(
+        "{HEADER}n@corp.example.com,n,N-1,serial-number,SN,GONE,ALL\n"
+    ))
+    .await;
+    let token = app.token().await;
+    let (_, body) = app.activate_ok(&activation(&token, "SN", "N-1", "n")).await;
+    assert_eq!(body["replaced_device_id"], Value::Null);
+    assert_eq!(body["restore_data"], Value::Null);
+}
+
+#[tokio::test]
+async fn placeholders_are_not_stored_and_repeats_fill_in_identifiers() {
+    let app = spawn_app().await;
+    app.map(&format!(
+        "{HEADER}a@corp.example.com,a,KIOSK-1,hostname,kiosk-1,,\n"
+    ))
+    .await;
+    let token = app.token().await;
+    let (_, first) = app
+        .activate_ok(&activation(&token, "N/A", "KIOSK-1", "a"))
+        .await;
+    let url = format!(
+        "/api/v1/admin/devices/{}",
+        first["device_id"].as_str().unwrap()
+    );
+    let d = app.admin_get(&url).await.json::<Value>().await.unwrap();
+    assert_eq!(
+        d["serial"],
+        Value::Null,
+        "a placeholder serial is not a serial"
+    );
+    assert_eq!(d["hostname"], "KIOSK-1");
+    // Same machine after an agent update that can read the hardware identifiers: the hostname-only
+    // device is recognised and learns them.
+    let mut again = activation(&token, "KS-778899", "kiosk-1", "a");
+    again["device"]["uuid"] = json!("6F1B0C3A-2D4E-4F5A-8B6C-7D8E9F0A1B2C");
+    let (s, second) = app.activate_ok(&again).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(second["device_id"], first["device_id"]);
+    let d = app.admin_get(&url).await.json::<Value>().await.unwrap();
+    assert_eq!(d["serial"], "KS-778899");
+    assert_eq!(d["uuid"], "6F1B0C3A-2D4E-4F5A-8B6C-7D8E9F0A1B2C");
+    // From now on the serial identifies it, whatever the hostname.
+    let (s, third) = app
+        .activate_ok(&activation(&token, "KS-778899", "RENAMED-9", "a"))
+        .await;
+    assert_eq!(
+        (s, &third["device_id"]),
+        (StatusCode::OK, &first["device_id"])
+    );
+}
+
+#[tokio::test]
+async fn another_users_machine_sharing_a_hostname_does_not_take_over_a_hostname_only_device() {
+    let app = spawn_app().await;
+    app.map(&format!("{HEADER}a@corp.example.com,a,SHARED,hostname,shared,,\nb@corp.example.com,b,SHARED-B,serial-number,SB1,,\n")).await;
+    let token = app.token().await;
+    let mut first = activation(&token, "", "SHARED", "a");
+    first["device"]["serial"] = Value::Null;
+    let (_, a) = app.activate_ok(&first).await;
+    let (s, b) = app
+        .activate_ok(&activation(&token, "SB1", "shared", "b"))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    assert_ne!(a["device_id"], b["device_id"]);
+    let d = app
+        .admin_get(&format!(
+            "/api/v1/admin/devices/{}",
+            a["device_id"].as_str().unwrap()
+        ))
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(d["status"], "active");
+    assert_eq!(d["user_id"], a["user_id"]);
+}

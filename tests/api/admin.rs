@@ -159,7 +159,7 @@ async fn lists_are_cursor_paginated() {
         };
         let v: Value = app.admin_get(&path).await.json().await.unwrap();
         for m in v["items"].as_array().unwrap() {
-            seen.push(m["identifier"].as_str().unwrap().to_string());
+            seen.push(m["deviceIdentifier"].as_str().unwrap().to_string());
         }
         match v["next_cursor"].as_str() {
             Some(c) => cursor = Some(c.to_string()),
@@ -284,5 +284,112 @@ async fn serves_https_when_a_certificate_is_configured() {
             .await
             .map(|r| !r.status().is_success())
             .unwrap_or(true)
+    );
+}
+
+#[tokio::test]
+async fn wrong_method_on_a_known_path_is_405_json() {
+    let app = spawn_app().await;
+    let r = app
+        .client
+        .delete(app.url("/api/v1/admin/tokens"))
+        .bearer_auth(&app.admin_key)
+        .send()
+        .await
+        .unwrap();
+    let (s, c, _) = error_code(r).await;
+    assert_eq!(
+        (s, c.as_str()),
+        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+    );
+    let r = app
+        .client
+        .get(app.url("/api/v1/activations"))
+        .send()
+        .await
+        .unwrap();
+    let (s, c, _) = error_code(r).await;
+    assert_eq!(
+        (s, c.as_str()),
+        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+    );
+}
+
+#[tokio::test]
+async fn admin_keys_can_be_added_listed_and_revoked_but_not_the_last_one() {
+    let app = spawn_app().await;
+    let r = app
+        .admin_post("/api/v1/admin/admin-keys", &json!({"name": "automation"}))
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let created: Value = r.json().await.unwrap();
+    let second = created["key"].as_str().unwrap().to_string();
+    assert!(second.starts_with("imd_adm_"));
+    let listed = app
+        .admin_get("/api/v1/admin/admin-keys")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !listed.contains(&second) && !listed.contains(&app.admin_key),
+        "keys are never listed"
+    );
+    let items: Value = serde_json::from_str(&listed).unwrap();
+    let ids: Vec<String> = items["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 2);
+
+    // Revoke the first key with the second; the first stops working at once.
+    let first_id = ids
+        .iter()
+        .find(|i| **i != created["id"].as_str().unwrap())
+        .unwrap();
+    let r = app
+        .client
+        .post(app.url(&format!("/api/v1/admin/admin-keys/{first_id}/revoke")))
+        .bearer_auth(&second)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = app
+        .client
+        .get(app.url("/api/v1/admin/tokens"))
+        .bearer_auth(&app.admin_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // The last live key cannot be revoked: that would lock the organization out.
+    let r = app
+        .client
+        .post(app.url(&format!(
+            "/api/v1/admin/admin-keys/{}/revoke",
+            created["id"].as_str().unwrap()
+        )))
+        .bearer_auth(&second)
+        .send()
+        .await
+        .unwrap();
+    let (s, c, _) = error_code(r).await;
+    assert_eq!((s, c.as_str()), (StatusCode::CONFLICT, "conflict"));
+    let (s, c, _) = error_code(
+        app.client
+            .post(app.url("/api/v1/admin/admin-keys"))
+            .bearer_auth(&second)
+            .json(&json!({"name": ""}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (s, c.as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_request")
     );
 }

@@ -26,8 +26,8 @@ async fn accepts_bom_crlf_quoting_and_any_column_order() {
         )
         .await;
     assert_eq!(m.len(), 1);
-    assert_eq!(m[0]["user_name"], "Doe, Jane");
-    assert_eq!(m[0]["device_name"], "WS \"1\"");
+    assert_eq!(m[0]["userName"], "Doe, Jane");
+    assert_eq!(m[0]["deviceName"], "WS \"1\"");
 }
 
 #[tokio::test]
@@ -170,7 +170,7 @@ async fn reupload_updates_pending_mappings_in_place() {
         )
         .await;
     assert_eq!(m.len(), 1);
-    assert_eq!(m[0]["email"], "b@corp.example.com");
+    assert_eq!(m[0]["emailID"], "b@corp.example.com");
     // The hostname mapping matches the short, case-insensitive name.
     let token = app.token().await;
     let mut req = activation(&token, "", "ws-3", "c");
@@ -442,7 +442,7 @@ async fn killing_the_server_mid_upload_leaves_the_previous_state() {
     let items = count["items"].as_array().unwrap();
     let old = items
         .iter()
-        .filter(|m| m["identifier"].as_str().unwrap().starts_with("old"))
+        .filter(|m| m["deviceIdentifier"].as_str().unwrap().starts_with("old"))
         .count();
     assert_eq!(old, 100, "the previous mappings are intact");
     let db = sqlx::SqlitePool::connect(&format!("sqlite://{data}/imd.db"))
@@ -466,4 +466,60 @@ async fn the_shipped_example_device_map_is_valid() {
     let body = app.map(&csv).await;
     assert_eq!(body["rows_invalid"], 0);
     assert_eq!(body["created"], 4);
+}
+
+#[tokio::test]
+async fn consumed_mappings_are_kept_for_audit() {
+    let app = spawn_app().await;
+    app.map(&format!(
+        "{HEADER}a@corp.example.com,a,WS-1,serial-number,S1,,\n"
+    ))
+    .await;
+    let token = app.token().await;
+    app.activate_ok(&activation(&token, "S1", "WS-1", "a"))
+        .await;
+    let m = app
+        .list("/api/v1/admin/device-mappings?status=consumed")
+        .await;
+    let id = m[0]["id"].as_str().unwrap();
+    let r = app
+        .client
+        .delete(app.url(&format!("/api/v1/admin/device-mappings/{id}")))
+        .bearer_auth(&app.admin_key)
+        .send()
+        .await
+        .unwrap();
+    let (s, c, _) = error_code(r).await;
+    assert_eq!((s, c.as_str()), (StatusCode::CONFLICT, "conflict"));
+    assert_eq!(
+        app.list("/api/v1/admin/device-mappings?status=consumed")
+            .await
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn csv_report_of_a_clean_upload_is_the_header_with_counts_in_headers() {
+    let app = spawn_app().await;
+    let r = app
+        .client
+        .post(app.url("/api/v1/admin/device-maps"))
+        .bearer_auth(&app.admin_key)
+        .header("Content-Type", "text/csv")
+        .header("Accept", "text/csv")
+        .body(device_map(3))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["x-imd-created"], "3");
+    assert_eq!(r.headers()["x-imd-rows-invalid"], "0");
+    assert_eq!(r.headers()["x-imd-applied"], "1");
+    let text = r.text().await.unwrap();
+    assert_eq!(
+        csv::Reader::from_reader(text.as_bytes()).records().count(),
+        0
+    );
+    assert_eq!(mapping_count(&app).await, 3);
 }
