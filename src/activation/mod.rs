@@ -435,15 +435,15 @@ impl Activator {
             .or_else(|| req.hostname.clone())
             .unwrap_or_else(|| "device".into());
 
-        if let Some(d) = existing {
-            if d.user_id == user.id {
-                // A fresh mapping for a device its user already has: settle the mapping and take
-                // its device name; everything else stays.
-                consume_mapping(tx, &b, &d.id, now).await?;
-                return self
-                    .repeat(tx, d, &user, token, req, Some(&name), install_key_hash, now)
-                    .await;
-            }
+        if let Some(d) = existing
+            && d.user_id == user.id
+        {
+            // A fresh mapping for a device its user already has: settle the mapping and take
+            // its device name; everything else stays.
+            consume_mapping(tx, &b, &d.id, now).await?;
+            return self
+                .repeat(tx, d, &user, token, req, Some(&name), install_key_hash, now)
+                .await;
         }
 
         // A new binding: a new device, or a known device moving to another user.
