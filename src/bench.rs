@@ -319,7 +319,7 @@ impl Figures {
         let load: usize = [&self.baseline, &self.activations, &self.repeats]
             .into_iter()
             .flatten()
-            .map(|f| f.stats.error_count() + f.stats.planned - f.stats.completed)
+            .map(|f| f.stats.error_count())
             .sum();
         let upload = self
             .upload
@@ -478,8 +478,8 @@ impl Figures {
                     );
                     if let Some(sent) = u.send_secs {
                         println!(
-                            "  body sent (transfer + server spooling) in {sent:.2} s; the server \
-                             answered {:.2} s later (validating and applying)",
+                            "  last byte handed to the connection after {sent:.2} s (transfer and \
+                             spooling); the server answered {:.2} s later (validating, applying)",
                             u.secs - sent
                         );
                     }
@@ -632,26 +632,33 @@ fn write_bulk_map(path: &Path, rows: usize) -> std::io::Result<u64> {
 }
 
 /// The file as a request body, read in chunks as the connection takes them. `sent` records when
-/// the last chunk was handed over, which splits the upload's time into transfer and processing.
-async fn file_body(path: &Path, sent: Arc<OnceLock<Instant>>) -> std::io::Result<reqwest::Body> {
+/// the last of its `len` bytes was handed over (the connection stops asking once it has the
+/// declared length, so end of file is never seen), which splits the upload's time into transfer
+/// and processing.
+async fn file_body(
+    path: &Path,
+    len: u64,
+    sent: Arc<OnceLock<Instant>>,
+) -> std::io::Result<reqwest::Body> {
     use tokio::io::AsyncReadExt;
     let file = tokio::fs::File::open(path).await?;
-    // The file goes to None after an error so that a failing read ends the stream.
-    let stream = futures_util::stream::unfold(Some(file), move |state| {
+    // The file goes to None after an error or at the end so that the stream ends.
+    let stream = futures_util::stream::unfold((Some(file), 0u64), move |(state, done)| {
         let sent = sent.clone();
         async move {
             let mut f = state?;
             let mut buf = vec![0u8; 256 * 1024];
             match f.read(&mut buf).await {
-                Ok(0) => {
-                    let _ = sent.set(Instant::now());
-                    None
-                }
+                Ok(0) => None,
                 Ok(n) => {
                     buf.truncate(n);
-                    Some((Ok::<_, std::io::Error>(Bytes::from(buf)), Some(f)))
+                    let done = done + n as u64;
+                    if done >= len {
+                        let _ = sent.set(Instant::now());
+                    }
+                    Some((Ok::<_, std::io::Error>(Bytes::from(buf)), (Some(f), done)))
                 }
-                Err(e) => Some((Err(e), None)),
+                Err(e) => Some((Err(e), (None, done))),
             }
         }
     });
@@ -675,7 +682,7 @@ async fn large_upload(
     let pid = server.pid();
     let peak_before_mb = status_mb(pid, "VmHWM");
     let sent = Arc::new(OnceLock::new());
-    let body = file_body(&path, sent.clone()).await?;
+    let body = file_body(&path, bytes, sent.clone()).await?;
     let cpu = CpuMark::now(pid);
     let t = Instant::now();
     let result = loadgen::upload_device_map(
@@ -929,6 +936,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     if let Some(why) = &failed {
         fig.incomplete.get_or_insert_with(|| why.clone());
+    }
+    // A phase cut short by the deadline leaves its figures partial even if nothing came after it.
+    if fig.incomplete.is_none()
+        && let Some(cut) = [&fig.baseline, &fig.activations, &fig.repeats]
+            .into_iter()
+            .flatten()
+            .find(|f| f.stats.completed < f.stats.planned)
+    {
+        fig.incomplete = Some(format!(
+            "--duration-limit-secs {} reached during {}",
+            args.duration_limit_secs,
+            cut.label.trim()
+        ));
     }
     fig.print(&args, &header);
     if args.json {

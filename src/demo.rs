@@ -76,7 +76,7 @@ fn progress_bar(len: usize) -> ProgressBar {
     }
     let bar = ProgressBar::with_draw_target(Some(len as u64), ProgressDrawTarget::stdout());
     if let Ok(style) = ProgressStyle::with_template(
-        "      [{bar:40}] {pos}/{len} activations  {per_sec}  eta {eta}",
+        "      [{bar:40}] {pos}/{len} activations, {elapsed} elapsed, eta {eta}",
     ) {
         bar.set_style(style.progress_chars("=> "));
     }
@@ -171,7 +171,7 @@ pub async fn run(args: DemoArgs, config_file: Option<&Path>) -> anyhow::Result<E
         4,
         format_args!(
             "generated a device map of {} devices for {} users: {} serial-number, {} uuid, {} \
-             hostname; {} users with a second machine, {} hardware refreshes (oldDeviceName)",
+             hostname; {} users with a second machine, {} replacing an older one (oldDeviceName)",
             fleet.devices.len(),
             fleet.users,
             fleet.count(IdentifierType::SerialNumber),
