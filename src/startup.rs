@@ -117,7 +117,7 @@ impl Application {
         let mut resolvers: HashMap<ImdVersion, Arc<dyn Resolver>> = HashMap::new();
         resolvers.insert(
             ImdVersion::V4,
-            Arc::new(DeviceMapResolver::new(store.clone())),
+            Arc::new(DeviceMapResolver::new()),
         );
         let activator = Activator::new(
             store.clone(),

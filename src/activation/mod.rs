@@ -1,9 +1,12 @@
 //! The activation pipeline, one shape for every IMD version:
-//! validate request → verify token → resolve the user (per-version resolver, outside any
-//! transaction) → in one write transaction: check the token row, ensure the user (just in time),
-//! bind the device, consume the mapping and a token use, record the attempt.
-//! Concurrency is handled by conditional writes and unique indexes: a write that finds the world
-//! changed since the look-ups aborts the transaction and the attempt is re-run from the look-ups.
+//! validate request → verify token (cached per token string) → resolver's network phase, if any
+//! (outside any transaction) → one job on the group-commit writer (`store::writer`), which in a
+//! single write transaction checks the organization and token row, identifies the device,
+//! resolves the user from the database (v4: the device map), ensures the user (just in time),
+//! binds the device, consumes the mapping and a token use, and records the attempt.
+//! Every job runs serialized on the writer, so what it reads cannot change before it writes:
+//! concurrent activations of one device or one user converge on one row by construction, and
+//! the unique indexes are the safety net.
 
 pub mod audit;
 pub mod limiter;
@@ -15,17 +18,16 @@ use std::sync::Arc;
 use imd_tokens::{ImdVersion, TokenError};
 use serde::Serialize;
 
+use rusqlite::Connection;
+
 use crate::crypto::{CredentialKey, ct_eq, sha256_hex};
 use crate::resolve::{Binding, Resolution, ResolveContext, ResolveError, Resolver};
 use crate::store::{
-    self, ActivationRecord, DeviceReport, DeviceRow, NewDevice, NewUser, OrgRow, Store, StoreError,
-    TokenRow, UserRow, new_id,
+    ActivationRecord, DeviceReport, DeviceRow, NewDevice, NewUser, OrgRow, Store, StoreError, TokenRow, UserRow,
+    hot, new_id,
 };
 use crate::tokens::TokenService;
 use request::ActivationRequest;
-
-/// Attempts before a contended activation gives up with a retryable error.
-const MAX_ATTEMPTS: usize = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ActivationError {
@@ -55,7 +57,8 @@ impl From<StoreError> for ActivationError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable(m) => ActivationError::Unavailable(m),
-            StoreError::Conflict => ActivationError::Unavailable("contention".into()),
+            // Cannot happen on the serialized writer; if a constraint fires anyway, retrying is right.
+            StoreError::Conflict => ActivationError::Unavailable("conflicting write".into()),
             other => ActivationError::Internal(other.to_string()),
         }
     }
@@ -130,14 +133,15 @@ pub struct AttemptContext {
 pub struct Activator {
     store: Store,
     tokens: Arc<TokenService>,
-    credentials: CredentialKey,
+    binder: Binder,
     resolvers: HashMap<ImdVersion, Arc<dyn Resolver>>,
 }
 
-/// A write that lost a race: re-run from the look-ups.
-enum Attempt {
-    Done(ActivationOutcome),
-    Retry,
+/// The database half of an activation: runs as a job on the writer thread, so it owns everything
+/// it needs.
+#[derive(Clone)]
+struct Binder {
+    credentials: CredentialKey,
 }
 
 impl Activator {
@@ -147,15 +151,10 @@ impl Activator {
         credentials: CredentialKey,
         resolvers: HashMap<ImdVersion, Arc<dyn Resolver>>,
     ) -> Self {
-        Activator {
-            store,
-            tokens,
-            credentials,
-            resolvers,
-        }
+        Activator { store, tokens, binder: Binder { credentials }, resolvers }
     }
 
-    #[tracing::instrument(skip_all, fields(org_id, token_id, device_id))]
+    #[tracing::instrument(skip_all, fields(org_id, token_id))]
     pub async fn activate(
         &self,
         req: &ActivationRequest,
@@ -164,165 +163,99 @@ impl Activator {
         ctx: &mut AttemptContext,
     ) -> Result<ActivationOutcome, ActivationError> {
         let claims = self.tokens.verify(&req.token, now).await?;
-        let org = match self.store.org(&claims.sub).await {
-            Ok(o) => o,
-            Err(StoreError::NotFound) => {
-                return Err(ActivationError::TokenInvalid("unknown organization".into()));
-            }
-            Err(e) => return Err(e.into()),
-        };
-        ctx.org_id = Some(org.id.clone());
-        tracing::Span::current().record("org_id", org.id.as_str());
-        let token = match self.store.token(&org.id, &claims.jti).await {
-            Ok(t) => t,
-            Err(StoreError::NotFound) => {
-                return Err(ActivationError::TokenInvalid("unknown token".into()));
-            }
-            Err(e) => return Err(e.into()),
-        };
-        ctx.token_id = Some(token.id.clone());
-        tracing::Span::current().record("token_id", token.id.as_str());
-        check_token_row(&token, now)?;
-        if org.require_install_key && req.install_key.is_none() {
-            return Err(ActivationError::InvalidRequest(
-                "this organization requires device.install_key".into(),
-            ));
-        }
-        let resolver = self.resolvers.get(&claims.imd).ok_or_else(|| {
+        // Signed by us, so these name the organization and token even if the request fails later.
+        ctx.org_id = Some(claims.sub.clone());
+        ctx.token_id = Some(claims.jti.clone());
+        tracing::Span::current().record("org_id", claims.sub.as_str());
+        tracing::Span::current().record("token_id", claims.jti.as_str());
+        let resolver = self.resolvers.get(&claims.imd).cloned().ok_or_else(|| {
             ActivationError::TokenInvalid(format!("IMD {} is not enabled", claims.imd.as_str()))
         })?;
+        let prepared = resolver.prepare(req).await?;
+        let binder = self.binder.clone();
+        let job = Job {
+            org_id: claims.sub,
+            token_id: claims.jti,
+            req: req.clone(),
+            remote_ip: remote_ip.map(str::to_string),
+            now,
+        };
+        self.store.hot().run(move |conn| binder.activate(conn, &*resolver, job, prepared)).await
+    }
+}
+
+/// One activation as the writer runs it.
+struct Job {
+    org_id: String,
+    token_id: String,
+    req: ActivationRequest,
+    remote_ip: Option<String>,
+    now: i64,
+}
+
+impl Binder {
+    fn activate(
+        &self,
+        conn: &Connection,
+        resolver: &dyn Resolver,
+        job: Job,
+        prepared: crate::resolve::Prepared,
+    ) -> Result<ActivationOutcome, ActivationError> {
+        let Job { org_id, token_id, req, remote_ip, now } = job;
+        let req = &req;
+        let org = hot::org(conn, &org_id)?
+            .ok_or_else(|| ActivationError::TokenInvalid("unknown organization".into()))?;
+        let token = hot::token(conn, &org.id, &token_id)?
+            .ok_or_else(|| ActivationError::TokenInvalid("unknown token".into()))?;
+        check_token_row(&token, now)?;
+        if org.require_install_key && req.install_key.is_none() {
+            return Err(ActivationError::InvalidRequest("this organization requires device.install_key".into()));
+        }
         let install_key_hash = req.install_key.as_deref().map(sha256_hex);
-        for _ in 0..MAX_ATTEMPTS {
-            let mut existing = self.store.find_active_device(&org.id, &req.ids).await?;
-            if let Some(d) = existing.as_ref().filter(|d| weak_match(d, req)) {
-                // Matched only by hostname although the client now reports hardware identifiers:
-                // the same machine only if the same person is signed in; otherwise it is another
-                // machine that happens to share the name, and it gets no part of this device.
-                let user = self.store.user(&org.id, &d.user_id).await?;
-                if !req.user.matches(&user.email_norm, &user.user_name) {
-                    existing = None;
-                }
-            }
-            if let Some(d) = &existing {
-                check_install_key(d, install_key_hash.as_deref())?;
-            }
-            let resolution = match resolver
-                .resolve(&ResolveContext {
-                    org: &org,
-                    request: req,
-                    existing: existing.as_ref(),
-                })
-                .await
-            {
-                Ok(r) => r,
-                // The look-ups are separate reads: a concurrent activation of this very device may
-                // have consumed the mapping and created the device between them. Look again.
-                Err(ResolveError::DeviceNotMapped)
-                    if existing.is_none()
-                        && self
-                            .store
-                            .find_active_device(&org.id, &req.ids)
-                            .await?
-                            .is_some() =>
-                {
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let attempt = self
-                .commit(
-                    &org,
-                    &token,
-                    req,
-                    existing,
-                    resolution,
-                    install_key_hash.as_deref(),
-                    remote_ip,
-                    now,
-                )
-                .await;
-            match attempt {
-                Ok(Attempt::Done(o)) => {
-                    tracing::Span::current().record("device_id", o.response.device_id.as_str());
-                    return Ok(o);
-                }
-                Ok(Attempt::Retry) => continue,
-                Err(e) => return Err(e),
+
+        let mut existing = hot::find_active(conn, &org.id, &req.ids)?;
+        if let Some(d) = existing.as_ref().filter(|d| weak_match(d, req)) {
+            // Matched only by hostname although the client now reports hardware identifiers:
+            // the same machine only if the same person is signed in; otherwise it is another
+            // machine that happens to share the name, and it gets no part of this device.
+            let same = hot::user(conn, &org.id, &d.user_id)?
+                .is_some_and(|u| req.user.matches(&u.email_norm, &u.user_name));
+            if !same {
+                existing = None;
             }
         }
-        Err(ActivationError::Unavailable(
-            "too much contention on this device, retry".into(),
-        ))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn commit(
-        &self,
-        org: &OrgRow,
-        token: &TokenRow,
-        req: &ActivationRequest,
-        existing: Option<DeviceRow>,
-        resolution: Resolution,
-        install_key_hash: Option<&str>,
-        remote_ip: Option<&str>,
-        now: i64,
-    ) -> Result<Attempt, ActivationError> {
-        // For a repeat, the device's user is read before taking the write lock: a device changes
-        // user only through `reassign`, which `refresh` (conditional on the user id) detects.
-        let keep_user = match (&existing, &resolution) {
+        if let Some(d) = &existing {
+            check_install_key(d, install_key_hash.as_deref())?;
+        }
+        let resolution = resolver.resolve(
+            conn,
+            &ResolveContext { org: &org, request: req, existing: existing.as_ref() },
+            prepared,
+        )?;
+        let outcome = match (&existing, resolution) {
             (Some(d), Resolution::Keep) => {
-                let user = match self.store.user(&org.id, &d.user_id).await {
-                    Err(StoreError::NotFound) => return Ok(Attempt::Retry),
-                    other => other?,
-                };
+                let user = hot::user(conn, &org.id, &d.user_id)?
+                    .ok_or_else(|| ActivationError::Internal(format!("device {} has no user", d.id)))?;
                 if !req.user.matches(&user.email_norm, &user.user_name) {
                     return Err(ActivationError::DeviceConflict(
                         "this device is already activated for another user".into(),
                     ));
                 }
-                Some(user)
+                self.repeat(conn, d, &user, &token, req, None, install_key_hash.as_deref(), now)?
             }
-            _ => None,
-        };
-        let mut tx = self.store.begin().await?;
-        let result = match (&existing, resolution, keep_user) {
-            (Some(d), Resolution::Keep, Some(user)) => {
-                self.repeat(&mut tx, d, &user, token, req, None, install_key_hash, now)
-                    .await
+            (None, Resolution::Keep) => return Err(ActivationError::DeviceNotMapped),
+            (existing, Resolution::Bind(b)) => {
+                self.bind(conn, &org, &token, req, existing.as_ref(), b, install_key_hash.as_deref(), now)?
             }
-            (_, Resolution::Keep, _) => return Ok(Attempt::Retry),
-            (existing, Resolution::Bind(b), _) => {
-                self.bind(
-                    &mut tx,
-                    org,
-                    token,
-                    req,
-                    existing.as_ref(),
-                    b,
-                    install_key_hash,
-                    now,
-                )
-                .await
-            }
-        };
-        let outcome = match result {
-            Ok(o) => o,
-            Err(Retryable::Retry) => return Ok(Attempt::Retry),
-            Err(Retryable::Fail(e)) => return Err(e),
         };
         let r = &outcome.response;
-        store::activations::insert(
-            &mut tx,
+        hot::insert_activation(
+            conn,
             &ActivationRecord {
                 org_id: Some(org.id.clone()),
                 token_id: Some(token.id.clone()),
                 created_at: now,
-                outcome: if outcome.created {
-                    "activated"
-                } else {
-                    "reactivated"
-                }
-                .into(),
+                outcome: if outcome.created { "activated" } else { "reactivated" }.into(),
                 status: if outcome.created { 201 } else { 200 },
                 device_id: Some(r.device_id.clone()),
                 user_id: Some(r.user_id.clone()),
@@ -330,29 +263,19 @@ impl Activator {
                 serial: req.serial.clone(),
                 uuid: req.uuid.clone(),
                 login: req.user.display(),
-                remote_ip: remote_ip.map(str::to_string),
-                message: r
-                    .replaced_device_id
-                    .as_ref()
-                    .map(|id| format!("replaced device {id}")),
+                remote_ip,
+                message: r.replaced_device_id.as_ref().map(|id| format!("replaced device {id}")),
             },
-        )
-        .await?;
-        match tx.commit().await {
-            Ok(()) => Ok(Attempt::Done(outcome)),
-            Err(e) => match StoreError::from(e) {
-                StoreError::Conflict => Ok(Attempt::Retry),
-                other => Err(other.into()),
-            },
-        }
+        )?;
+        Ok(outcome)
     }
 
     /// The same device again, same user: nothing new, the same credential back. `rename` is the
     /// device name of a fresh mapping for the device's current user.
     #[allow(clippy::too_many_arguments)]
-    async fn repeat(
+    fn repeat(
         &self,
-        tx: &mut store::Conn,
+        conn: &Connection,
         d: &DeviceRow,
         user: &UserRow,
         token: &TokenRow,
@@ -360,9 +283,9 @@ impl Activator {
         rename: Option<&str>,
         install_key_hash: Option<&str>,
         now: i64,
-    ) -> Result<ActivationOutcome, Retryable> {
-        store::devices::refresh(tx, d, &report(req), rename, install_key_hash, now).await?;
-        store::tokens::touch(tx, &token.id, now).await?;
+    ) -> Result<ActivationOutcome, ActivationError> {
+        hot::refresh(conn, d, &report(req), rename, install_key_hash, now)?;
+        hot::touch_token(conn, &token.id, now)?;
         Ok(ActivationOutcome {
             created: false,
             response: self.response(
@@ -379,31 +302,31 @@ impl Activator {
 
     /// The device this binding supersedes: the mapping's `oldDeviceName`, or (the reference
     /// product's default) an active device of the same user with the same hostname.
-    async fn superseded(
+    fn superseded(
         &self,
-        tx: &mut store::Conn,
+        conn: &Connection,
         b: &Binding,
         user: &UserRow,
         user_created: bool,
         req: &ActivationRequest,
         this_device: &str,
-    ) -> Result<Option<DeviceRow>, Retryable> {
+    ) -> Result<Option<DeviceRow>, ActivationError> {
         if user_created {
             // A user created a moment ago has no devices to replace.
             return Ok(None);
         }
         let old = match (&b.old_device_name, &req.ids.hostname) {
-            (Some(old_name), _) => store::devices::active_by_name(tx, &user.id, old_name).await?,
-            (None, Some(host)) => store::devices::active_by_hostname(tx, &user.id, host).await?,
+            (Some(old_name), _) => hot::active_by_name(conn, &user.id, old_name)?,
+            (None, Some(host)) => hot::active_by_hostname(conn, &user.id, host)?,
             (None, None) => None,
         };
         Ok(old.filter(|o| o.id != this_device))
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn bind(
+    fn bind(
         &self,
-        tx: &mut store::Conn,
+        conn: &Connection,
         org: &OrgRow,
         token: &TokenRow,
         req: &ActivationRequest,
@@ -411,10 +334,10 @@ impl Activator {
         b: Box<Binding>,
         install_key_hash: Option<&str>,
         now: i64,
-    ) -> Result<ActivationOutcome, Retryable> {
+    ) -> Result<ActivationOutcome, ActivationError> {
         let spec = &b.user;
-        let (user, user_created) = store::users::ensure_user(
-            tx,
+        let (user, user_created) = hot::ensure_user(
+            conn,
             &NewUser {
                 org_id: &org.id,
                 email: spec.email.as_str(),
@@ -427,96 +350,66 @@ impl Activator {
                 quota_bytes: spec.quota_bytes,
             },
             now,
-        )
-        .await?;
-        let name = b
-            .device_name
-            .clone()
-            .or_else(|| req.hostname.clone())
-            .unwrap_or_else(|| "device".into());
+        )?;
+        let name = b.device_name.clone().or_else(|| req.hostname.clone()).unwrap_or_else(|| "device".into());
 
         if let Some(d) = existing
             && d.user_id == user.id
         {
             // A fresh mapping for a device its user already has: settle the mapping and take
             // its device name; everything else stays.
-            consume_mapping(tx, &b, &d.id, now).await?;
-            return self
-                .repeat(tx, d, &user, token, req, Some(&name), install_key_hash, now)
-                .await;
+            consume_mapping(conn, &b, &d.id, now)?;
+            return self.repeat(conn, d, &user, token, req, Some(&name), install_key_hash, now);
         }
 
         // A new binding: a new device, or a known device moving to another user.
-        take_token_use(tx, token, now).await?;
+        take_token_use(conn, token, now)?;
         let device_id = existing.map_or_else(new_id, |d| d.id.clone());
-        let replaced = match self
-            .superseded(tx, &b, &user, user_created, req, &device_id)
-            .await?
-        {
+        let replaced = match self.superseded(conn, &b, &user, user_created, req, &device_id)? {
             Some(old) => {
-                if !store::devices::mark_replaced(tx, &old.id, &device_id).await? {
-                    return Err(Retryable::Retry);
-                }
+                hot::mark_replaced(conn, &old.id, &device_id)?;
                 Some(old.id)
             }
             None => None,
         };
         // What to restore only means something when a device was replaced.
-        let restore = replaced
-            .as_ref()
-            .and(b.restore_data)
-            .map(|r| r.as_str().to_string());
+        let restore = replaced.as_ref().and(b.restore_data).map(|r| r.as_str().to_string());
         let generation = existing.map_or(1, |d| d.credential_gen + 1);
-        let credential_hash =
-            sha256_hex(&self.credentials.device_credential(&device_id, generation));
+        let credential_hash = sha256_hex(&self.credentials.device_credential(&device_id, generation));
         match existing {
-            Some(d) => {
-                // The new user's client gets a new credential generation: the old one stops working.
-                store::devices::reassign(
-                    tx,
-                    d,
-                    &user.id,
-                    &name,
-                    &credential_hash,
-                    &token.id,
-                    restore.as_deref(),
-                    replaced.as_deref(),
-                    now,
-                )
-                .await?;
-            }
-            None => {
-                store::devices::insert(
-                    tx,
-                    &NewDevice {
-                        id: &device_id,
-                        org_id: &org.id,
-                        user_id: &user.id,
-                        name: &name,
-                        report: &report(req),
-                        install_key_hash,
-                        credential_hash: &credential_hash,
-                        token_id: &token.id,
-                        restore_data: restore.as_deref(),
-                        replaces: replaced.as_deref(),
-                    },
-                    now,
-                )
-                .await?;
-            }
+            // The new user's client gets a new credential generation: the old one stops working.
+            Some(d) => hot::reassign(
+                conn,
+                d,
+                &user.id,
+                &name,
+                &credential_hash,
+                &token.id,
+                restore.as_deref(),
+                replaced.as_deref(),
+                now,
+            )?,
+            None => hot::insert_device(
+                conn,
+                &NewDevice {
+                    id: &device_id,
+                    org_id: &org.id,
+                    user_id: &user.id,
+                    name: &name,
+                    report: &report(req),
+                    install_key_hash,
+                    credential_hash: &credential_hash,
+                    token_id: &token.id,
+                    restore_data: restore.as_deref(),
+                    replaces: replaced.as_deref(),
+                },
+                now,
+            )?,
         }
-        consume_mapping(tx, &b, &device_id, now).await?;
+        consume_mapping(conn, &b, &device_id, now)?;
         Ok(ActivationOutcome {
             created: true,
-            response: self.response(
-                &device_id,
-                generation,
-                &user,
-                user_created,
-                existing.is_none(),
-                replaced,
-                restore,
-            ),
+            response: self.response(&device_id, generation, &user, user_created, existing.is_none(), replaced, restore),
         })
     }
 
@@ -558,33 +451,10 @@ fn report(req: &ActivationRequest) -> DeviceReport<'_> {
     }
 }
 
-/// Errors inside the transaction: either a lost race (re-run) or a real refusal.
-enum Retryable {
-    Retry,
-    Fail(ActivationError),
-}
-
-impl From<StoreError> for Retryable {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Conflict => Retryable::Retry,
-            other => Retryable::Fail(other.into()),
-        }
-    }
-}
-
-impl From<ActivationError> for Retryable {
-    fn from(e: ActivationError) -> Self {
-        Retryable::Fail(e)
-    }
-}
-
 /// A hostname-only device matched by a request that carries a serial or UUID (rule 3 of the
 /// identity rules, the weakest evidence).
 fn weak_match(d: &DeviceRow, req: &ActivationRequest) -> bool {
-    d.serial_norm.is_none()
-        && d.uuid_norm.is_none()
-        && (req.ids.serial.is_some() || req.ids.uuid.is_some())
+    d.serial_norm.is_none() && d.uuid_norm.is_none() && (req.ids.serial.is_some() || req.ids.uuid.is_some())
 }
 
 fn check_token_row(t: &TokenRow, now: i64) -> Result<(), ActivationError> {
@@ -608,28 +478,17 @@ fn check_install_key(d: &DeviceRow, presented_hash: Option<&str>) -> Result<(), 
     }
 }
 
-async fn take_token_use(tx: &mut store::Conn, token: &TokenRow, now: i64) -> Result<(), Retryable> {
-    if store::tokens::consume_use(tx, &token.id, now).await? {
-        return Ok(());
-    }
-    // Tell revoked (changed since we looked) from exhausted.
-    let row = store::tokens::token_in(tx, &token.id).await?;
-    match row {
-        Some(t) if t.revoked_at.is_some() => Err(ActivationError::TokenRevoked.into()),
-        _ => Err(ActivationError::TokenExhausted.into()),
-    }
+/// `max_uses` is enforced by the conditional increment; revocation was checked in this same
+/// transaction, so a refusal here means no uses are left.
+fn take_token_use(conn: &Connection, token: &TokenRow, now: i64) -> Result<(), ActivationError> {
+    if hot::consume_use(conn, &token.id, now)? { Ok(()) } else { Err(ActivationError::TokenExhausted) }
 }
 
-async fn consume_mapping(
-    tx: &mut store::Conn,
-    b: &Binding,
-    device_id: &str,
-    now: i64,
-) -> Result<(), Retryable> {
+fn consume_mapping(conn: &Connection, b: &Binding, device_id: &str, now: i64) -> Result<(), ActivationError> {
     if let Some(m) = &b.mapping_id
-        && !store::mappings::consume(tx, m, device_id, now).await?
+        && !hot::consume_mapping(conn, m, device_id, now)?
     {
-        return Err(Retryable::Retry);
+        return Err(ActivationError::Internal(format!("mapping {m} was consumed twice")));
     }
     Ok(())
 }

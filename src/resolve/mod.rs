@@ -1,13 +1,17 @@
 //! User resolution: given an activation, decide which user the device belongs to. One resolver
 //! per IMD version (v4 device map now; v2 LDAP via the connector and v5 Entra ID plug in here).
-//! Resolvers only *look up* (they may call a directory over the network); they never write, and
-//! they run before the write transaction, which re-checks everything they relied on.
+//! Two phases, so that nothing slow ever runs while the write lock is held:
+//! - `prepare` runs before the transaction and may go over the network (a directory look-up);
+//! - `resolve` runs inside the activation's write transaction and may only read the database
+//!   (the v4 device map lives there, and reading it in the same transaction that consumes it is
+//!   what makes concurrent activations of one device converge).
 
 mod device_map;
 
 pub use device_map::DeviceMapResolver;
 
 use futures_util::future::BoxFuture;
+use rusqlite::Connection;
 
 use crate::activation::request::ActivationRequest;
 use crate::domain::{Email, RestoreData};
@@ -55,6 +59,10 @@ pub enum Resolution {
     Bind(Box<Binding>),
 }
 
+/// What the first phase found out; handed to the second phase unchanged.
+pub type Prepared = Option<Box<dyn std::any::Any + Send>>;
+
+/// Inputs of the in-transaction phase.
 pub struct ResolveContext<'a> {
     pub org: &'a OrgRow,
     pub request: &'a ActivationRequest,
@@ -62,8 +70,11 @@ pub struct ResolveContext<'a> {
 }
 
 pub trait Resolver: Send + Sync {
-    fn resolve<'a>(
-        &'a self,
-        ctx: &'a ResolveContext<'a>,
-    ) -> BoxFuture<'a, Result<Resolution, ResolveError>>;
+    /// Before the transaction: network look-ups, if any. The default needs none.
+    fn prepare<'a>(&'a self, _request: &'a ActivationRequest) -> BoxFuture<'a, Result<Prepared, ResolveError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    /// Inside the write transaction: decide, reading only the database through `conn`.
+    fn resolve(&self, conn: &Connection, ctx: &ResolveContext<'_>, prepared: Prepared) -> Result<Resolution, ResolveError>;
 }

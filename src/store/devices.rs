@@ -73,13 +73,13 @@ pub struct DeviceReport<'a> {
 }
 
 impl DeviceReport<'_> {
-    fn hostname(&self) -> Option<&str> {
+    pub(crate) fn hostname(&self) -> Option<&str> {
         self.ids.hostname.as_ref().and(self.hostname)
     }
-    fn serial(&self) -> Option<&str> {
+    pub(crate) fn serial(&self) -> Option<&str> {
         self.ids.serial.as_ref().and(self.serial)
     }
-    fn uuid(&self) -> Option<&str> {
+    pub(crate) fn uuid(&self) -> Option<&str> {
         self.ids.uuid.as_ref().and(self.uuid)
     }
 }

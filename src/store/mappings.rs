@@ -98,19 +98,24 @@ pub async fn upsert(conn: &mut Conn, org_id: &str, rows: &[MappingRow], now: i64
     Ok(created)
 }
 
-/// The pending mapping for these identifiers, trying serial, then UUID, then hostname.
+/// The pending mapping for these identifiers, trying serial, then UUID, then hostname. One
+/// indexed equality look-up per type (an OR of the three would make SQLite scan the org's rows).
 pub async fn find_pending(
     conn: &mut Conn,
     org_id: &str,
     ids: &DeviceIdentifiers,
 ) -> Result<Option<StoredMapping>> {
     Ok(sqlx::query_as::<_, StoredMapping>(
-        "SELECT * FROM device_mappings WHERE org_id = $1 AND consumed_at IS NULL AND (
-            (identifier_type = 'serial-number' AND identifier_norm = $2)
-         OR (identifier_type = 'uuid' AND identifier_norm = $3)
-         OR (identifier_type = 'hostname' AND identifier_norm = $4))
-         ORDER BY CASE identifier_type WHEN 'serial-number' THEN 0 WHEN 'uuid' THEN 1 ELSE 2 END
-         LIMIT 1",
+        "SELECT * FROM (
+            SELECT *, 0 AS priority FROM device_mappings
+             WHERE org_id = $1 AND identifier_type = 'serial-number' AND identifier_norm = $2 AND consumed_at IS NULL
+            UNION ALL
+            SELECT *, 1 AS priority FROM device_mappings
+             WHERE org_id = $1 AND identifier_type = 'uuid' AND identifier_norm = $3 AND consumed_at IS NULL
+            UNION ALL
+            SELECT *, 2 AS priority FROM device_mappings
+             WHERE org_id = $1 AND identifier_type = 'hostname' AND identifier_norm = $4 AND consumed_at IS NULL
+         ) ORDER BY priority LIMIT 1",
     )
     .bind(org_id)
     .bind(ids.serial.as_deref())

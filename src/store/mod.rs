@@ -6,11 +6,13 @@
 
 pub mod activations;
 pub mod devices;
+pub mod hot;
 pub mod keys;
 pub mod mappings;
 pub mod orgs;
 pub mod tokens;
 pub mod users;
+pub mod writer;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -44,6 +46,8 @@ pub enum StoreError {
     NotFound,
     #[error("database error: {0}")]
     Internal(#[source] sqlx::Error),
+    #[error("database error: {0}")]
+    Sqlite(String),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("unsupported database url {0:?} (use sqlite://...)")]
@@ -89,6 +93,7 @@ pub struct StoreOptions {
 pub struct Store {
     write: SqlitePool,
     read: SqlitePool,
+    hot: writer::BatchWriter,
 }
 
 impl Store {
@@ -104,7 +109,8 @@ impl Store {
             // NORMAL in WAL mode survives process crashes; only power loss can drop the last commits.
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
-            .busy_timeout(opts.busy_timeout);
+            .busy_timeout(opts.busy_timeout)
+            .pragma("temp_store", "memory");
         if let Some(parent) = base.get_filename().parent()
             && !parent.as_os_str().is_empty()
         {
@@ -121,14 +127,20 @@ impl Store {
         let read = SqlitePoolOptions::new()
             .max_connections(opts.max_connections)
             .acquire_timeout(opts.acquire_timeout)
-            .connect_with(base)
+            .connect_with(base.clone())
             .await?;
-        Ok(Store { write, read })
+        let hot = writer::BatchWriter::start(base.get_filename(), opts.busy_timeout)?;
+        Ok(Store { write, read, hot })
     }
 
     /// Starts a write transaction (`BEGIN IMMEDIATE`: takes the write lock up front).
     pub async fn begin(&self) -> Result<Tx> {
         Ok(self.write.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// The group-commit writer for the activation hot path.
+    pub fn hot(&self) -> &writer::BatchWriter {
+        &self.hot
     }
 
     pub fn reader(&self) -> &SqlitePool {

@@ -1,0 +1,379 @@
+//! The activation hot path's SQL, synchronous (rusqlite) on the writer thread's connection.
+//! Everything one activation reads and writes runs here inside one group-committed transaction,
+//! with no thread hand-off per statement; see `writer`. Statements are cached by rusqlite.
+//! The same identity rules and conditional writes as the async store apply (docs/device-identity.md).
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::{
+    ActivationRecord, DeviceReport, DeviceRow, NewDevice, NewUser, OrgRow, Result, StoredMapping, TokenRow,
+    UserRow, devices::name_norm, new_id,
+};
+use crate::domain::DeviceIdentifiers;
+
+fn org_row(r: &Row<'_>) -> rusqlite::Result<OrgRow> {
+    Ok(OrgRow {
+        id: r.get("id")?,
+        name: r.get("name")?,
+        default_profile: r.get("default_profile")?,
+        default_storage_region: r.get("default_storage_region")?,
+        default_quota_bytes: r.get("default_quota_bytes")?,
+        require_install_key: r.get("require_install_key")?,
+        created_at: r.get("created_at")?,
+    })
+}
+
+fn token_row(r: &Row<'_>) -> rusqlite::Result<TokenRow> {
+    Ok(TokenRow {
+        id: r.get("id")?,
+        org_id: r.get("org_id")?,
+        version: r.get("version")?,
+        name: r.get("name")?,
+        kid: r.get("kid")?,
+        issuer: r.get("issuer")?,
+        issued_at: r.get("issued_at")?,
+        expires_at: r.get("expires_at")?,
+        max_uses: r.get("max_uses")?,
+        uses: r.get("uses")?,
+        last_used_at: r.get("last_used_at")?,
+        revoked_at: r.get("revoked_at")?,
+        created_at: r.get("created_at")?,
+    })
+}
+
+fn user_row(r: &Row<'_>) -> rusqlite::Result<UserRow> {
+    Ok(UserRow {
+        id: r.get("id")?,
+        org_id: r.get("org_id")?,
+        email: r.get("email")?,
+        email_norm: r.get("email_norm")?,
+        user_name: r.get("user_name")?,
+        external_id: r.get("external_id")?,
+        source: r.get("source")?,
+        profile: r.get("profile")?,
+        storage_region: r.get("storage_region")?,
+        quota_bytes: r.get("quota_bytes")?,
+        status: r.get("status")?,
+        created_at: r.get("created_at")?,
+        updated_at: r.get("updated_at")?,
+    })
+}
+
+fn device_row(r: &Row<'_>) -> rusqlite::Result<DeviceRow> {
+    Ok(DeviceRow {
+        id: r.get("id")?,
+        org_id: r.get("org_id")?,
+        user_id: r.get("user_id")?,
+        name: r.get("name")?,
+        name_norm: r.get("name_norm")?,
+        hostname: r.get("hostname")?,
+        hostname_norm: r.get("hostname_norm")?,
+        serial: r.get("serial")?,
+        serial_norm: r.get("serial_norm")?,
+        uuid: r.get("uuid")?,
+        uuid_norm: r.get("uuid_norm")?,
+        os: r.get("os")?,
+        os_version: r.get("os_version")?,
+        client_version: r.get("client_version")?,
+        install_key_hash: r.get("install_key_hash")?,
+        credential_gen: r.get("credential_gen")?,
+        credential_hash: r.get("credential_hash")?,
+        status: r.get("status")?,
+        token_id: r.get("token_id")?,
+        replaced_by: r.get("replaced_by")?,
+        replaces: r.get("replaces")?,
+        restore_data: r.get("restore_data")?,
+        created_at: r.get("created_at")?,
+        last_activated_at: r.get("last_activated_at")?,
+        revoked_at: r.get("revoked_at")?,
+    })
+}
+
+fn mapping_row(r: &Row<'_>) -> rusqlite::Result<StoredMapping> {
+    Ok(StoredMapping {
+        id: r.get("id")?,
+        org_id: r.get("org_id")?,
+        email: r.get("email")?,
+        email_norm: r.get("email_norm")?,
+        user_name: r.get("user_name")?,
+        device_name: r.get("device_name")?,
+        identifier_type: r.get("identifier_type")?,
+        identifier: r.get("identifier")?,
+        identifier_norm: r.get("identifier_norm")?,
+        old_device_name: r.get("old_device_name")?,
+        restore_data: r.get("restore_data")?,
+        created_at: r.get("created_at")?,
+        updated_at: r.get("updated_at")?,
+        consumed_at: r.get("consumed_at")?,
+        device_id: r.get("device_id")?,
+    })
+}
+
+pub fn org(c: &Connection, id: &str) -> Result<Option<OrgRow>> {
+    Ok(c.prepare_cached("SELECT * FROM orgs WHERE id = ?1")?.query_row([id], org_row).optional()?)
+}
+
+pub fn token(c: &Connection, org_id: &str, id: &str) -> Result<Option<TokenRow>> {
+    Ok(c.prepare_cached("SELECT * FROM tokens WHERE id = ?1 AND org_id = ?2")?
+        .query_row([id, org_id], token_row)
+        .optional()?)
+}
+
+pub fn user(c: &Connection, org_id: &str, id: &str) -> Result<Option<UserRow>> {
+    Ok(c.prepare_cached("SELECT * FROM users WHERE id = ?1 AND org_id = ?2")?
+        .query_row([id, org_id], user_row)
+        .optional()?)
+}
+
+/// The identity rules; see `devices::find_active` for the same rules on the async side.
+pub fn find_active(c: &Connection, org_id: &str, ids: &DeviceIdentifiers) -> Result<Option<DeviceRow>> {
+    if let Some(serial) = &ids.serial {
+        let d = c
+            .prepare_cached("SELECT * FROM devices WHERE org_id = ?1 AND status = 'active' AND serial_norm = ?2")?
+            .query_row([org_id, serial], device_row)
+            .optional()?;
+        if d.is_some() {
+            return Ok(d);
+        }
+    }
+    if let Some(uuid) = &ids.uuid {
+        let d = c
+            .prepare_cached(
+                "SELECT * FROM devices WHERE org_id = ?1 AND status = 'active' AND uuid_norm = ?2
+                   AND (?3 IS NULL OR serial_norm IS NULL)
+                 ORDER BY serial_norm IS NOT NULL, id LIMIT 1",
+            )?
+            .query_row(params![org_id, uuid, ids.serial], device_row)
+            .optional()?;
+        if d.is_some() {
+            return Ok(d);
+        }
+    }
+    if let Some(host) = &ids.hostname {
+        return Ok(c
+            .prepare_cached(
+                "SELECT * FROM devices WHERE org_id = ?1 AND status = 'active' AND hostname_norm = ?2
+                   AND serial_norm IS NULL AND uuid_norm IS NULL",
+            )?
+            .query_row([org_id, host], device_row)
+            .optional()?);
+    }
+    Ok(None)
+}
+
+/// The pending mapping for these identifiers: serial, then UUID, then hostname (each an indexed
+/// equality look-up).
+pub fn find_pending(c: &Connection, org_id: &str, ids: &DeviceIdentifiers) -> Result<Option<StoredMapping>> {
+    for (kind, value) in [("serial-number", &ids.serial), ("uuid", &ids.uuid), ("hostname", &ids.hostname)] {
+        let Some(value) = value else { continue };
+        let m = c
+            .prepare_cached(
+                "SELECT * FROM device_mappings WHERE org_id = ?1 AND identifier_type = ?2 AND identifier_norm = ?3
+                   AND consumed_at IS NULL",
+            )?
+            .query_row([org_id, kind, value], mapping_row)
+            .optional()?;
+        if m.is_some() {
+            return Ok(m);
+        }
+    }
+    Ok(None)
+}
+
+/// The user with this email, created if missing: `(user, created)`.
+pub fn ensure_user(c: &Connection, u: &NewUser<'_>, now: i64) -> Result<(UserRow, bool)> {
+    let id = new_id();
+    let user = c
+        .prepare_cached(
+            "INSERT INTO users (id, org_id, email, email_norm, user_name, external_id, source, profile,
+                                storage_region, quota_bytes, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)
+             ON CONFLICT (org_id, email_norm) DO UPDATE SET email_norm = excluded.email_norm
+             RETURNING *",
+        )?
+        .query_row(
+            params![
+                id,
+                u.org_id,
+                u.email,
+                u.email_norm,
+                u.user_name,
+                u.external_id,
+                u.source,
+                u.profile,
+                u.storage_region,
+                u.quota_bytes,
+                now
+            ],
+            user_row,
+        )?;
+    let created = user.id == id;
+    Ok((user, created))
+}
+
+/// Consumes one token use unless revoked or exhausted (condition and increment in one statement).
+pub fn consume_use(c: &Connection, token_id: &str, now: i64) -> Result<bool> {
+    let n = c
+        .prepare_cached(
+            "UPDATE tokens SET uses = uses + 1, last_used_at = ?2
+             WHERE id = ?1 AND revoked_at IS NULL AND (max_uses IS NULL OR uses < max_uses)",
+        )?
+        .execute(params![token_id, now])?;
+    Ok(n == 1)
+}
+
+pub fn touch_token(c: &Connection, token_id: &str, now: i64) -> Result<()> {
+    c.prepare_cached("UPDATE tokens SET last_used_at = ?2 WHERE id = ?1")?.execute(params![token_id, now])?;
+    Ok(())
+}
+
+pub fn active_by_name(c: &Connection, user_id: &str, name: &str) -> Result<Option<DeviceRow>> {
+    Ok(c.prepare_cached(
+        "SELECT * FROM devices WHERE user_id = ?1 AND status = 'active' AND name_norm = ?2 ORDER BY id LIMIT 1",
+    )?
+    .query_row([user_id, &name_norm(name)], device_row)
+    .optional()?)
+}
+
+pub fn active_by_hostname(c: &Connection, user_id: &str, hostname_norm: &str) -> Result<Option<DeviceRow>> {
+    Ok(c.prepare_cached(
+        "SELECT * FROM devices WHERE user_id = ?1 AND status = 'active' AND hostname_norm = ?2 ORDER BY id LIMIT 1",
+    )?
+    .query_row([user_id, hostname_norm], device_row)
+    .optional()?)
+}
+
+pub fn mark_replaced(c: &Connection, old_id: &str, new_id: &str) -> Result<bool> {
+    let n = c
+        .prepare_cached("UPDATE devices SET status = 'replaced', replaced_by = ?2 WHERE id = ?1 AND status = 'active'")?
+        .execute([old_id, new_id])?;
+    Ok(n == 1)
+}
+
+pub fn insert_device(c: &Connection, d: &NewDevice<'_>, now: i64) -> Result<()> {
+    c.prepare_cached(
+        "INSERT INTO devices (id, org_id, user_id, name, name_norm, hostname, hostname_norm, serial, serial_norm,
+                              uuid, uuid_norm, os, os_version, client_version, install_key_hash,
+                              credential_hash, token_id, restore_data, replaces, created_at, last_activated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?20)",
+    )?
+    .execute(params![
+        d.id,
+        d.org_id,
+        d.user_id,
+        d.name,
+        name_norm(d.name),
+        d.report.hostname(),
+        d.report.ids.hostname,
+        d.report.serial(),
+        d.report.ids.serial,
+        d.report.uuid(),
+        d.report.ids.uuid,
+        d.report.os,
+        d.report.os_version,
+        d.report.client_version,
+        d.install_key_hash,
+        d.credential_hash,
+        d.token_id,
+        d.restore_data,
+        d.replaces,
+        now
+    ])?;
+    Ok(())
+}
+
+/// A repeat: what the client reports now, identifiers it could not read before, a new display
+/// name from a fresh mapping of the same user.
+pub fn refresh(
+    c: &Connection,
+    d: &DeviceRow,
+    report: &DeviceReport<'_>,
+    name: Option<&str>,
+    install_key_hash: Option<&str>,
+    now: i64,
+) -> Result<()> {
+    c.prepare_cached(
+        "UPDATE devices SET hostname = COALESCE(?3, hostname), hostname_norm = COALESCE(?4, hostname_norm),
+                serial = COALESCE(serial, ?5), serial_norm = COALESCE(serial_norm, ?6),
+                uuid = COALESCE(uuid, ?7), uuid_norm = COALESCE(uuid_norm, ?8),
+                os = COALESCE(?9, os), os_version = COALESCE(?10, os_version),
+                client_version = COALESCE(?11, client_version),
+                name = COALESCE(?12, name), name_norm = COALESCE(?13, name_norm),
+                install_key_hash = COALESCE(install_key_hash, ?14), last_activated_at = ?15
+         WHERE id = ?1 AND user_id = ?2",
+    )?
+    .execute(params![
+        d.id,
+        d.user_id,
+        report.hostname(),
+        report.ids.hostname,
+        report.serial(),
+        report.ids.serial,
+        report.uuid(),
+        report.ids.uuid,
+        report.os,
+        report.os_version,
+        report.client_version,
+        name,
+        name.map(name_norm),
+        install_key_hash,
+        now
+    ])?;
+    Ok(())
+}
+
+/// Moves a device to another user with a new credential generation.
+#[allow(clippy::too_many_arguments)]
+pub fn reassign(
+    c: &Connection,
+    d: &DeviceRow,
+    user_id: &str,
+    name: &str,
+    credential_hash: &str,
+    token_id: &str,
+    restore_data: Option<&str>,
+    replaces: Option<&str>,
+    now: i64,
+) -> Result<()> {
+    c.prepare_cached(
+        "UPDATE devices SET user_id = ?2, name = ?3, name_norm = ?4, credential_gen = credential_gen + 1,
+                credential_hash = ?5, token_id = ?6, restore_data = ?7, replaces = ?8, last_activated_at = ?9
+         WHERE id = ?1",
+    )?
+    .execute(params![d.id, user_id, name, name_norm(name), credential_hash, token_id, restore_data, replaces, now])?;
+    Ok(())
+}
+
+pub fn consume_mapping(c: &Connection, mapping_id: &str, device_id: &str, now: i64) -> Result<bool> {
+    let n = c
+        .prepare_cached(
+            "UPDATE device_mappings SET consumed_at = ?3, device_id = ?2 WHERE id = ?1 AND consumed_at IS NULL",
+        )?
+        .execute(params![mapping_id, device_id, now])?;
+    Ok(n == 1)
+}
+
+pub fn insert_activation(c: &Connection, r: &ActivationRecord) -> Result<()> {
+    c.prepare_cached(
+        "INSERT INTO activations (id, org_id, token_id, created_at, outcome, status, device_id, user_id,
+                                  hostname, serial, uuid, login, remote_ip, message)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+    )?
+    .execute(params![
+        new_id(),
+        r.org_id,
+        r.token_id,
+        r.created_at,
+        r.outcome,
+        r.status,
+        r.device_id,
+        r.user_id,
+        r.hostname,
+        r.serial,
+        r.uuid,
+        r.login,
+        r.remote_ip,
+        r.message
+    ])?;
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! Group commit for the activation hot path. SQLite admits one writer, so activations queue for
+//! the write lock anyway; this module makes the queue cheap. A dedicated thread owns a rusqlite
+//! connection: it takes every job waiting (up to `MAX_BATCH`), runs them back to back inside one
+//! `BEGIN IMMEDIATE` transaction, each under its own savepoint (a failing job rolls back only
+//! itself), commits once, and only then tells each caller how its job ended. Jobs are plain
+//! synchronous closures, so a transaction never waits on a thread hand-off between statements:
+//! the write lock is held only while SQL runs. Other writers (admin API, uploads) use the async
+//! pool and simply take turns with this thread through SQLite's lock and busy timeout.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::thread;
+use std::time::Duration;
+
+use rusqlite::{Connection, TransactionBehavior};
+use tokio::sync::{mpsc, oneshot};
+
+use super::StoreError;
+
+/// Jobs in one transaction at most; bounds the work one failed commit turns into retries.
+const MAX_BATCH: usize = 64;
+const QUEUE: usize = 4096;
+
+struct Finished {
+    keep: bool,
+    finish: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
+}
+
+type Job = Box<dyn FnOnce(&Connection) -> Finished + Send>;
+
+#[derive(Clone, Debug)]
+pub struct BatchWriter {
+    tx: mpsc::Sender<Job>,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode;
+        match &e {
+            rusqlite::Error::QueryReturnedNoRows => StoreError::NotFound,
+            rusqlite::Error::SqliteFailure(f, _) => match f.code {
+                ErrorCode::ConstraintViolation => StoreError::Conflict,
+                ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => StoreError::Unavailable(e.to_string()),
+                _ => StoreError::Sqlite(e.to_string()),
+            },
+            _ => StoreError::Sqlite(e.to_string()),
+        }
+    }
+}
+
+impl BatchWriter {
+    /// Opens the writer's connection and starts its thread; it stops when every handle is dropped.
+    pub fn start(path: &Path, busy_timeout: Duration) -> Result<BatchWriter, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(busy_timeout)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;
+             PRAGMA temp_store = MEMORY;",
+        )?;
+        conn.set_prepared_statement_cache_capacity(64);
+        let (tx, rx) = mpsc::channel::<Job>(QUEUE);
+        thread::Builder::new()
+            .name("imd-writer".into())
+            .spawn(move || run(conn, rx))
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
+        Ok(BatchWriter { tx })
+    }
+
+    /// Runs `f` inside a group-committed write transaction. `Ok` means its writes are committed;
+    /// `Err` means none of them are (the job's own error, or the commit's).
+    pub async fn run<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel::<Result<T, E>>();
+        let job: Job = Box::new(move |conn: &Connection| {
+            let result = f(conn);
+            Finished {
+                keep: result.is_ok(),
+                finish: Box::new(move |commit| {
+                    let _ = reply.send(match (result, commit) {
+                        (Ok(_), Err(e)) => Err(E::from(e)),
+                        (r, _) => r,
+                    });
+                }),
+            }
+        });
+        let gone = || E::from(StoreError::Unavailable("the database writer has stopped".into()));
+        self.tx.send(job).await.map_err(|_| gone())?;
+        // A dropped reply: the batch could not run (transaction did not start, a job panicked).
+        answer
+            .await
+            .unwrap_or_else(|_| Err(E::from(StoreError::Unavailable("write batch failed".into()))))
+    }
+}
+
+fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = batch(&mut conn, jobs) {
+            tracing::warn!(error = %e, "write batch failed; its callers get a retryable error");
+        }
+    }
+}
+
+fn batch(conn: &mut Connection, jobs: Vec<Job>) -> Result<(), StoreError> {
+    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut done = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let sp = tx.savepoint()?;
+        // A panicking job loses only its own reply (its caller sees a retryable error).
+        let Ok(f) = catch_unwind(AssertUnwindSafe(|| job(&sp))) else {
+            drop(sp);
+            continue;
+        };
+        if f.keep {
+            sp.commit()?;
+        } else {
+            drop(sp); // rolls back to the savepoint and releases it
+        }
+        done.push(f);
+    }
+    let commit = tx.commit().map_err(StoreError::from);
+    for f in done {
+        let outcome = match (&commit, f.keep) {
+            (Err(e), true) => Err(StoreError::Unavailable(e.to_string())),
+            _ => Ok(()),
+        };
+        (f.finish)(outcome);
+    }
+    Ok(())
+}
