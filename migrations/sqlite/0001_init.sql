@@ -1,5 +1,6 @@
--- imd schema v1. Portable SQL (SQLite now, PostgreSQL later): TEXT ids (UUIDv7, time-ordered,
--- so cursor pagination can page by id), BIGINT unix seconds for every timestamp.
+-- imd schema v1 for SQLite. TEXT ids (UUIDv7, time-ordered, so cursor pagination can page by
+-- id), BIGINT unix seconds for every timestamp. Tables written on the activation hot path are
+-- WITHOUT ROWID: keyed by their TEXT id directly, one B-tree fewer to update per row.
 
 CREATE TABLE orgs (
     id                     TEXT PRIMARY KEY,
@@ -44,7 +45,7 @@ CREATE TABLE tokens (
     last_used_at BIGINT,
     revoked_at   BIGINT,
     created_at   BIGINT NOT NULL
-);
+) WITHOUT ROWID;
 CREATE INDEX tokens_org ON tokens(org_id, id);
 
 CREATE TABLE users (
@@ -61,7 +62,7 @@ CREATE TABLE users (
     status         TEXT NOT NULL DEFAULT 'active',
     created_at     BIGINT NOT NULL,
     updated_at     BIGINT NOT NULL
-);
+) WITHOUT ROWID;
 CREATE UNIQUE INDEX users_org_email ON users(org_id, email_norm);
 CREATE INDEX users_org_id ON users(org_id, id);
 
@@ -91,7 +92,7 @@ CREATE TABLE devices (
     created_at        BIGINT NOT NULL,
     last_activated_at BIGINT NOT NULL,
     revoked_at        BIGINT
-);
+) WITHOUT ROWID;
 CREATE INDEX devices_org_id ON devices(org_id, id);
 CREATE INDEX devices_user ON devices(user_id, status);
 -- One active device per identity, enforced by the database so concurrent activations of the
@@ -103,7 +104,6 @@ CREATE UNIQUE INDEX devices_active_uuid ON devices(org_id, uuid_norm)
 CREATE UNIQUE INDEX devices_active_hostname ON devices(org_id, hostname_norm)
     WHERE status = 'active' AND serial_norm IS NULL AND uuid_norm IS NULL;
 CREATE INDEX devices_uuid ON devices(org_id, uuid_norm);
-CREATE INDEX devices_hostname ON devices(org_id, hostname_norm);
 
 CREATE TABLE device_mappings (
     id              TEXT PRIMARY KEY,
@@ -121,7 +121,7 @@ CREATE TABLE device_mappings (
     updated_at      BIGINT NOT NULL,
     consumed_at     BIGINT,
     device_id       TEXT
-);
+) WITHOUT ROWID;
 -- At most one pending mapping per identifier: re-uploads update it in place.
 CREATE UNIQUE INDEX device_mappings_pending ON device_mappings(org_id, identifier_type, identifier_norm)
     WHERE consumed_at IS NULL;
@@ -143,5 +143,5 @@ CREATE TABLE activations (
     login      TEXT,
     remote_ip  TEXT,
     message    TEXT
-);
+) WITHOUT ROWID;
 CREATE INDEX activations_org_id ON activations(org_id, id);

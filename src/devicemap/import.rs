@@ -1,16 +1,17 @@
 //! Applying an uploaded device map. The upload is spooled to a file first (so a slow uploader never
-//! holds the database's write lock), then read twice, streaming, in bounded memory:
-//! 1. validate every row (syntax, duplicates, `oldDeviceName` against the database) without writing;
-//! 2. unless this is a dry run or an all-or-nothing upload with errors, upsert the good rows in one
-//!    transaction. A crash or kill before the commit leaves the previous mappings exactly as they were.
+//! holds the database's write lock), then read once, streaming, in bounded memory, on two threads:
+//! one parses and validates rows (CSV syntax, fields, duplicates) and hands them over in batches;
+//! the other checks `oldDeviceName` against the database and upserts the good rows, all inside one
+//! transaction. The transaction commits only if the upload is to be applied (not a dry run, and in
+//! all-or-nothing mode not a single bad row); a crash or kill before that commit leaves the
+//! previous mappings exactly as they were.
 
-use std::collections::HashSet;
+use rusqlite::OptionalExtension;
 use std::fs::File;
 use std::io::BufReader;
 use std::path::PathBuf;
 
 use serde::Serialize;
-use tokio::runtime::Handle;
 
 use super::{DeviceMapReader, FailureCsvWriter, HeaderError, MappingRow, RowError};
 use crate::store::{self, Store, StoreError};
@@ -77,29 +78,28 @@ pub async fn import(
     opts: ImportOptions,
     now: i64,
 ) -> Result<ImportReport, ImportError> {
-    let handle = Handle::current();
-    tokio::task::spawn_blocking(move || run(&handle, &store, &org_id, &path, &opts, now))
+    tokio::task::spawn_blocking(move || run(&store, &org_id, &path, &opts, now))
         .await
         .map_err(|e| ImportError::Io(std::io::Error::other(e.to_string())))?
 }
 
+/// One parsed row as the parsing thread hands it over: the raw record travels only where the
+/// writing side may need it for the failure report.
+type Parsed = (Result<(u64, MappingRow), RowError>, Option<csv::StringRecord>);
+
+const HANDOFF_BATCH: usize = 1024;
+
 fn run(
-    rt: &Handle,
     store: &Store,
     org_id: &str,
     path: &PathBuf,
     opts: &ImportOptions,
     now: i64,
 ) -> Result<ImportReport, ImportError> {
-    // Pass 1: validate.
     let mut reader = open(path)?;
-    let mut failures = if opts.failures_csv {
-        Some(FailureCsvWriter::new(
-            tempfile::tempfile()?,
-            reader.headers(),
-        )?)
-    } else {
-        None
+    let mut failures = match opts.failures_csv {
+        true => Some(FailureCsvWriter::new(tempfile::tempfile()?, reader.headers())?),
+        false => None,
     };
     let mut report = ImportReport {
         rows_total: 0,
@@ -113,71 +113,96 @@ fn run(
         errors_truncated: false,
         failures_csv: None,
     };
-    let mut bad_lines: HashSet<u64> = HashSet::new();
-    while let Some(item) = reader.next_row() {
-        report.rows_total += 1;
-        let err = match item {
-            Ok((line, row)) => check_old_device(rt, store, org_id, line, &row)?,
-            Err(e) => Some(e),
-        };
-        match err {
-            None => report.rows_valid += 1,
-            Some(e) => {
-                report.rows_invalid += 1;
-                bad_lines.insert(e.line);
-                if let Some(w) = failures.as_mut() {
-                    w.write(reader.current_record(), &e.error)?;
-                }
-                if report.errors.len() < opts.max_listed_errors {
-                    report.errors.push(e);
-                } else {
-                    report.errors_truncated = true;
+
+    // Parsing thread: bounded hand-off keeps memory flat whatever the file size.
+    let (send, recv) = std::sync::mpsc::sync_channel::<Vec<Parsed>>(8);
+    let parser = std::thread::Builder::new().name("imd-csv".into()).spawn(move || {
+        let mut batch = Vec::with_capacity(HANDOFF_BATCH);
+        while let Some(item) = reader.next_row() {
+            let keep_raw = match &item {
+                Ok((_, row)) => row.old_device_name.is_some(),
+                Err(_) => true,
+            };
+            batch.push((item, keep_raw.then(|| reader.current_record().clone())));
+            if batch.len() == HANDOFF_BATCH && send.send(std::mem::take(&mut batch)).is_err() {
+                return None;
+            }
+        }
+        if !batch.is_empty() {
+            let _ = send.send(batch);
+        }
+        reader.read_error().map(str::to_string)
+    })?;
+
+    // Writing side (this thread): a dry run only reads, so it takes no write lock.
+    let mut conn = store.sync_connection()?;
+    conn.execute_batch("PRAGMA cache_size = -65536").map_err(StoreError::from)?;
+    let tx = match opts.dry_run {
+        true => conn.transaction_with_behavior(rusqlite::TransactionBehavior::Deferred),
+        false => conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate),
+    }
+    .map_err(StoreError::from)?;
+    let before = store::mappings::count_pending_sync(&tx, org_id)?;
+    let mut applied = 0u64;
+    {
+        let mut upserter = store::mappings::BulkUpserter::new(&tx)?;
+        for batch in recv {
+            for (item, raw) in batch {
+                report.rows_total += 1;
+                let err = match item {
+                    Ok((line, row)) => match old_device_error_sync(&tx, org_id, &row)? {
+                        Some(error) => Some(RowError {
+                            line,
+                            column: Some("oldDeviceName".into()),
+                            value: row.old_device_name.as_ref().map(|v| v.chars().take(200).collect()),
+                            error,
+                        }),
+                        None => {
+                            report.rows_valid += 1;
+                            // Once an all-or-nothing upload has a bad row, writing more is wasted.
+                            let doomed = opts.mode == Mode::AllOrNothing && report.rows_invalid > 0;
+                            if !opts.dry_run && !doomed {
+                                upserter.upsert(org_id, &row, now)?;
+                                applied += 1;
+                            }
+                            None
+                        }
+                    },
+                    Err(e) => Some(e),
+                };
+                if let Some(e) = err {
+                    report.rows_invalid += 1;
+                    if let (Some(w), Some(raw)) = (failures.as_mut(), raw.as_ref()) {
+                        w.write(raw, &e.error)?;
+                    }
+                    if report.errors.len() < opts.max_listed_errors {
+                        report.errors.push(e);
+                    } else {
+                        report.errors_truncated = true;
+                    }
                 }
             }
         }
     }
-    if let Some(msg) = reader.read_error() {
-        return Err(ImportError::Io(std::io::Error::other(msg.to_string())));
+    let read_error = parser
+        .join()
+        .map_err(|_| ImportError::Io(std::io::Error::other("the CSV parser failed")))?;
+    if let Some(msg) = read_error {
+        return Err(ImportError::Io(std::io::Error::other(msg)));
     }
     if let Some(w) = failures {
-        let mut f = w
-            .into_inner()
-            .map_err(|e| ImportError::Io(std::io::Error::other(e.to_string())))?;
+        let mut f = w.into_inner().map_err(|e| ImportError::Io(std::io::Error::other(e.to_string())))?;
         use std::io::Seek;
         f.rewind()?;
         report.failures_csv = Some(f);
     }
     let refuse = opts.mode == Mode::AllOrNothing && report.rows_invalid > 0;
-    if opts.dry_run || refuse || report.rows_valid == 0 {
+    if opts.dry_run || refuse || applied == 0 {
+        // Dropping the transaction rolls it back: nothing of this upload is visible.
         return Ok(report);
     }
-
-    // Pass 2: apply the good rows in one transaction.
-    let mut reader = open(path)?;
-    let mut tx = rt.block_on(store.begin())?;
-    let mut batch: Vec<MappingRow> = Vec::with_capacity(store::mappings::UPSERT_BATCH);
-    let mut created = 0;
-    let mut applied = 0;
-    while let Some(item) = reader.next_row() {
-        let Ok((line, row)) = item else { continue };
-        if bad_lines.contains(&line) {
-            continue;
-        }
-        batch.push(row);
-        if batch.len() == store::mappings::UPSERT_BATCH {
-            created += rt.block_on(store::mappings::upsert(&mut tx, org_id, &batch, now))?;
-            applied += batch.len() as u64;
-            batch.clear();
-        }
-    }
-    if let Some(msg) = reader.read_error() {
-        return Err(ImportError::Io(std::io::Error::other(msg.to_string())));
-    }
-    if !batch.is_empty() {
-        created += rt.block_on(store::mappings::upsert(&mut tx, org_id, &batch, now))?;
-        applied += batch.len() as u64;
-    }
-    rt.block_on(tx.commit()).map_err(StoreError::from)?;
+    let created = store::mappings::count_pending_sync(&tx, org_id)? - before;
+    tx.commit().map_err(StoreError::from)?;
     report.applied = true;
     report.created = created;
     report.updated = applied - created;
@@ -186,28 +211,21 @@ fn run(
 
 /// `oldDeviceName` must name an active device of the mapped user when that user already exists
 /// (a user created later by this very mapping cannot have devices yet).
-fn check_old_device(
-    rt: &Handle,
-    store: &Store,
+fn old_device_error_sync(
+    conn: &rusqlite::Connection,
     org_id: &str,
-    line: u64,
     row: &MappingRow,
-) -> Result<Option<RowError>, ImportError> {
-    let Some(old) = &row.old_device_name else {
-        return Ok(None);
-    };
-    match rt.block_on(store.user_has_device_named(org_id, row.email.normalized(), old))? {
-        Some(false) => Ok(Some(RowError {
-            line,
-            column: Some("oldDeviceName".into()),
-            value: Some(old.chars().take(200).collect()),
-            error: format!(
-                "user {} has no active device named {old:?}",
-                row.email.as_str()
-            ),
-        })),
-        _ => Ok(None),
-    }
+) -> Result<Option<String>, StoreError> {
+    let Some(old) = &row.old_device_name else { return Ok(None) };
+    let user: Option<String> = conn
+        .prepare_cached("SELECT id FROM users WHERE org_id = ?1 AND email_norm = ?2")?
+        .query_row([org_id, row.email.normalized()], |r| r.get(0))
+        .optional()?;
+    let Some(user_id) = user else { return Ok(None) };
+    Ok(match store::hot::active_by_name(conn, &user_id, old)? {
+        Some(_) => None,
+        None => Some(format!("user {} has no active device named {old:?}", row.email.as_str())),
+    })
 }
 
 /// The same check for the JSON API, row by row.

@@ -238,3 +238,55 @@ impl Store {
         Ok(n)
     }
 }
+
+/// Bulk upsert on a synchronous connection (device-map imports): one cached statement, one row at
+/// a time, no per-statement thread hand-off.
+pub struct BulkUpserter<'c> {
+    stmt: rusqlite::CachedStatement<'c>,
+}
+
+impl<'c> BulkUpserter<'c> {
+    pub fn new(conn: &'c rusqlite::Connection) -> Result<Self> {
+        Ok(BulkUpserter {
+            stmt: conn.prepare_cached(
+                "INSERT INTO device_mappings (id, org_id, email, email_norm, user_name, device_name, identifier_type,
+                                              identifier, identifier_norm, old_device_name, restore_data, created_at,
+                                              updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12)
+                 ON CONFLICT (org_id, identifier_type, identifier_norm) WHERE consumed_at IS NULL DO UPDATE SET
+                   email = excluded.email, email_norm = excluded.email_norm, user_name = excluded.user_name,
+                   device_name = excluded.device_name, identifier = excluded.identifier,
+                   old_device_name = excluded.old_device_name, restore_data = excluded.restore_data,
+                   updated_at = excluded.updated_at",
+            )?,
+        })
+    }
+
+    pub fn upsert(&mut self, org_id: &str, r: &MappingRow, now: i64) -> Result<()> {
+        self.stmt.execute(rusqlite::params![
+            new_id(),
+            org_id,
+            r.email.as_str(),
+            r.email.normalized(),
+            r.user_name,
+            r.device_name,
+            r.identifier_type.as_str(),
+            r.identifier,
+            r.identifier_norm,
+            r.old_device_name,
+            r.restore_data.map(|x| x.as_str()),
+            now
+        ])?;
+        Ok(())
+    }
+}
+
+/// Pending mappings of an organization (the difference before and after an import is what it created).
+pub fn count_pending_sync(conn: &rusqlite::Connection, org_id: &str) -> Result<u64> {
+    let n: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM device_mappings WHERE org_id = ?1 AND consumed_at IS NULL",
+        [org_id],
+        |r| r.get(0),
+    )?;
+    Ok(n as u64)
+}

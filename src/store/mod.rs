@@ -94,6 +94,8 @@ pub struct Store {
     write: SqlitePool,
     read: SqlitePool,
     hot: writer::BatchWriter,
+    path: std::path::PathBuf,
+    busy_timeout: Duration,
 }
 
 impl Store {
@@ -130,12 +132,23 @@ impl Store {
             .connect_with(base.clone())
             .await?;
         let hot = writer::BatchWriter::start(base.get_filename(), opts.busy_timeout)?;
-        Ok(Store { write, read, hot })
+        Ok(Store {
+            write,
+            read,
+            hot,
+            path: base.get_filename().to_path_buf(),
+            busy_timeout: opts.busy_timeout,
+        })
     }
 
     /// Starts a write transaction (`BEGIN IMMEDIATE`: takes the write lock up front).
     pub async fn begin(&self) -> Result<Tx> {
         Ok(self.write.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// A synchronous connection for bulk work in a blocking thread (device-map imports).
+    pub fn sync_connection(&self) -> Result<rusqlite::Connection> {
+        writer::open_sync(&self.path, self.busy_timeout)
     }
 
     /// The group-commit writer for the activation hot path.

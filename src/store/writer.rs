@@ -48,15 +48,22 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
+/// A synchronous connection with the same settings as the async pools (for the writer thread
+/// and for bulk work in blocking threads).
+pub fn open_sync(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(busy_timeout)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;
+         PRAGMA temp_store = MEMORY;",
+    )?;
+    Ok(conn)
+}
+
 impl BatchWriter {
     /// Opens the writer's connection and starts its thread; it stops when every handle is dropped.
     pub fn start(path: &Path, busy_timeout: Duration) -> Result<BatchWriter, StoreError> {
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(busy_timeout)?;
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;
-             PRAGMA temp_store = MEMORY;",
-        )?;
+        let conn = open_sync(path, busy_timeout)?;
         conn.set_prepared_statement_cache_capacity(64);
         let (tx, rx) = mpsc::channel::<Job>(QUEUE);
         thread::Builder::new()
