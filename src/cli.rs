@@ -188,7 +188,7 @@ async fn run_inner(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 println!("new signing key: {kid}");
                 println!(
-                    "Tokens signed by previous keys remain valid; running servers pick the key up on the next mint."
+                    "Tokens signed by previous keys remain valid. Running servers sign with the new key from their next mint and publish it at /api/v1/keys within a second."
                 );
             }
             db.close().await;

@@ -163,13 +163,22 @@ pub const DEVICE_CREDENTIAL_PREFIX: &str = "imd_dev_";
 pub const ADMIN_KEY_PREFIX: &str = "imd_adm_";
 
 impl CredentialKey {
+    /// `imd_dev_<device id>.<tag>`: the id makes authentication a primary-key look-up (no index
+    /// over random hashes to maintain on every activation); the tag is the secret.
     pub fn device_credential(&self, device_id: &str, generation: i64) -> String {
         let tag = hmac::sign(&self.0, format!("{device_id}:{generation}").as_bytes());
         format!(
-            "{DEVICE_CREDENTIAL_PREFIX}{}",
+            "{DEVICE_CREDENTIAL_PREFIX}{device_id}.{}",
             URL_SAFE_NO_PAD.encode(tag.as_ref())
         )
     }
+}
+
+/// The device id a credential names (not proof of anything until its hash is checked).
+pub fn credential_device_id(credential: &str) -> Option<&str> {
+    let rest = credential.strip_prefix(DEVICE_CREDENTIAL_PREFIX)?;
+    let (id, tag) = rest.split_once('.')?;
+    (!id.is_empty() && !tag.is_empty() && id.len() <= 64).then_some(id)
 }
 
 /// A fresh random secret with a recognisable prefix (so leaked keys can be found by scanners).
@@ -243,6 +252,12 @@ mod tests {
             k.device_credential("d1", 1)
                 .starts_with(DEVICE_CREDENTIAL_PREFIX)
         );
+        assert_eq!(
+            credential_device_id(&k.device_credential("d1", 7)),
+            Some("d1")
+        );
+        assert_eq!(credential_device_id("imd_dev_nodot"), None);
+        assert_eq!(credential_device_id("imd_adm_x.y"), None);
     }
 
     #[test]

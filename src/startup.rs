@@ -115,10 +115,7 @@ impl Application {
         );
 
         let mut resolvers: HashMap<ImdVersion, Arc<dyn Resolver>> = HashMap::new();
-        resolvers.insert(
-            ImdVersion::V4,
-            Arc::new(DeviceMapResolver::new()),
-        );
+        resolvers.insert(ImdVersion::V4, Arc::new(DeviceMapResolver::new()));
         let activator = Activator::new(
             store.clone(),
             tokens.clone(),

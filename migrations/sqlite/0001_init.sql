@@ -83,7 +83,7 @@ CREATE TABLE devices (
     client_version    TEXT,
     install_key_hash  TEXT,
     credential_gen    BIGINT NOT NULL DEFAULT 1,
-    credential_hash   TEXT NOT NULL UNIQUE,
+    credential_hash   TEXT NOT NULL,
     status            TEXT NOT NULL DEFAULT 'active',
     token_id          TEXT,
     replaced_by       TEXT,

@@ -23,8 +23,8 @@ use rusqlite::Connection;
 use crate::crypto::{CredentialKey, ct_eq, sha256_hex};
 use crate::resolve::{Binding, Resolution, ResolveContext, ResolveError, Resolver};
 use crate::store::{
-    ActivationRecord, DeviceReport, DeviceRow, NewDevice, NewUser, OrgRow, Store, StoreError, TokenRow, UserRow,
-    hot, new_id,
+    ActivationRecord, DeviceReport, DeviceRow, NewDevice, NewUser, OrgRow, Store, StoreError,
+    TokenRow, UserRow, hot, new_id,
 };
 use crate::tokens::TokenService;
 use request::ActivationRequest;
@@ -151,7 +151,12 @@ impl Activator {
         credentials: CredentialKey,
         resolvers: HashMap<ImdVersion, Arc<dyn Resolver>>,
     ) -> Self {
-        Activator { store, tokens, binder: Binder { credentials }, resolvers }
+        Activator {
+            store,
+            tokens,
+            binder: Binder { credentials },
+            resolvers,
+        }
     }
 
     #[tracing::instrument(skip_all, fields(org_id, token_id))]
@@ -180,7 +185,10 @@ impl Activator {
             remote_ip: remote_ip.map(str::to_string),
             now,
         };
-        self.store.hot().run(move |conn| binder.activate(conn, &*resolver, job, prepared)).await
+        self.store
+            .hot()
+            .run(move |conn| binder.activate(conn, &*resolver, job, prepared))
+            .await
     }
 }
 
@@ -201,7 +209,13 @@ impl Binder {
         job: Job,
         prepared: crate::resolve::Prepared,
     ) -> Result<ActivationOutcome, ActivationError> {
-        let Job { org_id, token_id, req, remote_ip, now } = job;
+        let Job {
+            org_id,
+            token_id,
+            req,
+            remote_ip,
+            now,
+        } = job;
         let req = &req;
         let org = hot::org(conn, &org_id)?
             .ok_or_else(|| ActivationError::TokenInvalid("unknown organization".into()))?;
@@ -209,7 +223,9 @@ impl Binder {
             .ok_or_else(|| ActivationError::TokenInvalid("unknown token".into()))?;
         check_token_row(&token, now)?;
         if org.require_install_key && req.install_key.is_none() {
-            return Err(ActivationError::InvalidRequest("this organization requires device.install_key".into()));
+            return Err(ActivationError::InvalidRequest(
+                "this organization requires device.install_key".into(),
+            ));
         }
         let install_key_hash = req.install_key.as_deref().map(sha256_hex);
 
@@ -229,24 +245,45 @@ impl Binder {
         }
         let resolution = resolver.resolve(
             conn,
-            &ResolveContext { org: &org, request: req, existing: existing.as_ref() },
+            &ResolveContext {
+                org: &org,
+                request: req,
+                existing: existing.as_ref(),
+            },
             prepared,
         )?;
         let outcome = match (&existing, resolution) {
             (Some(d), Resolution::Keep) => {
-                let user = hot::user(conn, &org.id, &d.user_id)?
-                    .ok_or_else(|| ActivationError::Internal(format!("device {} has no user", d.id)))?;
+                let user = hot::user(conn, &org.id, &d.user_id)?.ok_or_else(|| {
+                    ActivationError::Internal(format!("device {} has no user", d.id))
+                })?;
                 if !req.user.matches(&user.email_norm, &user.user_name) {
                     return Err(ActivationError::DeviceConflict(
                         "this device is already activated for another user".into(),
                     ));
                 }
-                self.repeat(conn, d, &user, &token, req, None, install_key_hash.as_deref(), now)?
+                self.repeat(
+                    conn,
+                    d,
+                    &user,
+                    &token,
+                    req,
+                    None,
+                    install_key_hash.as_deref(),
+                    now,
+                )?
             }
             (None, Resolution::Keep) => return Err(ActivationError::DeviceNotMapped),
-            (existing, Resolution::Bind(b)) => {
-                self.bind(conn, &org, &token, req, existing.as_ref(), b, install_key_hash.as_deref(), now)?
-            }
+            (existing, Resolution::Bind(b)) => self.bind(
+                conn,
+                &org,
+                &token,
+                req,
+                existing.as_ref(),
+                b,
+                install_key_hash.as_deref(),
+                now,
+            )?,
         };
         let r = &outcome.response;
         hot::insert_activation(
@@ -255,7 +292,12 @@ impl Binder {
                 org_id: Some(org.id.clone()),
                 token_id: Some(token.id.clone()),
                 created_at: now,
-                outcome: if outcome.created { "activated" } else { "reactivated" }.into(),
+                outcome: if outcome.created {
+                    "activated"
+                } else {
+                    "reactivated"
+                }
+                .into(),
                 status: if outcome.created { 201 } else { 200 },
                 device_id: Some(r.device_id.clone()),
                 user_id: Some(r.user_id.clone()),
@@ -264,7 +306,10 @@ impl Binder {
                 uuid: req.uuid.clone(),
                 login: req.user.display(),
                 remote_ip,
-                message: r.replaced_device_id.as_ref().map(|id| format!("replaced device {id}")),
+                message: r
+                    .replaced_device_id
+                    .as_ref()
+                    .map(|id| format!("replaced device {id}")),
             },
         )?;
         Ok(outcome)
@@ -351,7 +396,11 @@ impl Binder {
             },
             now,
         )?;
-        let name = b.device_name.clone().or_else(|| req.hostname.clone()).unwrap_or_else(|| "device".into());
+        let name = b
+            .device_name
+            .clone()
+            .or_else(|| req.hostname.clone())
+            .unwrap_or_else(|| "device".into());
 
         if let Some(d) = existing
             && d.user_id == user.id
@@ -359,7 +408,16 @@ impl Binder {
             // A fresh mapping for a device its user already has: settle the mapping and take
             // its device name; everything else stays.
             consume_mapping(conn, &b, &d.id, now)?;
-            return self.repeat(conn, d, &user, token, req, Some(&name), install_key_hash, now);
+            return self.repeat(
+                conn,
+                d,
+                &user,
+                token,
+                req,
+                Some(&name),
+                install_key_hash,
+                now,
+            );
         }
 
         // A new binding: a new device, or a known device moving to another user.
@@ -373,11 +431,16 @@ impl Binder {
             None => None,
         };
         // What to restore only means something when a device was replaced.
-        let restore = replaced.as_ref().and(b.restore_data).map(|r| r.as_str().to_string());
+        let restore = replaced
+            .as_ref()
+            .and(b.restore_data)
+            .map(|r| r.as_str().to_string());
         let generation = existing.map_or(1, |d| d.credential_gen + 1);
-        let credential_hash = sha256_hex(&self.credentials.device_credential(&device_id, generation));
+        let credential_hash =
+            sha256_hex(&self.credentials.device_credential(&device_id, generation));
         match existing {
             // The new user's client gets a new credential generation: the old one stops working.
+            // The install key stays: it belongs to the machine's agent, not to the user.
             Some(d) => hot::reassign(
                 conn,
                 d,
@@ -409,7 +472,15 @@ impl Binder {
         consume_mapping(conn, &b, &device_id, now)?;
         Ok(ActivationOutcome {
             created: true,
-            response: self.response(&device_id, generation, &user, user_created, existing.is_none(), replaced, restore),
+            response: self.response(
+                &device_id,
+                generation,
+                &user,
+                user_created,
+                existing.is_none(),
+                replaced,
+                restore,
+            ),
         })
     }
 
@@ -454,7 +525,9 @@ fn report(req: &ActivationRequest) -> DeviceReport<'_> {
 /// A hostname-only device matched by a request that carries a serial or UUID (rule 3 of the
 /// identity rules, the weakest evidence).
 fn weak_match(d: &DeviceRow, req: &ActivationRequest) -> bool {
-    d.serial_norm.is_none() && d.uuid_norm.is_none() && (req.ids.serial.is_some() || req.ids.uuid.is_some())
+    d.serial_norm.is_none()
+        && d.uuid_norm.is_none()
+        && (req.ids.serial.is_some() || req.ids.uuid.is_some())
 }
 
 fn check_token_row(t: &TokenRow, now: i64) -> Result<(), ActivationError> {
@@ -481,14 +554,25 @@ fn check_install_key(d: &DeviceRow, presented_hash: Option<&str>) -> Result<(), 
 /// `max_uses` is enforced by the conditional increment; revocation was checked in this same
 /// transaction, so a refusal here means no uses are left.
 fn take_token_use(conn: &Connection, token: &TokenRow, now: i64) -> Result<(), ActivationError> {
-    if hot::consume_use(conn, &token.id, now)? { Ok(()) } else { Err(ActivationError::TokenExhausted) }
+    if hot::consume_use(conn, &token.id, now)? {
+        Ok(())
+    } else {
+        Err(ActivationError::TokenExhausted)
+    }
 }
 
-fn consume_mapping(conn: &Connection, b: &Binding, device_id: &str, now: i64) -> Result<(), ActivationError> {
+fn consume_mapping(
+    conn: &Connection,
+    b: &Binding,
+    device_id: &str,
+    now: i64,
+) -> Result<(), ActivationError> {
     if let Some(m) = &b.mapping_id
         && !hot::consume_mapping(conn, m, device_id, now)?
     {
-        return Err(ActivationError::Internal(format!("mapping {m} was consumed twice")));
+        return Err(ActivationError::Internal(format!(
+            "mapping {m} was consumed twice"
+        )));
     }
     Ok(())
 }

@@ -579,6 +579,8 @@ impl SeenIdentifiers {
 pub struct FailureCsvWriter<W: Write> {
     csv: ::csv::Writer<W>,
     width: usize,
+    /// Position of an `error` column the uploaded header already had.
+    error_at: Option<usize>,
 }
 
 impl<W: Write> FailureCsvWriter<W> {
@@ -587,23 +589,38 @@ impl<W: Write> FailureCsvWriter<W> {
         let mut csv = WriterBuilder::new()
             .terminator(Terminator::CRLF)
             .from_writer(w);
-        csv.write_record(
-            headers
-                .iter()
-                .map(String::as_str)
-                .chain(std::iter::once(ERROR_COLUMN)),
-        )?;
+        // A re-uploaded failure report already has an error column: reuse it rather than
+        // adding a second one (which the importer would reject as unknown).
+        let existing = headers
+            .iter()
+            .position(|h| h.trim().eq_ignore_ascii_case(ERROR_COLUMN));
+        match existing {
+            Some(_) => csv.write_record(headers.iter().map(String::as_str))?,
+            None => csv.write_record(
+                headers
+                    .iter()
+                    .map(String::as_str)
+                    .chain(std::iter::once(ERROR_COLUMN)),
+            )?,
+        }
         Ok(FailureCsvWriter {
             csv,
             width: headers.len(),
+            error_at: existing,
         })
     }
 
     /// Writes `record` padded or cut to the header's width (a row with the
-    /// wrong field count says so in its error) followed by `error`.
+    /// wrong field count says so in its error) with `error` in the error column.
     pub fn write(&mut self, record: &StringRecord, error: &str) -> ::csv::Result<()> {
-        let fields = (0..self.width).map(|i| record.get(i).unwrap_or_default());
-        self.csv.write_record(fields.chain(std::iter::once(error)))
+        let fields = (0..self.width).map(|i| match self.error_at {
+            Some(e) if e == i => error,
+            _ => record.get(i).unwrap_or_default(),
+        });
+        match self.error_at {
+            Some(_) => self.csv.write_record(fields),
+            None => self.csv.write_record(fields.chain(std::iter::once(error))),
+        }
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
@@ -1297,6 +1314,35 @@ mod tests {
         assert!(bad.is_empty(), "{bad:?}");
         assert_eq!(ok[0].1.user_name, "Lee, Ann");
         assert_eq!(ok[0].1.device_name, "PC \"A\"");
+    }
+
+    #[test]
+    fn a_failure_report_of_a_failure_report_keeps_one_error_column() {
+        let headers: Vec<String> = HEADER
+            .trim_end()
+            .split(',')
+            .map(str::to_owned)
+            .chain(std::iter::once("error".to_owned()))
+            .collect();
+        let mut w = FailureCsvWriter::new(Vec::new(), &headers).unwrap();
+        let record = StringRecord::from(vec![
+            "a@example.com",
+            "a",
+            "PC",
+            "hostname",
+            "pc",
+            "",
+            "",
+            "old problem",
+        ]);
+        w.write(&record, "new problem").unwrap();
+        let out = w.into_inner().unwrap();
+        let mut back = ::csv::ReaderBuilder::new().from_reader(&out[UTF8_BOM.len()..]);
+        let header: Vec<String> = back.headers().unwrap().iter().map(str::to_owned).collect();
+        assert_eq!(header, headers);
+        let row = back.records().next().unwrap().unwrap();
+        assert_eq!(&row[7], "new problem");
+        assert_eq!(row.len(), 8);
     }
 
     #[test]

@@ -85,7 +85,10 @@ pub async fn import(
 
 /// One parsed row as the parsing thread hands it over: the raw record travels only where the
 /// writing side may need it for the failure report.
-type Parsed = (Result<(u64, MappingRow), RowError>, Option<csv::StringRecord>);
+type Parsed = (
+    Result<(u64, MappingRow), RowError>,
+    Option<csv::StringRecord>,
+);
 
 const HANDOFF_BATCH: usize = 1024;
 
@@ -98,7 +101,10 @@ fn run(
 ) -> Result<ImportReport, ImportError> {
     let mut reader = open(path)?;
     let mut failures = match opts.failures_csv {
-        true => Some(FailureCsvWriter::new(tempfile::tempfile()?, reader.headers())?),
+        true => Some(FailureCsvWriter::new(
+            tempfile::tempfile()?,
+            reader.headers(),
+        )?),
         false => None,
     };
     let mut report = ImportReport {
@@ -116,32 +122,39 @@ fn run(
 
     // Parsing thread: bounded hand-off keeps memory flat whatever the file size.
     let (send, recv) = std::sync::mpsc::sync_channel::<Vec<Parsed>>(8);
-    let parser = std::thread::Builder::new().name("imd-csv".into()).spawn(move || {
-        let mut batch = Vec::with_capacity(HANDOFF_BATCH);
-        while let Some(item) = reader.next_row() {
-            let keep_raw = match &item {
-                Ok((_, row)) => row.old_device_name.is_some(),
-                Err(_) => true,
-            };
-            batch.push((item, keep_raw.then(|| reader.current_record().clone())));
-            if batch.len() == HANDOFF_BATCH && send.send(std::mem::take(&mut batch)).is_err() {
-                return None;
+    let parser = std::thread::Builder::new()
+        .name("imd-csv".into())
+        .spawn(move || {
+            let mut batch = Vec::with_capacity(HANDOFF_BATCH);
+            while let Some(item) = reader.next_row() {
+                let keep_raw = match &item {
+                    Ok((_, row)) => row.old_device_name.is_some(),
+                    Err(_) => true,
+                };
+                batch.push((item, keep_raw.then(|| reader.current_record().clone())));
+                if batch.len() == HANDOFF_BATCH && send.send(std::mem::take(&mut batch)).is_err() {
+                    return None;
+                }
             }
-        }
-        if !batch.is_empty() {
-            let _ = send.send(batch);
-        }
-        reader.read_error().map(str::to_string)
-    })?;
+            if !batch.is_empty() {
+                let _ = send.send(batch);
+            }
+            reader.read_error().map(str::to_string)
+        })?;
 
     // Writing side (this thread): a dry run only reads, so it takes no write lock.
-    let mut conn = store.sync_connection()?;
-    conn.execute_batch("PRAGMA cache_size = -65536").map_err(StoreError::from)?;
-    let tx = match opts.dry_run {
-        true => conn.transaction_with_behavior(rusqlite::TransactionBehavior::Deferred),
-        false => conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate),
-    }
-    .map_err(StoreError::from)?;
+    // Transaction control by hand so that an all-or-nothing upload can give the write lock back
+    // at its first bad row and go on validating without it. Closing the connection on any early
+    // return rolls back whatever is open.
+    let tx = store.sync_connection()?;
+    let sql = |s: &str| tx.execute_batch(s).map_err(StoreError::from);
+    sql("PRAGMA cache_size = -65536")?;
+    sql(if opts.dry_run {
+        "BEGIN DEFERRED"
+    } else {
+        "BEGIN IMMEDIATE"
+    })?;
+    let mut writing = !opts.dry_run;
     let before = store::mappings::count_pending_sync(&tx, org_id)?;
     let mut applied = 0u64;
     {
@@ -154,14 +167,15 @@ fn run(
                         Some(error) => Some(RowError {
                             line,
                             column: Some("oldDeviceName".into()),
-                            value: row.old_device_name.as_ref().map(|v| v.chars().take(200).collect()),
+                            value: row
+                                .old_device_name
+                                .as_ref()
+                                .map(|v| v.chars().take(200).collect()),
                             error,
                         }),
                         None => {
                             report.rows_valid += 1;
-                            // Once an all-or-nothing upload has a bad row, writing more is wasted.
-                            let doomed = opts.mode == Mode::AllOrNothing && report.rows_invalid > 0;
-                            if !opts.dry_run && !doomed {
+                            if writing {
                                 upserter.upsert(org_id, &row, now)?;
                                 applied += 1;
                             }
@@ -172,6 +186,11 @@ fn run(
                 };
                 if let Some(e) = err {
                     report.rows_invalid += 1;
+                    if writing && opts.mode == Mode::AllOrNothing {
+                        // Nothing of this upload will be applied: stop writing, free the lock.
+                        sql("ROLLBACK")?;
+                        writing = false;
+                    }
                     if let (Some(w), Some(raw)) = (failures.as_mut(), raw.as_ref()) {
                         w.write(raw, &e.error)?;
                     }
@@ -191,18 +210,21 @@ fn run(
         return Err(ImportError::Io(std::io::Error::other(msg)));
     }
     if let Some(w) = failures {
-        let mut f = w.into_inner().map_err(|e| ImportError::Io(std::io::Error::other(e.to_string())))?;
+        let mut f = w
+            .into_inner()
+            .map_err(|e| ImportError::Io(std::io::Error::other(e.to_string())))?;
         use std::io::Seek;
         f.rewind()?;
         report.failures_csv = Some(f);
     }
-    let refuse = opts.mode == Mode::AllOrNothing && report.rows_invalid > 0;
-    if opts.dry_run || refuse || applied == 0 {
-        // Dropping the transaction rolls it back: nothing of this upload is visible.
+    if !writing || applied == 0 {
+        if !tx.is_autocommit() {
+            sql("ROLLBACK")?;
+        }
         return Ok(report);
     }
     let created = store::mappings::count_pending_sync(&tx, org_id)? - before;
-    tx.commit().map_err(StoreError::from)?;
+    sql("COMMIT")?;
     report.applied = true;
     report.created = created;
     report.updated = applied - created;
@@ -216,7 +238,9 @@ fn old_device_error_sync(
     org_id: &str,
     row: &MappingRow,
 ) -> Result<Option<String>, StoreError> {
-    let Some(old) = &row.old_device_name else { return Ok(None) };
+    let Some(old) = &row.old_device_name else {
+        return Ok(None);
+    };
     let user: Option<String> = conn
         .prepare_cached("SELECT id FROM users WHERE org_id = ?1 AND email_norm = ?2")?
         .query_row([org_id, row.email.normalized()], |r| r.get(0))
@@ -224,7 +248,10 @@ fn old_device_error_sync(
     let Some(user_id) = user else { return Ok(None) };
     Ok(match store::hot::active_by_name(conn, &user_id, old)? {
         Some(_) => None,
-        None => Some(format!("user {} has no active device named {old:?}", row.email.as_str())),
+        None => Some(format!(
+            "user {} has no active device named {old:?}",
+            row.email.as_str()
+        )),
     })
 }
 

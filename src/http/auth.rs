@@ -76,7 +76,7 @@ impl FromRequest for DeviceAuth {
         Box::pin(async move {
             let cred = bearer(&req)?;
             let state = state(&req)?;
-            match state.store.device_by_credential(&sha256_hex(&cred)).await? {
+            match state.store.device_for_credential(&cred).await? {
                 Some(d) if d.status != "revoked" => Ok(DeviceAuth { device: d }),
                 Some(_) => Err(ApiError::new(
                     Code::Unauthorized,

@@ -18,18 +18,30 @@ impl DeviceMapResolver {
 }
 
 impl Resolver for DeviceMapResolver {
-    fn resolve(&self, conn: &Connection, ctx: &ResolveContext<'_>, _: Prepared) -> Result<Resolution, ResolveError> {
+    fn resolve(
+        &self,
+        conn: &Connection,
+        ctx: &ResolveContext<'_>,
+        _: Prepared,
+    ) -> Result<Resolution, ResolveError> {
         let Some(m) = hot::find_pending(conn, &ctx.org.id, &ctx.request.ids)? else {
             // A known device repeating needs no mapping; an unknown one does.
-            return if ctx.existing.is_some() { Ok(Resolution::Keep) } else { Err(ResolveError::DeviceNotMapped) };
+            return if ctx.existing.is_some() {
+                Ok(Resolution::Keep)
+            } else {
+                Err(ResolveError::DeviceNotMapped)
+            };
         };
         // The signed-in user must be the mapped one, or anyone holding the (widely shared) token
         // could claim a mapped laptop for themselves. The mapped user's name is not revealed.
         if !ctx.request.user.matches(&m.email_norm, &m.user_name) {
-            return Err(ResolveError::UserNotMapped("this device is mapped to another user".into()));
+            return Err(ResolveError::UserNotMapped(
+                "this device is mapped to another user".into(),
+            ));
         }
-        let email = Email::parse(&m.email)
-            .map_err(|e| ResolveError::UserNotMapped(format!("the mapping has an invalid email: {e}")))?;
+        let email = Email::parse(&m.email).map_err(|e| {
+            ResolveError::UserNotMapped(format!("the mapping has an invalid email: {e}"))
+        })?;
         Ok(Resolution::Bind(Box::new(Binding {
             user: UserSpec {
                 email,
@@ -43,7 +55,10 @@ impl Resolver for DeviceMapResolver {
             device_name: Some(m.device_name),
             mapping_id: Some(m.id),
             old_device_name: m.old_device_name,
-            restore_data: m.restore_data.as_deref().and_then(|r| RestoreData::parse(r).ok()),
+            restore_data: m
+                .restore_data
+                .as_deref()
+                .and_then(|r| RestoreData::parse(r).ok()),
         })))
     }
 }

@@ -71,10 +71,18 @@ pub struct ResolveContext<'a> {
 
 pub trait Resolver: Send + Sync {
     /// Before the transaction: network look-ups, if any. The default needs none.
-    fn prepare<'a>(&'a self, _request: &'a ActivationRequest) -> BoxFuture<'a, Result<Prepared, ResolveError>> {
+    fn prepare<'a>(
+        &'a self,
+        _request: &'a ActivationRequest,
+    ) -> BoxFuture<'a, Result<Prepared, ResolveError>> {
         Box::pin(async { Ok(None) })
     }
 
     /// Inside the write transaction: decide, reading only the database through `conn`.
-    fn resolve(&self, conn: &Connection, ctx: &ResolveContext<'_>, prepared: Prepared) -> Result<Resolution, ResolveError>;
+    fn resolve(
+        &self,
+        conn: &Connection,
+        ctx: &ResolveContext<'_>,
+        prepared: Prepared,
+    ) -> Result<Resolution, ResolveError>;
 }

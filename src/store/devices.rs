@@ -89,182 +89,6 @@ pub fn name_norm(name: &str) -> String {
     name.trim().to_lowercase()
 }
 
-/// The active device these identifiers denote, if any:
-/// 1. same serial;
-/// 2. else same UUID, unless both sides have a serial (then they differ: a cloned image);
-/// 3. else same hostname on a device that has neither serial nor UUID (a machine whose agent could
-///    not read them before; the repeat then records them).
-pub async fn find_active(
-    conn: &mut Conn,
-    org_id: &str,
-    ids: &DeviceIdentifiers,
-) -> Result<Option<DeviceRow>> {
-    if let Some(serial) = &ids.serial {
-        let d = sqlx::query_as::<_, DeviceRow>(
-            "SELECT * FROM devices WHERE org_id = $1 AND status = 'active' AND serial_norm = $2",
-        )
-        .bind(org_id)
-        .bind(serial)
-        .fetch_optional(&mut *conn)
-        .await?;
-        if d.is_some() {
-            return Ok(d);
-        }
-    }
-    if let Some(uuid) = &ids.uuid {
-        let d = sqlx::query_as::<_, DeviceRow>(
-            "SELECT * FROM devices WHERE org_id = $1 AND status = 'active' AND uuid_norm = $2
-               AND ($3 IS NULL OR serial_norm IS NULL)
-             ORDER BY serial_norm IS NOT NULL, id LIMIT 1",
-        )
-        .bind(org_id)
-        .bind(uuid)
-        .bind(ids.serial.as_deref())
-        .fetch_optional(&mut *conn)
-        .await?;
-        if d.is_some() {
-            return Ok(d);
-        }
-    }
-    if let Some(host) = &ids.hostname {
-        return Ok(sqlx::query_as::<_, DeviceRow>(
-            "SELECT * FROM devices WHERE org_id = $1 AND status = 'active' AND hostname_norm = $2
-                   AND serial_norm IS NULL AND uuid_norm IS NULL",
-        )
-        .bind(org_id)
-        .bind(host)
-        .fetch_optional(&mut *conn)
-        .await?);
-    }
-    Ok(None)
-}
-
-pub async fn insert(conn: &mut Conn, d: &NewDevice<'_>, now: i64) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO devices (id, org_id, user_id, name, name_norm, hostname, hostname_norm, serial, serial_norm,
-                              uuid, uuid_norm, os, os_version, client_version, install_key_hash,
-                              credential_hash, token_id, restore_data, replaces, created_at, last_activated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $20)",
-    )
-    .bind(d.id)
-    .bind(d.org_id)
-    .bind(d.user_id)
-    .bind(d.name)
-    .bind(name_norm(d.name))
-    .bind(d.report.hostname())
-    .bind(d.report.ids.hostname.as_deref())
-    .bind(d.report.serial())
-    .bind(d.report.ids.serial.as_deref())
-    .bind(d.report.uuid())
-    .bind(d.report.ids.uuid.as_deref())
-    .bind(d.report.os)
-    .bind(d.report.os_version)
-    .bind(d.report.client_version)
-    .bind(d.install_key_hash)
-    .bind(d.credential_hash)
-    .bind(d.token_id)
-    .bind(d.restore_data)
-    .bind(d.replaces)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-/// Refreshes a known device on a repeated activation: what the client reports now, identifiers
-/// it could not read before, and (for a fresh mapping of the same user) a new display name.
-/// Conditional on the state the caller saw, so a concurrent change yields `Conflict`.
-pub async fn refresh(
-    conn: &mut Conn,
-    d: &DeviceRow,
-    report: &DeviceReport<'_>,
-    name: Option<&str>,
-    install_key_hash: Option<&str>,
-    now: i64,
-) -> Result<()> {
-    let r = sqlx::query(
-        "UPDATE devices SET hostname = COALESCE($3, hostname), hostname_norm = COALESCE($4, hostname_norm),
-                serial = COALESCE(serial, $5), serial_norm = COALESCE(serial_norm, $6),
-                uuid = COALESCE(uuid, $7), uuid_norm = COALESCE(uuid_norm, $8),
-                os = COALESCE($9, os), os_version = COALESCE($10, os_version),
-                client_version = COALESCE($11, client_version),
-                name = COALESCE($12, name), name_norm = COALESCE($13, name_norm),
-                install_key_hash = COALESCE(install_key_hash, $14), last_activated_at = $15
-         WHERE id = $1 AND user_id = $2 AND status = 'active'",
-    )
-    .bind(&d.id)
-    .bind(&d.user_id)
-    .bind(report.hostname())
-    .bind(report.ids.hostname.as_deref())
-    .bind(report.serial())
-    .bind(report.ids.serial.as_deref())
-    .bind(report.uuid())
-    .bind(report.ids.uuid.as_deref())
-    .bind(report.os)
-    .bind(report.os_version)
-    .bind(report.client_version)
-    .bind(name)
-    .bind(name.map(name_norm))
-    .bind(install_key_hash)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
-    if r.rows_affected() == 1 {
-        Ok(())
-    } else {
-        Err(StoreError::Conflict)
-    }
-}
-
-/// Moves a device to another user (a mapping said so); a new credential generation cuts off the
-/// previous user's client.
-#[allow(clippy::too_many_arguments)]
-pub async fn reassign(
-    conn: &mut Conn,
-    d: &DeviceRow,
-    user_id: &str,
-    name: &str,
-    credential_hash: &str,
-    token_id: &str,
-    restore_data: Option<&str>,
-    replaces: Option<&str>,
-    now: i64,
-) -> Result<()> {
-    let r = sqlx::query(
-        "UPDATE devices SET user_id = $3, name = $4, name_norm = $5, credential_gen = credential_gen + 1,
-                credential_hash = $6, token_id = $7, restore_data = $8, replaces = $9, last_activated_at = $10
-         WHERE id = $1 AND user_id = $2 AND status = 'active' AND credential_gen = $11",
-    )
-    .bind(&d.id)
-    .bind(&d.user_id)
-    .bind(user_id)
-    .bind(name)
-    .bind(name_norm(name))
-    .bind(credential_hash)
-    .bind(token_id)
-    .bind(restore_data)
-    .bind(replaces)
-    .bind(now)
-    .bind(d.credential_gen)
-    .execute(&mut *conn)
-    .await?;
-    if r.rows_affected() == 1 {
-        Ok(())
-    } else {
-        Err(StoreError::Conflict)
-    }
-}
-
-/// Marks `old_id` replaced by `new_id`; `false` when it was no longer active.
-pub async fn mark_replaced(conn: &mut Conn, old_id: &str, new_id: &str) -> Result<bool> {
-    let r = sqlx::query("UPDATE devices SET status = 'replaced', replaced_by = $2 WHERE id = $1 AND status = 'active'")
-        .bind(old_id)
-        .bind(new_id)
-        .execute(&mut *conn)
-        .await?;
-    Ok(r.rows_affected() == 1)
-}
-
 /// One of the user's active devices by display name (case-insensitive).
 pub async fn active_by_name(
     conn: &mut Conn,
@@ -280,31 +104,7 @@ pub async fn active_by_name(
     .await?)
 }
 
-/// One of the user's active devices by short hostname.
-pub async fn active_by_hostname(
-    conn: &mut Conn,
-    user_id: &str,
-    hostname_norm: &str,
-) -> Result<Option<DeviceRow>> {
-    Ok(sqlx::query_as::<_, DeviceRow>(
-        "SELECT * FROM devices WHERE user_id = $1 AND status = 'active' AND hostname_norm = $2 ORDER BY id LIMIT 1",
-    )
-    .bind(user_id)
-    .bind(hostname_norm)
-    .fetch_optional(&mut *conn)
-    .await?)
-}
-
 impl Store {
-    pub async fn find_active_device(
-        &self,
-        org_id: &str,
-        ids: &DeviceIdentifiers,
-    ) -> Result<Option<DeviceRow>> {
-        let mut conn = self.read.acquire().await?;
-        find_active(&mut conn, org_id, ids).await
-    }
-
     /// Whether the user with this email has an active device with this name (CSV validation).
     pub async fn user_has_device_named(
         &self,
@@ -336,13 +136,17 @@ impl Store {
             .ok_or(StoreError::NotFound)
     }
 
-    pub async fn device_by_credential(&self, credential_hash: &str) -> Result<Option<DeviceRow>> {
-        Ok(
-            sqlx::query_as::<_, DeviceRow>("SELECT * FROM devices WHERE credential_hash = $1")
-                .bind(credential_hash)
-                .fetch_optional(&self.read)
-                .await?,
-        )
+    /// The device a presented credential authenticates, if its hash matches (constant time).
+    pub async fn device_for_credential(&self, credential: &str) -> Result<Option<DeviceRow>> {
+        let Some(id) = crate::crypto::credential_device_id(credential) else {
+            return Ok(None);
+        };
+        let d = sqlx::query_as::<_, DeviceRow>("SELECT * FROM devices WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await?;
+        let presented = crate::crypto::sha256_hex(credential);
+        Ok(d.filter(|d| crate::crypto::ct_eq(&d.credential_hash, &presented)))
     }
 
     pub async fn list_devices(

@@ -6,130 +6,178 @@
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{
-    ActivationRecord, DeviceReport, DeviceRow, NewDevice, NewUser, OrgRow, Result, StoredMapping, TokenRow,
-    UserRow, devices::name_norm, new_id,
+    ActivationRecord, DeviceReport, DeviceRow, NewDevice, NewUser, OrgRow, Result, StoredMapping,
+    TokenRow, UserRow, devices::name_norm, new_id,
 };
 use crate::domain::DeviceIdentifiers;
 
+// Explicit column lists, read by position: looking columns up by name costs a string
+// comparison per column per row, which showed up in profiles of the hot path.
+macro_rules! org_cols {
+    () => {
+        "id, name, default_profile, default_storage_region, default_quota_bytes, require_install_key, created_at"
+    };
+}
+macro_rules! token_cols {
+    () => {
+        "id, org_id, version, name, kid, issuer, issued_at, expires_at, max_uses, uses, last_used_at, revoked_at, created_at"
+    };
+}
+macro_rules! user_cols {
+    () => {
+        "id, org_id, email, email_norm, user_name, external_id, source, profile, storage_region, quota_bytes, status, created_at, updated_at"
+    };
+}
+macro_rules! device_cols {
+    () => {
+        "id, org_id, user_id, name, name_norm, hostname, hostname_norm, serial, serial_norm, uuid, uuid_norm, os, os_version, client_version, install_key_hash, credential_gen, credential_hash, status, token_id, replaced_by, replaces, restore_data, created_at, last_activated_at, revoked_at"
+    };
+}
+macro_rules! mapping_cols {
+    () => {
+        "id, org_id, email, email_norm, user_name, device_name, identifier_type, identifier, identifier_norm, old_device_name, restore_data, created_at, updated_at, consumed_at, device_id"
+    };
+}
+
 fn org_row(r: &Row<'_>) -> rusqlite::Result<OrgRow> {
     Ok(OrgRow {
-        id: r.get("id")?,
-        name: r.get("name")?,
-        default_profile: r.get("default_profile")?,
-        default_storage_region: r.get("default_storage_region")?,
-        default_quota_bytes: r.get("default_quota_bytes")?,
-        require_install_key: r.get("require_install_key")?,
-        created_at: r.get("created_at")?,
+        id: r.get(0)?,
+        name: r.get(1)?,
+        default_profile: r.get(2)?,
+        default_storage_region: r.get(3)?,
+        default_quota_bytes: r.get(4)?,
+        require_install_key: r.get(5)?,
+        created_at: r.get(6)?,
     })
 }
 
 fn token_row(r: &Row<'_>) -> rusqlite::Result<TokenRow> {
     Ok(TokenRow {
-        id: r.get("id")?,
-        org_id: r.get("org_id")?,
-        version: r.get("version")?,
-        name: r.get("name")?,
-        kid: r.get("kid")?,
-        issuer: r.get("issuer")?,
-        issued_at: r.get("issued_at")?,
-        expires_at: r.get("expires_at")?,
-        max_uses: r.get("max_uses")?,
-        uses: r.get("uses")?,
-        last_used_at: r.get("last_used_at")?,
-        revoked_at: r.get("revoked_at")?,
-        created_at: r.get("created_at")?,
+        id: r.get(0)?,
+        org_id: r.get(1)?,
+        version: r.get(2)?,
+        name: r.get(3)?,
+        kid: r.get(4)?,
+        issuer: r.get(5)?,
+        issued_at: r.get(6)?,
+        expires_at: r.get(7)?,
+        max_uses: r.get(8)?,
+        uses: r.get(9)?,
+        last_used_at: r.get(10)?,
+        revoked_at: r.get(11)?,
+        created_at: r.get(12)?,
     })
 }
 
 fn user_row(r: &Row<'_>) -> rusqlite::Result<UserRow> {
     Ok(UserRow {
-        id: r.get("id")?,
-        org_id: r.get("org_id")?,
-        email: r.get("email")?,
-        email_norm: r.get("email_norm")?,
-        user_name: r.get("user_name")?,
-        external_id: r.get("external_id")?,
-        source: r.get("source")?,
-        profile: r.get("profile")?,
-        storage_region: r.get("storage_region")?,
-        quota_bytes: r.get("quota_bytes")?,
-        status: r.get("status")?,
-        created_at: r.get("created_at")?,
-        updated_at: r.get("updated_at")?,
+        id: r.get(0)?,
+        org_id: r.get(1)?,
+        email: r.get(2)?,
+        email_norm: r.get(3)?,
+        user_name: r.get(4)?,
+        external_id: r.get(5)?,
+        source: r.get(6)?,
+        profile: r.get(7)?,
+        storage_region: r.get(8)?,
+        quota_bytes: r.get(9)?,
+        status: r.get(10)?,
+        created_at: r.get(11)?,
+        updated_at: r.get(12)?,
     })
 }
 
 fn device_row(r: &Row<'_>) -> rusqlite::Result<DeviceRow> {
     Ok(DeviceRow {
-        id: r.get("id")?,
-        org_id: r.get("org_id")?,
-        user_id: r.get("user_id")?,
-        name: r.get("name")?,
-        name_norm: r.get("name_norm")?,
-        hostname: r.get("hostname")?,
-        hostname_norm: r.get("hostname_norm")?,
-        serial: r.get("serial")?,
-        serial_norm: r.get("serial_norm")?,
-        uuid: r.get("uuid")?,
-        uuid_norm: r.get("uuid_norm")?,
-        os: r.get("os")?,
-        os_version: r.get("os_version")?,
-        client_version: r.get("client_version")?,
-        install_key_hash: r.get("install_key_hash")?,
-        credential_gen: r.get("credential_gen")?,
-        credential_hash: r.get("credential_hash")?,
-        status: r.get("status")?,
-        token_id: r.get("token_id")?,
-        replaced_by: r.get("replaced_by")?,
-        replaces: r.get("replaces")?,
-        restore_data: r.get("restore_data")?,
-        created_at: r.get("created_at")?,
-        last_activated_at: r.get("last_activated_at")?,
-        revoked_at: r.get("revoked_at")?,
+        id: r.get(0)?,
+        org_id: r.get(1)?,
+        user_id: r.get(2)?,
+        name: r.get(3)?,
+        name_norm: r.get(4)?,
+        hostname: r.get(5)?,
+        hostname_norm: r.get(6)?,
+        serial: r.get(7)?,
+        serial_norm: r.get(8)?,
+        uuid: r.get(9)?,
+        uuid_norm: r.get(10)?,
+        os: r.get(11)?,
+        os_version: r.get(12)?,
+        client_version: r.get(13)?,
+        install_key_hash: r.get(14)?,
+        credential_gen: r.get(15)?,
+        credential_hash: r.get(16)?,
+        status: r.get(17)?,
+        token_id: r.get(18)?,
+        replaced_by: r.get(19)?,
+        replaces: r.get(20)?,
+        restore_data: r.get(21)?,
+        created_at: r.get(22)?,
+        last_activated_at: r.get(23)?,
+        revoked_at: r.get(24)?,
     })
 }
 
 fn mapping_row(r: &Row<'_>) -> rusqlite::Result<StoredMapping> {
     Ok(StoredMapping {
-        id: r.get("id")?,
-        org_id: r.get("org_id")?,
-        email: r.get("email")?,
-        email_norm: r.get("email_norm")?,
-        user_name: r.get("user_name")?,
-        device_name: r.get("device_name")?,
-        identifier_type: r.get("identifier_type")?,
-        identifier: r.get("identifier")?,
-        identifier_norm: r.get("identifier_norm")?,
-        old_device_name: r.get("old_device_name")?,
-        restore_data: r.get("restore_data")?,
-        created_at: r.get("created_at")?,
-        updated_at: r.get("updated_at")?,
-        consumed_at: r.get("consumed_at")?,
-        device_id: r.get("device_id")?,
+        id: r.get(0)?,
+        org_id: r.get(1)?,
+        email: r.get(2)?,
+        email_norm: r.get(3)?,
+        user_name: r.get(4)?,
+        device_name: r.get(5)?,
+        identifier_type: r.get(6)?,
+        identifier: r.get(7)?,
+        identifier_norm: r.get(8)?,
+        old_device_name: r.get(9)?,
+        restore_data: r.get(10)?,
+        created_at: r.get(11)?,
+        updated_at: r.get(12)?,
+        consumed_at: r.get(13)?,
+        device_id: r.get(14)?,
     })
 }
 
 pub fn org(c: &Connection, id: &str) -> Result<Option<OrgRow>> {
-    Ok(c.prepare_cached("SELECT * FROM orgs WHERE id = ?1")?.query_row([id], org_row).optional()?)
+    Ok(
+        c.prepare_cached(concat!("SELECT ", org_cols!(), " FROM orgs WHERE id = ?1"))?
+            .query_row([id], org_row)
+            .optional()?,
+    )
 }
 
 pub fn token(c: &Connection, org_id: &str, id: &str) -> Result<Option<TokenRow>> {
-    Ok(c.prepare_cached("SELECT * FROM tokens WHERE id = ?1 AND org_id = ?2")?
-        .query_row([id, org_id], token_row)
-        .optional()?)
+    Ok(c.prepare_cached(concat!(
+        "SELECT ",
+        token_cols!(),
+        " FROM tokens WHERE id = ?1 AND org_id = ?2"
+    ))?
+    .query_row([id, org_id], token_row)
+    .optional()?)
 }
 
 pub fn user(c: &Connection, org_id: &str, id: &str) -> Result<Option<UserRow>> {
-    Ok(c.prepare_cached("SELECT * FROM users WHERE id = ?1 AND org_id = ?2")?
-        .query_row([id, org_id], user_row)
-        .optional()?)
+    Ok(c.prepare_cached(concat!(
+        "SELECT ",
+        user_cols!(),
+        " FROM users WHERE id = ?1 AND org_id = ?2"
+    ))?
+    .query_row([id, org_id], user_row)
+    .optional()?)
 }
 
 /// The identity rules; see `devices::find_active` for the same rules on the async side.
-pub fn find_active(c: &Connection, org_id: &str, ids: &DeviceIdentifiers) -> Result<Option<DeviceRow>> {
+pub fn find_active(
+    c: &Connection,
+    org_id: &str,
+    ids: &DeviceIdentifiers,
+) -> Result<Option<DeviceRow>> {
     if let Some(serial) = &ids.serial {
         let d = c
-            .prepare_cached("SELECT * FROM devices WHERE org_id = ?1 AND status = 'active' AND serial_norm = ?2")?
+            .prepare_cached(concat!(
+                "SELECT ",
+                device_cols!(),
+                " FROM devices WHERE org_id = ?1 AND status = 'active' AND serial_norm = ?2"
+            ))?
             .query_row([org_id, serial], device_row)
             .optional()?;
         if d.is_some() {
@@ -138,11 +186,13 @@ pub fn find_active(c: &Connection, org_id: &str, ids: &DeviceIdentifiers) -> Res
     }
     if let Some(uuid) = &ids.uuid {
         let d = c
-            .prepare_cached(
-                "SELECT * FROM devices WHERE org_id = ?1 AND status = 'active' AND uuid_norm = ?2
+            .prepare_cached(concat!(
+                "SELECT ",
+                device_cols!(),
+                " FROM devices WHERE org_id = ?1 AND status = 'active' AND uuid_norm = ?2
                    AND (?3 IS NULL OR serial_norm IS NULL)
-                 ORDER BY serial_norm IS NOT NULL, id LIMIT 1",
-            )?
+                 ORDER BY serial_norm IS NOT NULL, id LIMIT 1"
+            ))?
             .query_row(params![org_id, uuid, ids.serial], device_row)
             .optional()?;
         if d.is_some() {
@@ -151,10 +201,12 @@ pub fn find_active(c: &Connection, org_id: &str, ids: &DeviceIdentifiers) -> Res
     }
     if let Some(host) = &ids.hostname {
         return Ok(c
-            .prepare_cached(
-                "SELECT * FROM devices WHERE org_id = ?1 AND status = 'active' AND hostname_norm = ?2
-                   AND serial_norm IS NULL AND uuid_norm IS NULL",
-            )?
+            .prepare_cached(concat!(
+                "SELECT ",
+                device_cols!(),
+                " FROM devices WHERE org_id = ?1 AND status = 'active' AND hostname_norm = ?2
+                   AND serial_norm IS NULL AND uuid_norm IS NULL"
+            ))?
             .query_row([org_id, host], device_row)
             .optional()?);
     }
@@ -163,14 +215,20 @@ pub fn find_active(c: &Connection, org_id: &str, ids: &DeviceIdentifiers) -> Res
 
 /// The pending mapping for these identifiers: serial, then UUID, then hostname (each an indexed
 /// equality look-up).
-pub fn find_pending(c: &Connection, org_id: &str, ids: &DeviceIdentifiers) -> Result<Option<StoredMapping>> {
-    for (kind, value) in [("serial-number", &ids.serial), ("uuid", &ids.uuid), ("hostname", &ids.hostname)] {
+pub fn find_pending(
+    c: &Connection,
+    org_id: &str,
+    ids: &DeviceIdentifiers,
+) -> Result<Option<StoredMapping>> {
+    for (kind, value) in [
+        ("serial-number", &ids.serial),
+        ("uuid", &ids.uuid),
+        ("hostname", &ids.hostname),
+    ] {
         let Some(value) = value else { continue };
         let m = c
-            .prepare_cached(
-                "SELECT * FROM device_mappings WHERE org_id = ?1 AND identifier_type = ?2 AND identifier_norm = ?3
-                   AND consumed_at IS NULL",
-            )?
+            .prepare_cached(concat!("SELECT ", mapping_cols!(), " FROM device_mappings WHERE org_id = ?1 AND identifier_type = ?2 AND identifier_norm = ?3
+                   AND consumed_at IS NULL"))?
             .query_row([org_id, kind, value], mapping_row)
             .optional()?;
         if m.is_some() {
@@ -184,13 +242,14 @@ pub fn find_pending(c: &Connection, org_id: &str, ids: &DeviceIdentifiers) -> Re
 pub fn ensure_user(c: &Connection, u: &NewUser<'_>, now: i64) -> Result<(UserRow, bool)> {
     let id = new_id();
     let user = c
-        .prepare_cached(
+        .prepare_cached(concat!(
             "INSERT INTO users (id, org_id, email, email_norm, user_name, external_id, source, profile,
                                 storage_region, quota_bytes, created_at, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)
              ON CONFLICT (org_id, email_norm) DO UPDATE SET email_norm = excluded.email_norm
-             RETURNING *",
-        )?
+             RETURNING ",
+            user_cols!()
+        ))?
         .query_row(
             params![
                 id,
@@ -223,22 +282,23 @@ pub fn consume_use(c: &Connection, token_id: &str, now: i64) -> Result<bool> {
 }
 
 pub fn touch_token(c: &Connection, token_id: &str, now: i64) -> Result<()> {
-    c.prepare_cached("UPDATE tokens SET last_used_at = ?2 WHERE id = ?1")?.execute(params![token_id, now])?;
+    c.prepare_cached("UPDATE tokens SET last_used_at = ?2 WHERE id = ?1")?
+        .execute(params![token_id, now])?;
     Ok(())
 }
 
 pub fn active_by_name(c: &Connection, user_id: &str, name: &str) -> Result<Option<DeviceRow>> {
-    Ok(c.prepare_cached(
-        "SELECT * FROM devices WHERE user_id = ?1 AND status = 'active' AND name_norm = ?2 ORDER BY id LIMIT 1",
-    )?
+    Ok(c.prepare_cached(concat!("SELECT ", device_cols!(), " FROM devices WHERE user_id = ?1 AND status = 'active' AND name_norm = ?2 ORDER BY id LIMIT 1"))?
     .query_row([user_id, &name_norm(name)], device_row)
     .optional()?)
 }
 
-pub fn active_by_hostname(c: &Connection, user_id: &str, hostname_norm: &str) -> Result<Option<DeviceRow>> {
-    Ok(c.prepare_cached(
-        "SELECT * FROM devices WHERE user_id = ?1 AND status = 'active' AND hostname_norm = ?2 ORDER BY id LIMIT 1",
-    )?
+pub fn active_by_hostname(
+    c: &Connection,
+    user_id: &str,
+    hostname_norm: &str,
+) -> Result<Option<DeviceRow>> {
+    Ok(c.prepare_cached(concat!("SELECT ", device_cols!(), " FROM devices WHERE user_id = ?1 AND status = 'active' AND hostname_norm = ?2 ORDER BY id LIMIT 1"))?
     .query_row([user_id, hostname_norm], device_row)
     .optional()?)
 }
@@ -344,7 +404,12 @@ pub fn reassign(
     Ok(())
 }
 
-pub fn consume_mapping(c: &Connection, mapping_id: &str, device_id: &str, now: i64) -> Result<bool> {
+pub fn consume_mapping(
+    c: &Connection,
+    mapping_id: &str,
+    device_id: &str,
+    now: i64,
+) -> Result<bool> {
     let n = c
         .prepare_cached(
             "UPDATE device_mappings SET consumed_at = ?3, device_id = ?2 WHERE id = ?1 AND consumed_at IS NULL",

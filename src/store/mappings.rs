@@ -5,7 +5,6 @@ use std::collections::HashSet;
 
 use super::{Conn, Page, Result, Store, StoreError, new_id};
 use crate::devicemap::MappingRow;
-use crate::domain::DeviceIdentifiers;
 use serde::Serialize;
 use sqlx::QueryBuilder;
 
@@ -98,56 +97,7 @@ pub async fn upsert(conn: &mut Conn, org_id: &str, rows: &[MappingRow], now: i64
     Ok(created)
 }
 
-/// The pending mapping for these identifiers, trying serial, then UUID, then hostname. One
-/// indexed equality look-up per type (an OR of the three would make SQLite scan the org's rows).
-pub async fn find_pending(
-    conn: &mut Conn,
-    org_id: &str,
-    ids: &DeviceIdentifiers,
-) -> Result<Option<StoredMapping>> {
-    Ok(sqlx::query_as::<_, StoredMapping>(
-        "SELECT * FROM (
-            SELECT *, 0 AS priority FROM device_mappings
-             WHERE org_id = $1 AND identifier_type = 'serial-number' AND identifier_norm = $2 AND consumed_at IS NULL
-            UNION ALL
-            SELECT *, 1 AS priority FROM device_mappings
-             WHERE org_id = $1 AND identifier_type = 'uuid' AND identifier_norm = $3 AND consumed_at IS NULL
-            UNION ALL
-            SELECT *, 2 AS priority FROM device_mappings
-             WHERE org_id = $1 AND identifier_type = 'hostname' AND identifier_norm = $4 AND consumed_at IS NULL
-         ) ORDER BY priority LIMIT 1",
-    )
-    .bind(org_id)
-    .bind(ids.serial.as_deref())
-    .bind(ids.uuid.as_deref())
-    .bind(ids.hostname.as_deref())
-    .fetch_optional(&mut *conn)
-    .await?)
-}
-
-/// Marks a mapping consumed by a device; `false` if someone else consumed or deleted it first.
-pub async fn consume(conn: &mut Conn, mapping_id: &str, device_id: &str, now: i64) -> Result<bool> {
-    let r = sqlx::query(
-        "UPDATE device_mappings SET consumed_at = $3, device_id = $2 WHERE id = $1 AND consumed_at IS NULL",
-    )
-    .bind(mapping_id)
-    .bind(device_id)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
-    Ok(r.rows_affected() == 1)
-}
-
 impl Store {
-    pub async fn find_pending_mapping(
-        &self,
-        org_id: &str,
-        ids: &DeviceIdentifiers,
-    ) -> Result<Option<StoredMapping>> {
-        let mut conn = self.read.acquire().await?;
-        find_pending(&mut conn, org_id, ids).await
-    }
-
     /// Upserts mappings in one transaction and returns the stored rows (JSON API).
     pub async fn upsert_mappings(
         &self,

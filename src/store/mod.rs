@@ -1,8 +1,13 @@
 //! Storage: owns the database, its migrations and every SQL statement. Nothing outside this module
-//! writes SQL. SQLite (WAL) is the embedded default: one writer connection (SQLite admits one
-//! writer at a time, so queueing in the pool beats failing with SQLITE_BUSY) plus a pool of
-//! readers. Write transactions start with `BEGIN IMMEDIATE` so a read-then-write transaction never
-//! hits the lock-upgrade failure that the busy handler does not cover.
+//! writes SQL. SQLite (WAL) is the embedded default, reached three ways:
+//! - `hot` + `writer`: the activation hot path, synchronous SQL on a dedicated group-commit thread;
+//! - a one-connection async write pool for everything else that writes (admin API), whose
+//!   transactions start with `BEGIN IMMEDIATE` so a read-then-write transaction never hits the
+//!   lock-upgrade failure that SQLite's busy handler does not cover;
+//! - an async pool of readers.
+//!
+//! Bulk imports take a synchronous connection of their own (`sync_connection`). All of them
+//! take turns at SQLite's single write lock through the busy timeout.
 
 pub mod activations;
 pub mod devices;

@@ -1,7 +1,7 @@
 //! Mass-deployment token rows: the server-side state of each JWT (revocation, expiry, uses).
 //! The token string itself is never stored; it can be re-derived from the row and its signing key.
 
-use super::{Conn, Page, Result, Store, StoreError};
+use super::{Page, Result, Store, StoreError};
 use serde::Serialize;
 
 #[derive(Debug, Clone, sqlx::FromRow, Serialize)]
@@ -106,37 +106,4 @@ impl Store {
         tx.commit().await?;
         Ok(row)
     }
-}
-
-/// Consumes one use atomically. `false` when the token is revoked or has no uses left: the
-/// condition and the increment are one statement, so N racing activations cannot overshoot.
-pub async fn consume_use(conn: &mut Conn, token_id: &str, now: i64) -> Result<bool> {
-    let r = sqlx::query(
-        "UPDATE tokens SET uses = uses + 1, last_used_at = $2
-         WHERE id = $1 AND revoked_at IS NULL AND (max_uses IS NULL OR uses < max_uses)",
-    )
-    .bind(token_id)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
-    Ok(r.rows_affected() == 1)
-}
-
-/// Records a use that does not count against `max_uses` (a repeated activation).
-pub async fn touch(conn: &mut Conn, token_id: &str, now: i64) -> Result<()> {
-    sqlx::query("UPDATE tokens SET last_used_at = $2 WHERE id = $1")
-        .bind(token_id)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
-
-pub async fn token_in(conn: &mut Conn, token_id: &str) -> Result<Option<TokenRow>> {
-    Ok(
-        sqlx::query_as::<_, TokenRow>("SELECT * FROM tokens WHERE id = $1")
-            .bind(token_id)
-            .fetch_optional(&mut *conn)
-            .await?,
-    )
 }

@@ -1,6 +1,6 @@
 //! Users, unique per organization by lowercase email; created just in time at activation.
 
-use super::{Conn, Page, Result, Store, StoreError, new_id};
+use super::{Page, Result, Store, StoreError};
 use serde::Serialize;
 
 #[derive(Debug, Clone, sqlx::FromRow, Serialize)]
@@ -34,36 +34,6 @@ pub struct NewUser<'a> {
     pub profile: &'a str,
     pub storage_region: &'a str,
     pub quota_bytes: Option<i64>,
-}
-
-/// Returns the user with this email, creating it if missing: `(user, created)`. The unique index
-/// on (org, email) makes concurrent first activations converge on one row.
-pub async fn ensure_user(conn: &mut Conn, u: &NewUser<'_>, now: i64) -> Result<(UserRow, bool)> {
-    // One statement on the write path: the no-op update makes RETURNING yield the existing row on
-    // conflict; the row is new exactly when it carries the id generated here.
-    let id = new_id();
-    let user = sqlx::query_as::<_, UserRow>(
-        "INSERT INTO users (id, org_id, email, email_norm, user_name, external_id, source, profile,
-                            storage_region, quota_bytes, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)
-         ON CONFLICT (org_id, email_norm) DO UPDATE SET email_norm = excluded.email_norm
-         RETURNING *",
-    )
-    .bind(&id)
-    .bind(u.org_id)
-    .bind(u.email)
-    .bind(u.email_norm)
-    .bind(u.user_name)
-    .bind(u.external_id)
-    .bind(u.source)
-    .bind(u.profile)
-    .bind(u.storage_region)
-    .bind(u.quota_bytes)
-    .bind(now)
-    .fetch_one(&mut *conn)
-    .await?;
-    let created = user.id == id;
-    Ok((user, created))
 }
 
 impl Store {

@@ -40,7 +40,9 @@ impl From<rusqlite::Error> for StoreError {
             rusqlite::Error::QueryReturnedNoRows => StoreError::NotFound,
             rusqlite::Error::SqliteFailure(f, _) => match f.code {
                 ErrorCode::ConstraintViolation => StoreError::Conflict,
-                ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => StoreError::Unavailable(e.to_string()),
+                ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => {
+                    StoreError::Unavailable(e.to_string())
+                }
                 _ => StoreError::Sqlite(e.to_string()),
             },
             _ => StoreError::Sqlite(e.to_string()),
@@ -94,12 +96,18 @@ impl BatchWriter {
                 }),
             }
         });
-        let gone = || E::from(StoreError::Unavailable("the database writer has stopped".into()));
+        let gone = || {
+            E::from(StoreError::Unavailable(
+                "the database writer has stopped".into(),
+            ))
+        };
         self.tx.send(job).await.map_err(|_| gone())?;
         // A dropped reply: the batch could not run (transaction did not start, a job panicked).
-        answer
-            .await
-            .unwrap_or_else(|_| Err(E::from(StoreError::Unavailable("write batch failed".into()))))
+        answer.await.unwrap_or_else(|_| {
+            Err(E::from(StoreError::Unavailable(
+                "write batch failed".into(),
+            )))
+        })
     }
 }
 
