@@ -117,7 +117,9 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(opts.busy_timeout)
-            .pragma("temp_store", "memory");
+            .pragma("temp_store", "memory")
+            // Checkpoints run on their own thread (see `writer`), never inline in a commit.
+            .pragma("wal_autocheckpoint", "0");
         if let Some(parent) = base.get_filename().parent()
             && !parent.as_os_str().is_empty()
         {

@@ -9,6 +9,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
+use std::sync::{Arc, Weak};
 use std::thread;
 use std::time::Duration;
 
@@ -31,6 +32,8 @@ type Job = Box<dyn FnOnce(&Connection) -> Finished + Send>;
 #[derive(Clone, Debug)]
 pub struct BatchWriter {
     tx: mpsc::Sender<Job>,
+    /// The checkpointer runs while any handle is alive.
+    _alive: Arc<()>,
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -57,9 +60,33 @@ pub fn open_sync(path: &Path, busy_timeout: Duration) -> Result<Connection, Stor
     conn.busy_timeout(busy_timeout)?;
     conn.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;
-         PRAGMA temp_store = MEMORY;",
+         PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 0;",
     )?;
     Ok(conn)
+}
+
+/// How often the checkpointer copies the WAL back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// Checkpoints on a thread of their own. Left to SQLite, the connection whose commit crosses the
+/// WAL size threshold does the checkpoint inline, and on the hot path that was the writer thread
+/// (13% of its time in profiles). PASSIVE checkpoints never block writers or readers.
+fn checkpointer(path: &Path, busy_timeout: Duration, alive: Weak<()>) -> Result<(), StoreError> {
+    let conn = open_sync(path, busy_timeout)?;
+    thread::Builder::new()
+        .name("imd-checkpoint".into())
+        .spawn(move || {
+            while alive.upgrade().is_some() {
+                thread::sleep(CHECKPOINT_EVERY);
+                if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
+                    tracing::debug!(error = %e, "checkpoint skipped");
+                }
+            }
+            // A final full pass so a clean shutdown leaves a short WAL behind.
+            let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+        })
+        .map_err(|e| StoreError::Unavailable(format!("cannot start the checkpoint thread: {e}")))?;
+    Ok(())
 }
 
 impl BatchWriter {
@@ -72,7 +99,9 @@ impl BatchWriter {
             .name("imd-writer".into())
             .spawn(move || run(conn, rx))
             .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
-        Ok(BatchWriter { tx })
+        let alive = Arc::new(());
+        checkpointer(path, busy_timeout, Arc::downgrade(&alive))?;
+        Ok(BatchWriter { tx, _alive: alive })
     }
 
     /// Runs `f` inside a group-committed write transaction. `Ok` means its writes are committed;
