@@ -31,13 +31,7 @@ async fn v4_activation_creates_user_and_device_and_returns_a_working_credential(
     let cred = body["device_credential"].as_str().unwrap();
     assert!(cred.starts_with("imd_dev_"));
 
-    let r = app
-        .client
-        .get(app.url("/api/v1/device"))
-        .bearer_auth(cred)
-        .send()
-        .await
-        .unwrap();
+    let r = app.get_as("/api/v1/device", cred).await;
     assert_eq!(r.status(), StatusCode::OK);
     let me: Value = r.json().await.unwrap();
     assert_eq!(me["device"]["id"], body["device_id"]);
@@ -228,13 +222,7 @@ async fn revoking_a_token_keeps_devices_activated_and_revoking_a_device_cuts_its
         &json!({}),
     )
     .await;
-    let r = app
-        .client
-        .get(app.url("/api/v1/device"))
-        .bearer_auth(cred)
-        .send()
-        .await
-        .unwrap();
+    let r = app.get_as("/api/v1/device", cred).await;
     assert_eq!(
         r.status(),
         StatusCode::OK,
@@ -252,15 +240,7 @@ async fn revoking_a_token_keeps_devices_activated_and_revoking_a_device_cuts_its
         .await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.json::<Value>().await.unwrap()["status"], "revoked");
-    let (s, c, _) = error_code(
-        app.client
-            .get(app.url("/api/v1/device"))
-            .bearer_auth(cred)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, c, _) = error_code(app.get_as("/api/v1/device", cred).await).await;
     assert_eq!((s, c.as_str()), (StatusCode::UNAUTHORIZED, "unauthorized"));
 }
 

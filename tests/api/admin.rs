@@ -27,23 +27,11 @@ async fn admin_endpoints_need_a_valid_admin_key() {
         .unwrap();
     let (s, c, _) = error_code(r).await;
     assert_eq!((s, c.as_str()), (StatusCode::UNAUTHORIZED, "unauthorized"));
-    let r = app
-        .client
-        .get(app.url("/api/v1/admin/tokens"))
-        .bearer_auth("imd_adm_wrong")
-        .send()
-        .await
-        .unwrap();
+    let r = app.get_as("/api/v1/admin/tokens", "imd_adm_wrong").await;
     let (s, c, _) = error_code(r).await;
     assert_eq!((s, c.as_str()), (StatusCode::UNAUTHORIZED, "unauthorized"));
     // A device credential is not an admin key.
-    let r = app
-        .client
-        .get(app.url("/api/v1/device"))
-        .bearer_auth(&app.admin_key)
-        .send()
-        .await
-        .unwrap();
+    let r = app.get_as("/api/v1/device", &app.admin_key).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 }
 
@@ -96,26 +84,24 @@ async fn organizations_cannot_see_or_touch_each_other() {
         );
     }
     let r = app
-        .client
-        .post(app.url(&format!(
-            "/api/v1/admin/devices/{}/revoke",
-            act["device_id"].as_str().unwrap()
-        )))
-        .bearer_auth(&other_key)
-        .send()
-        .await
-        .unwrap();
+        .post_as(
+            &format!(
+                "/api/v1/admin/devices/{}/revoke",
+                act["device_id"].as_str().unwrap()
+            ),
+            &other_key,
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     let r = app
-        .client
-        .post(app.url(&format!(
-            "/api/v1/admin/tokens/{}/revoke",
-            minted["id"].as_str().unwrap()
-        )))
-        .bearer_auth(&other_key)
-        .send()
-        .await
-        .unwrap();
+        .post_as(
+            &format!(
+                "/api/v1/admin/tokens/{}/revoke",
+                minted["id"].as_str().unwrap()
+            ),
+            &other_key,
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     // The other org's mapping for the same serial is invisible to this org's token.
     let r = app
@@ -290,13 +276,7 @@ async fn serves_https_when_a_certificate_is_configured() {
 #[tokio::test]
 async fn wrong_method_on_a_known_path_is_405_json() {
     let app = spawn_app().await;
-    let r = app
-        .client
-        .delete(app.url("/api/v1/admin/tokens"))
-        .bearer_auth(&app.admin_key)
-        .send()
-        .await
-        .unwrap();
+    let r = app.delete_as("/api/v1/admin/tokens", &app.admin_key).await;
     let (s, c, _) = error_code(r).await;
     assert_eq!(
         (s, c.as_str()),
@@ -350,32 +330,24 @@ async fn admin_keys_can_be_added_listed_and_revoked_but_not_the_last_one() {
         .find(|i| **i != created["id"].as_str().unwrap())
         .unwrap();
     let r = app
-        .client
-        .post(app.url(&format!("/api/v1/admin/admin-keys/{first_id}/revoke")))
-        .bearer_auth(&second)
-        .send()
-        .await
-        .unwrap();
+        .post_as(
+            &format!("/api/v1/admin/admin-keys/{first_id}/revoke"),
+            &second,
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    let r = app
-        .client
-        .get(app.url("/api/v1/admin/tokens"))
-        .bearer_auth(&app.admin_key)
-        .send()
-        .await
-        .unwrap();
+    let r = app.get_as("/api/v1/admin/tokens", &app.admin_key).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     // The last live key cannot be revoked: that would lock the organization out.
     let r = app
-        .client
-        .post(app.url(&format!(
-            "/api/v1/admin/admin-keys/{}/revoke",
-            created["id"].as_str().unwrap()
-        )))
-        .bearer_auth(&second)
-        .send()
-        .await
-        .unwrap();
+        .post_as(
+            &format!(
+                "/api/v1/admin/admin-keys/{}/revoke",
+                created["id"].as_str().unwrap()
+            ),
+            &second,
+        )
+        .await;
     let (s, c, _) = error_code(r).await;
     assert_eq!((s, c.as_str()), (StatusCode::CONFLICT, "conflict"));
     let (s, c, _) = error_code(

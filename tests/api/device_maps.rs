@@ -321,20 +321,18 @@ async fn json_mapping_api_creates_lists_and_deletes() {
         .await;
     assert_eq!(by_email.len(), 1);
     let r = app
-        .client
-        .delete(app.url(&format!("/api/v1/admin/device-mappings/{id}")))
-        .bearer_auth(&app.admin_key)
-        .send()
-        .await
-        .unwrap();
+        .delete_as(
+            &format!("/api/v1/admin/device-mappings/{id}"),
+            &app.admin_key,
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let r = app
-        .client
-        .delete(app.url(&format!("/api/v1/admin/device-mappings/{id}")))
-        .bearer_auth(&app.admin_key)
-        .send()
-        .await
-        .unwrap();
+        .delete_as(
+            &format!("/api/v1/admin/device-mappings/{id}"),
+            &app.admin_key,
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert_eq!(mapping_count(&app).await, 2);
 }
@@ -483,12 +481,11 @@ async fn consumed_mappings_are_kept_for_audit() {
         .await;
     let id = m[0]["id"].as_str().unwrap();
     let r = app
-        .client
-        .delete(app.url(&format!("/api/v1/admin/device-mappings/{id}")))
-        .bearer_auth(&app.admin_key)
-        .send()
-        .await
-        .unwrap();
+        .delete_as(
+            &format!("/api/v1/admin/device-mappings/{id}"),
+            &app.admin_key,
+        )
+        .await;
     let (s, c, _) = error_code(r).await;
     assert_eq!((s, c.as_str()), (StatusCode::CONFLICT, "conflict"));
     assert_eq!(

@@ -100,6 +100,34 @@ impl TestApp {
         format!("{}{}", self.addr, path)
     }
 
+    /// A request to `path` authenticated with `bearer` (an admin key or a device credential).
+    pub async fn get_as(&self, path: &str, bearer: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(bearer)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn post_as(&self, path: &str, bearer: &str) -> Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(bearer)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn delete_as(&self, path: &str, bearer: &str) -> Response {
+        self.client
+            .delete(self.url(path))
+            .bearer_auth(bearer)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn admin_get(&self, path: &str) -> Response {
         self.client
             .get(self.url(path))
