@@ -816,19 +816,9 @@ async fn phases(
 
     let (token, _) = loadgen::mint_v4_token(&client, &base, &admin_key, "bench").await?;
     let fleet = Fleet::plain(n)?;
-    let csv = fleet.device_map_csv();
-    let csv_len = csv.len();
-    let t = Instant::now();
-    let report = loadgen::upload_device_map(
-        &client,
-        &base,
-        &admin_key,
-        csv.into(),
-        None,
-        deadline.saturating_duration_since(Instant::now()),
-    )
-    .await?;
-    let secs = t.elapsed().as_secs_f64();
+    let (report, csv_len, took) =
+        loadgen::upload_fleet(&client, &base, &admin_key, &fleet, deadline).await?;
+    let secs = took.as_secs_f64();
     if report["created"].as_u64() != Some(n as u64) {
         anyhow::bail!("the device map was not applied as expected: {report}");
     }

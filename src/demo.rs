@@ -182,25 +182,15 @@ pub async fn run(args: DemoArgs, config_file: Option<&Path>) -> anyhow::Result<E
         ),
     );
 
-    let csv = fleet.device_map_csv();
-    let csv_len = csv.len();
-    let t = Instant::now();
-    let report = loadgen::upload_device_map(
-        &client,
-        &base,
-        &admin_key,
-        csv.into(),
-        None,
-        deadline.saturating_duration_since(Instant::now()),
-    )
-    .await?;
+    let (report, csv_len, took) =
+        loadgen::upload_fleet(&client, &base, &admin_key, &fleet, deadline).await?;
     step(
         5,
         format_args!(
             "uploaded the device map ({:.1} KB) in {:.0} ms: {} rows, {} valid, {} invalid, {} \
              created, {} updated",
             csv_len as f64 / 1024.0,
-            loadgen::ms(t.elapsed()),
+            loadgen::ms(took),
             report["rows_total"],
             report["rows_valid"],
             report["rows_invalid"],

@@ -76,6 +76,22 @@ pub async fn mint_v4_token(
 }
 
 /// `POST /api/v1/admin/device-maps` (all or nothing); the JSON report, or an error with the body.
+/// Uploads a fleet's device map before `deadline`: the report, the CSV size and the time taken.
+pub async fn upload_fleet(
+    client: &reqwest::Client,
+    base: &str,
+    admin_key: &str,
+    fleet: &Fleet,
+    deadline: std::time::Instant,
+) -> anyhow::Result<(serde_json::Value, usize, Duration)> {
+    let csv = fleet.device_map_csv();
+    let csv_len = csv.len();
+    let t = std::time::Instant::now();
+    let timeout = deadline.saturating_duration_since(std::time::Instant::now());
+    let report = upload_device_map(client, base, admin_key, csv.into(), None, timeout).await?;
+    Ok((report, csv_len, t.elapsed()))
+}
+
 pub async fn upload_device_map(
     client: &reqwest::Client,
     base: &str,
