@@ -380,3 +380,60 @@ pub async fn revoke_admin_key(
         Err(e) => Err(e.into()),
     }
 }
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RotateRequest {
+    /// How long the old token keeps working, in days (default 7).
+    grace_days: Option<i64>,
+}
+
+pub const DEFAULT_GRACE_DAYS: i64 = 7;
+const MAX_GRACE_DAYS: i64 = 365;
+
+/// Rotation without breaking deployed scripts: a successor with the same settings now, the old
+/// token until the grace period ends (or its own expiry, whichever comes first).
+pub async fn rotate_token(
+    state: web::Data<AppState>,
+    auth: AdminAuth,
+    id: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let now = state.clock.now();
+    // The body is optional; when present it must be valid.
+    let req: RotateRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RotateRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::invalid(format!("malformed JSON body: {e}")))?
+    };
+    let grace_days = req.grace_days.unwrap_or(DEFAULT_GRACE_DAYS);
+    if !(0..=MAX_GRACE_DAYS).contains(&grace_days) {
+        return Err(ApiError::invalid(format!(
+            "grace_days must be between 0 and {MAX_GRACE_DAYS}"
+        )));
+    }
+    let rotated = match state
+        .tokens
+        .rotate(&auth.org_id, &id, grace_days * 86_400, now)
+        .await
+    {
+        Ok(r) => r,
+        Err(crate::tokens::KeyError::Store(StoreError::NotFound)) => {
+            return Err(ApiError::not_found("token"));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let Some((rotation, token)) = rotated else {
+        return Err(ApiError::new(
+            Code::Conflict,
+            "this token is revoked or was already rotated",
+        ));
+    };
+    let mut v = token_view(&rotation.successor, now);
+    if let Some(o) = v.as_object_mut() {
+        o.insert("token".into(), json!(token));
+        o.insert("previous".into(), token_view(&rotation.previous, now));
+    }
+    Ok(HttpResponse::Created().json(v))
+}

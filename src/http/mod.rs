@@ -89,6 +89,10 @@ pub fn routes(cfg: &mut web::ServiceConfig, limits: &Limits) {
                             resource("/tokens/{id}/revoke")
                                 .route(web::post().to(admin::revoke_token)),
                         )
+                        .service(
+                            resource("/tokens/{id}/rotate")
+                                .route(web::post().to(admin::rotate_token)),
+                        )
                         .service(resource("/users").route(web::get().to(admin::list_users)))
                         .service(resource("/users/{id}").route(web::get().to(admin::get_user)))
                         .service(resource("/devices").route(web::get().to(admin::list_devices)))

@@ -20,7 +20,7 @@ macro_rules! org_cols {
 }
 macro_rules! token_cols {
     () => {
-        "id, org_id, version, name, kid, issuer, issued_at, expires_at, max_uses, uses, last_used_at, revoked_at, created_at"
+        "id, org_id, version, name, kid, issuer, issued_at, expires_at, max_uses, uses, last_used_at, revoked_at, created_at, rotated_to, rotated_from"
     };
 }
 macro_rules! user_cols {
@@ -66,6 +66,8 @@ fn token_row(r: &Row<'_>) -> rusqlite::Result<TokenRow> {
         last_used_at: r.get(10)?,
         revoked_at: r.get(11)?,
         created_at: r.get(12)?,
+        rotated_to: r.get(13)?,
+        rotated_from: r.get(14)?,
     })
 }
 

@@ -30,7 +30,7 @@ pub use devices::{DeviceReport, DeviceRow, NewDevice};
 pub use keys::SigningKeyRow;
 pub use mappings::{MappingFilter, StoredMapping};
 pub use orgs::{AdminKeyRow, OrgRow, OrgSettingsPatch};
-pub use tokens::{NewToken, TokenRow};
+pub use tokens::{NewToken, Rotation, TokenRow};
 pub use users::{NewUser, UserRow};
 
 pub type Db = Sqlite;

@@ -24,6 +24,9 @@ pub struct TokenRow {
     pub revoked_at: Option<i64>,
     #[serde(serialize_with = "crate::clock::ser::ts")]
     pub created_at: i64,
+    /// The successor minted by a rotation; this token stops at its (grace) expiry.
+    pub rotated_to: Option<String>,
+    pub rotated_from: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -105,5 +108,75 @@ impl Store {
                 .ok_or(StoreError::NotFound)?;
         tx.commit().await?;
         Ok(row)
+    }
+}
+
+/// What a rotation did: the predecessor (with its grace expiry) and the successor.
+#[derive(Debug, Clone)]
+pub struct Rotation {
+    pub previous: TokenRow,
+    pub successor: TokenRow,
+}
+
+impl Store {
+    /// Rotates a token atomically: inserts the successor and cuts the predecessor's life to
+    /// `grace_until` (never lengthening it). `Ok(None)`: the token is revoked or already rotated.
+    pub async fn rotate_token(
+        &self,
+        org_id: &str,
+        id: &str,
+        successor: &NewToken<'_>,
+        grace_until: i64,
+    ) -> Result<Option<Rotation>> {
+        let mut tx = self.begin().await?;
+        let old =
+            sqlx::query_as::<_, TokenRow>("SELECT * FROM tokens WHERE id = $1 AND org_id = $2")
+                .bind(id)
+                .bind(org_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(StoreError::NotFound)?;
+        if old.revoked_at.is_some() || old.rotated_to.is_some() {
+            return Ok(None);
+        }
+        sqlx::query(
+            "INSERT INTO tokens (id, org_id, version, name, kid, issuer, issued_at, expires_at, max_uses, created_at,
+                                 rotated_from)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $7, $10)",
+        )
+        .bind(successor.id)
+        .bind(successor.org_id)
+        .bind(successor.version)
+        .bind(successor.name)
+        .bind(successor.kid)
+        .bind(successor.issuer)
+        .bind(successor.issued_at)
+        .bind(successor.expires_at)
+        .bind(successor.max_uses)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE tokens SET rotated_to = $3,
+                    expires_at = CASE WHEN expires_at IS NULL OR expires_at > $4 THEN $4 ELSE expires_at END
+             WHERE id = $1 AND org_id = $2",
+        )
+        .bind(id)
+        .bind(org_id)
+        .bind(successor.id)
+        .bind(grace_until)
+        .execute(&mut *tx)
+        .await?;
+        let fetch = |tid: &str| {
+            sqlx::query_as::<_, TokenRow>("SELECT * FROM tokens WHERE id = $1")
+                .bind(tid.to_string())
+        };
+        let previous = fetch(id).fetch_one(&mut *tx).await?;
+        let successor = fetch(successor.id).fetch_one(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(Some(Rotation {
+            previous,
+            successor,
+        }))
     }
 }

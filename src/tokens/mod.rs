@@ -12,7 +12,7 @@ use base64::engine::general_purpose::STANDARD;
 use imd_tokens::{Claims, ImdVersion, PublicKey, SigningKey, TokenError, Verifier};
 
 use crate::crypto::{CryptoError, MasterKey};
-use crate::store::{NewToken, SigningKeyRow, Store, StoreError, TokenRow, new_id};
+use crate::store::{NewToken, Rotation, SigningKeyRow, Store, StoreError, TokenRow, new_id};
 
 /// Leeway for `exp`/`iat` between replicas' clocks.
 pub const LEEWAY_SECONDS: u64 = 60;
@@ -197,6 +197,49 @@ impl TokenService {
             .await?;
         let token = self.token_string(&row)?;
         Ok((row, token))
+    }
+
+    /// Mints a successor with the same settings (version, name, max_uses, lifetime) and lets the
+    /// predecessor live on for `grace` seconds, so scripts already deployed keep working while the
+    /// new token rolls out. `Ok(None)`: revoked or already rotated.
+    pub async fn rotate(
+        &self,
+        org_id: &str,
+        id: &str,
+        grace: i64,
+        now: i64,
+    ) -> Result<Option<(Rotation, String)>, KeyError> {
+        self.reload(now, true).await?;
+        let kid = self
+            .ring
+            .read()
+            .expect("ring lock")
+            .current
+            .clone()
+            .ok_or_else(|| KeyError::MissingKey("(active)".into()))?;
+        let old = self.store.token(org_id, id).await?;
+        let lifetime = old.expires_at.map(|e| e - old.issued_at);
+        let new_id = new_id();
+        let successor = NewToken {
+            id: &new_id,
+            org_id,
+            version: &old.version,
+            name: &old.name,
+            kid: &kid,
+            issuer: &self.issuer,
+            issued_at: now,
+            expires_at: lifetime.map(|l| now + l),
+            max_uses: old.max_uses,
+        };
+        let Some(rotation) = self
+            .store
+            .rotate_token(org_id, id, &successor, now + grace)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let token = self.token_string(&rotation.successor)?;
+        Ok(Some((rotation, token)))
     }
 
     /// The token string for a stored row. Ed25519 signatures are deterministic, so this is the

@@ -202,3 +202,95 @@ fn org_create_and_key_rotation_commands_work_offline() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("listn"));
 }
+
+#[tokio::test]
+async fn rotation_keeps_the_old_token_working_for_the_grace_period_then_stops_it() {
+    let app = spawn_app().await;
+    let mut csv = String::from(HEADER);
+    for i in 1..=4 {
+        csv.push_str(&format!(
+            "u{i}@corp.example.com,u{i},WS-{i},serial-number,R{i},,\n"
+        ));
+    }
+    app.map(&csv).await;
+    let old = app
+        .mint(&json!({"version": "v4", "name": "rollout", "max_uses": 100}))
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    let old_token = old["token"].as_str().unwrap().to_string();
+    app.activate_ok(&activation(&old_token, "R1", "WS-1", "u1"))
+        .await;
+
+    let r = app
+        .admin_post(
+            &format!(
+                "/api/v1/admin/tokens/{}/rotate",
+                old["id"].as_str().unwrap()
+            ),
+            &json!({"grace_days": 3}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let rotated: Value = r.json().await.unwrap();
+    let new_token = rotated["token"].as_str().unwrap().to_string();
+    assert_ne!(new_token, old_token);
+    assert_eq!(rotated["name"], "rollout");
+    assert_eq!(rotated["max_uses"], 100);
+    assert_eq!(rotated["rotated_from"], old["id"]);
+    assert_eq!(rotated["previous"]["rotated_to"], rotated["id"]);
+    assert_eq!(rotated["previous"]["days_to_expiry"], 3);
+
+    // During the grace period both work.
+    app.activate_ok(&activation(&old_token, "R2", "WS-2", "u2"))
+        .await;
+    app.activate_ok(&activation(&new_token, "R3", "WS-3", "u3"))
+        .await;
+    // Rotating twice is refused: the successor is the one to rotate.
+    let (s, c, _) = error_code(
+        app.admin_post(
+            &format!(
+                "/api/v1/admin/tokens/{}/rotate",
+                old["id"].as_str().unwrap()
+            ),
+            &json!({}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!((s, c.as_str()), (StatusCode::CONFLICT, "conflict"));
+
+    // After the grace period the old token stops; the new one goes on.
+    app.clock.advance(3 * 86_400 + 1);
+    let (s, c, _) = error_code(
+        app.activate(&activation(&old_token, "R4", "WS-4", "u4"))
+            .await,
+    )
+    .await;
+    assert_eq!((s, c.as_str()), (StatusCode::UNAUTHORIZED, "token_expired"));
+    app.activate_ok(&activation(&new_token, "R4", "WS-4", "u4"))
+        .await;
+
+    let (s, c, _) = error_code(
+        app.admin_post(
+            &format!(
+                "/api/v1/admin/tokens/{}/rotate",
+                rotated["id"].as_str().unwrap()
+            ),
+            &json!({"grace_days": 999}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        (s, c.as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
+    let (s, c, _) = error_code(
+        app.admin_post("/api/v1/admin/tokens/nope/rotate", &json!({}))
+            .await,
+    )
+    .await;
+    assert_eq!((s, c.as_str()), (StatusCode::NOT_FOUND, "not_found"));
+}
