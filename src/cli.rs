@@ -60,6 +60,9 @@ pub enum Command {
     Demo(crate::demo::DemoArgs),
     /// Measure activation throughput and latency, and a large device-map upload.
     Bench(crate::bench::BenchArgs),
+    /// The reference activation client (what an agent does at first start); see docs/client.md.
+    #[command(subcommand)]
+    Client(crate::client::ClientCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -211,6 +214,7 @@ async fn run_inner(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Demo(args) => crate::demo::run(args, file).await,
         Command::Bench(args) => crate::bench::run(args).await,
+        Command::Client(cmd) => Ok(crate::client::run(cmd).await),
     }
 }
 

@@ -28,7 +28,7 @@ const WARN_WITHIN_DAYS: i64 = 30;
 #[command(
     name = "imd-tokens",
     version,
-    about = "Inspect and verify imd mass-deployment tokens"
+    about = "Inspect and verify imd mass-deployment tokens, and build deployment bundles"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -39,6 +39,32 @@ pub struct Cli {
 pub enum Command {
     /// Decode a token and show its header, claims and expiry; optionally verify it.
     Inspect(InspectArgs),
+    /// Write a deployment bundle (ADMX/ADML, .reg, install scripts, macOS
+    /// profile and plists) for a token.
+    Bundle(BundleArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BundleArgs {
+    /// The token, or `-` to read it from stdin.
+    #[arg(long, value_name = "JWT|-")]
+    pub token: String,
+    /// Directory to write the bundle into (created if missing; must be empty
+    /// or hold only an earlier bundle).
+    #[arg(long, value_name = "DIR")]
+    pub out: std::path::PathBuf,
+    /// File name of the Windows agent installer.
+    #[arg(long, value_name = "NAME", default_value = "imd-agent.msi")]
+    pub msi: String,
+    /// File name of the macOS agent package.
+    #[arg(long, value_name = "NAME", default_value = "imd-agent.pkg")]
+    pub pkg: String,
+    /// Registry/policy vendor name (letters and digits).
+    #[arg(long, value_name = "NAME", default_value = "Imd")]
+    pub vendor: String,
+    /// Evaluate expiry at this unix time instead of the current time.
+    #[arg(long, value_name = "UNIX", allow_hyphen_values = true)]
+    pub now: Option<i64>,
 }
 
 #[derive(Args, Debug)]
@@ -86,7 +112,10 @@ where
             return EXIT_OK;
         }
     };
-    let Command::Inspect(args) = cli.command;
+    let args = match cli.command {
+        Command::Inspect(args) => args,
+        Command::Bundle(args) => return bundle_command(&args, now, stdin, stdout, stderr),
+    };
     match inspect_command(&args, now, stdin) {
         Ok(report) => {
             let text = if args.json {
@@ -105,6 +134,62 @@ where
         Err(msg) => {
             let _ = writeln!(stderr, "imd-tokens: {msg}");
             EXIT_USAGE
+        }
+    }
+}
+
+/// `bundle`: exit 0 when written, 1 for an invalid or expired token or
+/// server URL, 2 for usage errors (bad option, unreadable stdin, I/O).
+fn bundle_command(
+    args: &BundleArgs,
+    now: i64,
+    stdin: &mut dyn Read,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+) -> u8 {
+    use crate::bundle::{self, BundleError, BundleOptions};
+    let token = if args.token == "-" {
+        match read_stdin(stdin) {
+            Ok(t) => t,
+            Err(msg) => {
+                let _ = writeln!(stderr, "imd-tokens: {msg}");
+                return EXIT_USAGE;
+            }
+        }
+    } else {
+        args.token.clone()
+    };
+    let opts = BundleOptions {
+        vendor: args.vendor.clone(),
+        msi: args.msi.clone(),
+        pkg: args.pkg.clone(),
+        now: args.now.unwrap_or(now),
+    };
+    let result = bundle::build(token.trim(), &opts).and_then(|b| {
+        bundle::write_dir(&b, &args.out)?;
+        Ok(b)
+    });
+    match result {
+        Ok(b) => {
+            for w in &b.warnings {
+                let _ = writeln!(stderr, "warning: {w}");
+            }
+            for f in &b.files {
+                let path = args.out.join(&f.path);
+                if writeln!(stdout, "{}", path.display()).is_err() {
+                    return EXIT_USAGE;
+                }
+            }
+            EXIT_OK
+        }
+        Err(e) => {
+            let _ = writeln!(stderr, "imd-tokens: {e}");
+            match e {
+                BundleError::Token(_) | BundleError::Expired { .. } | BundleError::BadServer(_) => {
+                    EXIT_INVALID
+                }
+                BundleError::BadOption(_) | BundleError::Io(_) => EXIT_USAGE,
+            }
         }
     }
 }

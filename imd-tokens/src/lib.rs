@@ -4,6 +4,7 @@
 //! A token is a compact JWS/JWT with header `{"typ":"JWT","alg":"EdDSA","kid":…}`
 //! and the claims in [`Claims`]. See README.md for the full format.
 
+pub mod bundle;
 mod claims;
 pub mod cli;
 mod error;

@@ -437,3 +437,71 @@ pub async fn rotate_token(
     }
     Ok(HttpResponse::Created().json(v))
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleQuery {
+    vendor: Option<String>,
+    msi: Option<String>,
+    pkg: Option<String>,
+}
+
+/// The deployment bundle (GPO and MDM files) for an existing token, as a zip: the token string is
+/// re-derived from its row, so admins never have to keep it around.
+pub async fn token_bundle(
+    state: web::Data<AppState>,
+    auth: AdminAuth,
+    id: web::Path<String>,
+    q: web::Query<BundleQuery>,
+) -> Result<HttpResponse, ApiError> {
+    use imd_tokens::bundle::{self, BundleError, BundleOptions};
+    let now = state.clock.now();
+    let row = state
+        .store
+        .token(&auth.org_id, &id)
+        .await
+        .map_err(not_found("token"))?;
+    if row.revoked_at.is_some() {
+        return Err(ApiError::new(
+            Code::Conflict,
+            "this token is revoked; mint or rotate a new one",
+        ));
+    }
+    if row.expires_at.is_some_and(|e| e <= now) {
+        return Err(ApiError::new(
+            Code::Conflict,
+            "this token has expired; mint or rotate a new one",
+        ));
+    }
+    let token = state.tokens.token_string(&row)?;
+    let defaults = BundleOptions::default();
+    let q = q.into_inner();
+    let opts = BundleOptions {
+        vendor: q.vendor.unwrap_or(defaults.vendor),
+        msi: q.msi.unwrap_or(defaults.msi),
+        pkg: q.pkg.unwrap_or(defaults.pkg),
+        now,
+    };
+    let built = bundle::build(&token, &opts).map_err(|e| match e {
+        BundleError::BadOption(m) => ApiError::invalid(m),
+        BundleError::Expired { .. } => ApiError::new(Code::Conflict, "this token has expired"),
+        other => ApiError::internal(other),
+    })?;
+    let zip = bundle::to_zip(&built).map_err(ApiError::internal)?;
+    let mut resp = HttpResponse::Ok();
+    resp.content_type("application/zip").insert_header((
+        "Content-Disposition",
+        format!("attachment; filename=\"imd-bundle-{}.zip\"", row.id),
+    ));
+    // Warnings (plain http, expiry within 30 days) travel in a header, one per line folded with "; ".
+    if !built.warnings.is_empty() {
+        let w: String = built
+            .warnings
+            .join("; ")
+            .chars()
+            .filter(|c| !c.is_control())
+            .collect();
+        resp.insert_header(("x-imd-warnings", w));
+    }
+    Ok(resp.body(zip))
+}

@@ -93,6 +93,10 @@ pub fn routes(cfg: &mut web::ServiceConfig, limits: &Limits) {
                             resource("/tokens/{id}/rotate")
                                 .route(web::post().to(admin::rotate_token)),
                         )
+                        .service(
+                            resource("/tokens/{id}/bundle")
+                                .route(web::post().to(admin::token_bundle)),
+                        )
                         .service(resource("/users").route(web::get().to(admin::list_users)))
                         .service(resource("/users/{id}").route(web::get().to(admin::get_user)))
                         .service(resource("/devices").route(web::get().to(admin::list_devices)))

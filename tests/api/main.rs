@@ -3,6 +3,7 @@
 
 mod activation;
 mod admin;
+mod client;
 mod concurrency;
 mod device_maps;
 mod helpers;

@@ -294,3 +294,93 @@ async fn rotation_keeps_the_old_token_working_for_the_grace_period_then_stops_it
     .await;
     assert_eq!((s, c.as_str()), (StatusCode::NOT_FOUND, "not_found"));
 }
+
+#[tokio::test]
+async fn bundle_endpoint_returns_the_deployment_files_for_an_existing_token() {
+    let app = spawn_app_in(
+        tempfile::tempdir().unwrap(),
+        &[("public_url", "https://imd.example.com")],
+    )
+    .await;
+    let minted = app
+        .mint(&json!({"version": "v4", "name": "bundle"}))
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    let id = minted["id"].as_str().unwrap();
+    let token = minted["token"].as_str().unwrap();
+
+    let r = app
+        .admin_post(
+            &format!("/api/v1/admin/tokens/{id}/bundle?vendor=Acme&msi=acme-agent.msi"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], "application/zip");
+    let bytes = r.bytes().await.unwrap();
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes.to_vec())).unwrap();
+    // The server re-derives the very token string it handed out at minting: the zip holds
+    // exactly the bundle built from the minted token.
+    let expected = imd_tokens::bundle::build(
+        token,
+        &imd_tokens::bundle::BundleOptions {
+            vendor: "Acme".into(),
+            msi: "acme-agent.msi".into(),
+            now: app.clock_now(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(zip.len(), expected.files.len());
+    for f in &expected.files {
+        let mut entry = zip
+            .by_name(&format!("{}{}", imd_tokens::bundle::ZIP_ROOT, f.path))
+            .unwrap();
+        let mut got = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut got).unwrap();
+        assert_eq!(got, f.contents, "{}", f.path);
+    }
+    assert!(expected.file("imd.admx").is_some() && expected.file("en-US/imd.adml").is_some());
+    let ps1 =
+        String::from_utf8(expected.file("Install-Imd.ps1").unwrap().contents.clone()).unwrap();
+    assert!(
+        ps1.contains(token)
+            && ps1.contains("acme-agent.msi")
+            && ps1.contains("https://imd.example.com")
+    );
+
+    // Refusals: bad option, unknown token, another org's token, a revoked token.
+    let (s, c, _) = error_code(
+        app.admin_post(
+            &format!("/api/v1/admin/tokens/{id}/bundle?vendor=Not%20Valid"),
+            &json!({}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        (s, c.as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
+    let (s, _, _) = error_code(
+        app.admin_post("/api/v1/admin/tokens/nope/bundle", &json!({}))
+            .await,
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (_, other_key) = app.other_org().await;
+    let r = app
+        .post_as(&format!("/api/v1/admin/tokens/{id}/bundle"), &other_key)
+        .await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    app.admin_post(&format!("/api/v1/admin/tokens/{id}/revoke"), &json!({}))
+        .await;
+    let (s, c, _) = error_code(
+        app.admin_post(&format!("/api/v1/admin/tokens/{id}/bundle"), &json!({}))
+            .await,
+    )
+    .await;
+    assert_eq!((s, c.as_str()), (StatusCode::CONFLICT, "conflict"));
+}
