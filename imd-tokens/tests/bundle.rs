@@ -802,3 +802,26 @@ fn cli_reads_the_token_from_stdin() {
     let cmd = std::fs::read_to_string(out.join("install.cmd")).unwrap();
     assert!(cmd.contains("/i \"%~dp0agent.msi\""));
 }
+
+#[test]
+fn both_windows_scripts_register_the_same_retrying_task() {
+    let b = golden_bundle();
+    let cmd = text(&b, "install.cmd");
+    assert!(
+        cmd.contains(r#"schtasks /Create /F /TN "\Imd\IMD activation" /RU SYSTEM"#),
+        "{cmd}"
+    );
+    assert!(cmd.contains("/SC MINUTE /MO 5 /DU 24:00"), "{cmd}");
+    assert!(
+        cmd.contains("client activate --token-from-policy --vendor Imd"),
+        "{cmd}"
+    );
+    assert!(cmd.contains(r#"reg add "%KEY%" /v Token"#), "{cmd}");
+    let ps1 = text(&b, "Install-Imd.ps1");
+    assert!(
+        ps1.contains("$TaskName  = 'IMD activation'") && ps1.contains(r"$TaskPath  = '\Imd\'"),
+        "{ps1}"
+    );
+    assert!(ps1.contains("-RepetitionInterval (New-TimeSpan -Minutes 5)"));
+    assert!(ps1.contains("-RepetitionDuration (New-TimeSpan -Hours 24)"));
+}
