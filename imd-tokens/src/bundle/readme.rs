@@ -76,8 +76,10 @@ Windows without Group Policy
 ----------------------------
 - Registry only: reg import {REG_PATH}   (as an administrator; 64-bit reg.exe)
 - Install only:  run {CMD_PATH} as an administrator, with {msi} in the same
-  folder. It exits with the msiexec code (3010 and 1641, restart needed,
-  are reported as 0) and logs to %ProgramData%\{vendor}\IMD\install.log.
+  folder. It installs silently (3010 and 1641, restart needed, count as
+  success), fills in the Token/Server policy values if Group Policy has not,
+  registers the same retrying "IMD activation" task as the PowerShell script,
+  and logs to %ProgramData%\{vendor}\IMD\install.log and install-cmd.log.
 - Intune (Win32 app): wrap {msi} and {CMD_PATH}, install command
   "install.cmd", and import {ADMX_PATH}/{ADML_PATH} under Devices >
   Configuration > Import ADMX, or deliver {REG_PATH} by script.
