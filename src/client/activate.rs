@@ -232,6 +232,16 @@ pub async fn run(args: ActivateArgs) -> u8 {
     let Some(server) = server else {
         return local_error(as_json, "no server: pass --server or set IMD_SERVER");
     };
+    if user.login.is_none() && user.upn.is_none() && user.email.is_none() {
+        // Typically a startup task running as SYSTEM before anyone has signed in: not a refusal,
+        // just too early. The scheduled task tries again in a few minutes.
+        let msg = "nobody is signed in yet, so there is no user to activate for; try again later (or pass --login)";
+        if as_json {
+            println!("{}", json!({"status": "gave_up", "message": msg}));
+        }
+        eprintln!("not activated: {msg}");
+        return exit::GAVE_UP;
+    }
     let url = match super::endpoint(&server, "/api/v1/activations") {
         Ok(u) => u,
         Err(e) => return local_error(as_json, &e),

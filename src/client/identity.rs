@@ -75,13 +75,82 @@ pub fn collect(o: &Overrides) -> (Device, User) {
         os_version,
         client_version: Some(env!("CARGO_PKG_VERSION").to_string()),
     };
-    let user = User {
+    let mut user = User {
         login: pick(&o.login, &login),
         domain: pick(&o.domain, &domain),
         upn: pick(&o.upn, &upn),
         email: o.email.as_deref().and_then(clean),
     };
+    // Run as SYSTEM/root (the GPO scheduled task, an MDM policy), the process's own account
+    // is not the person the device belongs to: report who is signed in at the console instead,
+    // or nobody (the caller then retries later rather than activating for the wrong account).
+    if o.login.is_none() && user.login.as_deref().is_none_or(is_service_account) {
+        let (console_domain, console_login) = console_user().map_or((None, None), split_account);
+        user.login = console_login;
+        if o.domain.is_none() {
+            user.domain = console_domain;
+        }
+        if o.upn.is_none() {
+            // `whoami /upn` describes the service account, not the console user.
+            user.upn = None;
+        }
+    }
     (device, user)
+}
+
+/// Accounts that run services rather than belong to a person.
+pub fn is_service_account(login: &str) -> bool {
+    let l = login.trim();
+    l.ends_with('$')
+        || [
+            "SYSTEM",
+            "LOCAL SERVICE",
+            "NETWORK SERVICE",
+            "root",
+            "_mbsetupuser",
+        ]
+        .iter()
+        .any(|s| l.eq_ignore_ascii_case(s))
+}
+
+/// `DOMAIN\user` → (Some(DOMAIN), Some(user)); `user` → (None, Some(user)); a service account
+/// at the console (nobody really signed in) → (None, None).
+pub fn split_account(account: String) -> (Option<String>, Option<String>) {
+    let (domain, login) = match account.rsplit_once('\\') {
+        Some((d, u)) => (clean(d), clean(u)),
+        None => (None, clean(&account)),
+    };
+    match login {
+        Some(u) if !is_service_account(&u) => (domain, Some(u)),
+        _ => (None, None),
+    }
+}
+
+/// The first user column of `who` output that is a person.
+pub fn parse_who(out: &str) -> Option<String> {
+    out.lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .find(|u| !is_service_account(u))
+        .map(str::to_string)
+}
+
+/// Who is signed in at the console.
+fn console_user() -> Option<String> {
+    #[cfg(windows)]
+    return run(
+        "powershell",
+        &[
+            "-NoProfile",
+            "-NonInteractive",
+            "-Command",
+            "(Get-CimInstance Win32_ComputerSystem).UserName",
+        ],
+    )
+    .and_then(|u| clean(&u));
+    #[cfg(target_os = "macos")]
+    return run("stat", &["-f", "%Su", "/dev/console"]).and_then(|u| clean(&u));
+    #[cfg(not(any(windows, target_os = "macos")))]
+    return env_var("SUDO_USER").or_else(|| run("who", &[]).and_then(|o| parse_who(&o)));
 }
 
 fn clean(s: &str) -> Option<String> {
@@ -313,6 +382,32 @@ mod tests {
             Some("10.0.22631.3007")
         );
         assert_eq!(parse_windows_ver("garbage"), None);
+    }
+
+    #[test]
+    fn service_accounts_are_recognised_and_console_accounts_split() {
+        for a in [
+            "SYSTEM",
+            "system",
+            "WS-0042$",
+            "root",
+            "NETWORK SERVICE",
+            "_mbsetupuser",
+        ] {
+            assert!(is_service_account(a), "{a}");
+        }
+        assert!(!is_service_account("jdoe"));
+        assert_eq!(
+            split_account("CORP\\jdoe".into()),
+            (Some("CORP".into()), Some("jdoe".into()))
+        );
+        assert_eq!(split_account("jdoe".into()), (None, Some("jdoe".into())));
+        assert_eq!(split_account("NT AUTHORITY\\SYSTEM".into()), (None, None));
+        assert_eq!(
+            parse_who("root     tty1  2026-11-22 01:00\njdoe     :0    2026-11-22 01:02 (:0)\n"),
+            Some("jdoe".into())
+        );
+        assert_eq!(parse_who(""), None);
     }
 
     #[test]
