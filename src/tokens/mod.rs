@@ -162,6 +162,17 @@ impl TokenService {
         serde_json::json!({ "keys": ring.public.iter().map(PublicKey::to_jwk).collect::<Vec<_>>() })
     }
 
+    /// The key new tokens are signed with, after picking up rotations by other processes.
+    async fn signing_kid(&self, now: i64) -> Result<String, KeyError> {
+        self.reload(now, true).await?;
+        self.ring
+            .read()
+            .expect("ring lock")
+            .current
+            .clone()
+            .ok_or_else(|| KeyError::MissingKey("(active)".into()))
+    }
+
     /// Mints a token: the row first (so the jti exists before the string does), then the string.
     pub async fn mint(
         &self,
@@ -172,14 +183,7 @@ impl TokenService {
         max_uses: Option<i64>,
         now: i64,
     ) -> Result<(TokenRow, String), KeyError> {
-        self.reload(now, true).await?;
-        let kid = self
-            .ring
-            .read()
-            .expect("ring lock")
-            .current
-            .clone()
-            .ok_or_else(|| KeyError::MissingKey("(active)".into()))?;
+        let kid = self.signing_kid(now).await?;
         let id = new_id();
         let row = self
             .store
@@ -209,14 +213,7 @@ impl TokenService {
         grace: i64,
         now: i64,
     ) -> Result<Option<(Rotation, String)>, KeyError> {
-        self.reload(now, true).await?;
-        let kid = self
-            .ring
-            .read()
-            .expect("ring lock")
-            .current
-            .clone()
-            .ok_or_else(|| KeyError::MissingKey("(active)".into()))?;
+        let kid = self.signing_kid(now).await?;
         let old = self.store.token(org_id, id).await?;
         let lifetime = old.expires_at.map(|e| e - old.issued_at);
         let new_id = new_id();
