@@ -27,7 +27,7 @@ impl AuditSink {
                 let mut delay = Duration::from_millis(50);
                 // Retry until written: while the database is unavailable the queue fills and
                 // senders wait, which slows failing clients down instead of losing their records.
-                while let Err(e) = store.insert_activation_records(&batch).await {
+                while let Err(e) = store.insert_activation_records(batch.clone()).await {
                     tracing::warn!(error = %e, records = batch.len(), "writing activation audit records failed; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(2));

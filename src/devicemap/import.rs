@@ -6,7 +6,6 @@
 //! all-or-nothing mode not a single bad row); a crash or kill before that commit leaves the
 //! previous mappings exactly as they were.
 
-use rusqlite::OptionalExtension;
 use std::fs::File;
 use std::io::BufReader;
 use std::path::PathBuf;
@@ -163,7 +162,7 @@ fn run(
             for (item, raw) in batch {
                 report.rows_total += 1;
                 let err = match item {
-                    Ok((line, row)) => match old_device_error_sync(&tx, org_id, &row)? {
+                    Ok((line, row)) => match store::hot::old_device_problem(&tx, org_id, &row)? {
                         Some(error) => Some(RowError {
                             line,
                             column: Some("oldDeviceName".into()),
@@ -229,51 +228,4 @@ fn run(
     report.created = created;
     report.updated = applied - created;
     Ok(report)
-}
-
-/// `oldDeviceName` must name an active device of the mapped user when that user already exists
-/// (a user created later by this very mapping cannot have devices yet).
-fn old_device_error_sync(
-    conn: &rusqlite::Connection,
-    org_id: &str,
-    row: &MappingRow,
-) -> Result<Option<String>, StoreError> {
-    let Some(old) = &row.old_device_name else {
-        return Ok(None);
-    };
-    let user: Option<String> = conn
-        .prepare_cached("SELECT id FROM users WHERE org_id = ?1 AND email_norm = ?2")?
-        .query_row([org_id, row.email.normalized()], |r| r.get(0))
-        .optional()?;
-    let Some(user_id) = user else { return Ok(None) };
-    Ok(match store::hot::active_by_name(conn, &user_id, old)? {
-        Some(_) => None,
-        None => Some(format!(
-            "user {} has no active device named {old:?}",
-            row.email.as_str()
-        )),
-    })
-}
-
-/// The same check for the JSON API, row by row.
-pub async fn old_device_error(
-    store: &Store,
-    org_id: &str,
-    row: &MappingRow,
-) -> Result<Option<String>, StoreError> {
-    let Some(old) = &row.old_device_name else {
-        return Ok(None);
-    };
-    Ok(
-        match store
-            .user_has_device_named(org_id, row.email.normalized(), old)
-            .await?
-        {
-            Some(false) => Some(format!(
-                "user {} has no active device named {old:?}",
-                row.email.as_str()
-            )),
-            _ => None,
-        },
-    )
 }

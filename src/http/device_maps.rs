@@ -16,7 +16,7 @@ use super::{ApiError, AppState, Code};
 use crate::devicemap::import::{self, ImportError, ImportOptions, Mode};
 use crate::devicemap::{MappingInput, MappingRow};
 use crate::domain::IdentifierType;
-use crate::store::{MappingFilter, StoreError};
+use crate::store::{MappingFilter, MappingsOutcome, StoreError};
 
 const MAX_LISTED_ERRORS: usize = 1000;
 const MAX_JSON_MAPPINGS: usize = 10_000;
@@ -211,7 +211,7 @@ pub async fn create_mappings(
             "send 1 to {MAX_JSON_MAPPINGS} mappings per request"
         )));
     }
-    let mut rows: Vec<MappingRow> = Vec::with_capacity(items.len());
+    let mut rows: Vec<(usize, MappingRow)> = Vec::with_capacity(items.len());
     let mut errors = Vec::new();
     let mut seen = HashSet::new();
     for (index, item) in items.into_iter().enumerate() {
@@ -230,11 +230,7 @@ pub async fn create_mappings(
                     errors.push(json!({"index": index, "errors": [{"field": "deviceIdentifier", "message": "duplicate identifier in this request"}]}));
                     continue;
                 }
-                if let Some(msg) = import::old_device_error(&state.store, &auth.org_id, &row).await? {
-                    errors.push(json!({"index": index, "errors": [{"field": "oldDeviceName", "message": msg}]}));
-                    continue;
-                }
-                rows.push(row);
+                rows.push((index, row));
             }
             Err(fe) => errors.push(json!({
                 "index": index,
@@ -242,20 +238,30 @@ pub async fn create_mappings(
             })),
         }
     }
-    if !errors.is_empty() {
-        return Err(ApiError::new(
-            Code::DeviceMapInvalid,
-            format!(
-                "{} mapping(s) are invalid; nothing was stored",
-                errors.len()
-            ),
-        )
-        .with_detail("errors", json!(errors)));
-    }
-    let stored = state
+    // `oldDeviceName` is checked against the database in the same job that writes.
+    let outcome = state
         .store
-        .upsert_mappings(&auth.org_id, &rows, now)
+        .upsert_mappings(auth.org_id.clone(), rows, errors.is_empty(), now)
         .await?;
+    let stored = match outcome {
+        MappingsOutcome::Stored(stored) => stored,
+        MappingsOutcome::Rejected(rejected) => {
+            for (index, msg) in rejected {
+                errors.push(
+                    json!({"index": index, "errors": [{"field": "oldDeviceName", "message": msg}]}),
+                );
+            }
+            errors.sort_by_key(|e| e["index"].as_u64());
+            return Err(ApiError::new(
+                Code::DeviceMapInvalid,
+                format!(
+                    "{} mapping(s) are invalid; nothing was stored",
+                    errors.len()
+                ),
+            )
+            .with_detail("errors", json!(errors)));
+        }
+    };
     if single {
         return Ok(HttpResponse::Created().json(&stored[0]));
     }

@@ -1,6 +1,6 @@
 //! The activation audit trail: one row per attempt, successful or not.
 
-use super::{Conn, Page, Result, Store, new_id};
+use super::{Page, Result, Store};
 use serde::Serialize;
 
 #[derive(Debug, Clone, sqlx::FromRow, Serialize)]
@@ -41,40 +41,17 @@ pub struct ActivationRecord {
     pub message: Option<String>,
 }
 
-pub async fn insert(conn: &mut Conn, r: &ActivationRecord) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO activations (id, org_id, token_id, created_at, outcome, status, device_id, user_id,
-                                  hostname, serial, uuid, login, remote_ip, message)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-    )
-    .bind(new_id())
-    .bind(&r.org_id)
-    .bind(&r.token_id)
-    .bind(r.created_at)
-    .bind(&r.outcome)
-    .bind(i64::from(r.status))
-    .bind(&r.device_id)
-    .bind(&r.user_id)
-    .bind(&r.hostname)
-    .bind(&r.serial)
-    .bind(&r.uuid)
-    .bind(&r.login)
-    .bind(&r.remote_ip)
-    .bind(&r.message)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
 impl Store {
-    /// Records a batch of failed attempts in one transaction (they are queued, see `activation::audit`).
-    pub async fn insert_activation_records(&self, records: &[ActivationRecord]) -> Result<()> {
-        let mut tx = self.begin().await?;
-        for r in records {
-            insert(&mut tx, r).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+    /// Records a batch of failed attempts (queued, see `activation::audit`) as one job on the
+    /// group-commit writer, the same path successful activations take.
+    pub async fn insert_activation_records(&self, records: Vec<ActivationRecord>) -> Result<()> {
+        self.hot()
+            .run(move |conn| {
+                records
+                    .iter()
+                    .try_for_each(|r| super::hot::insert_activation(conn, r))
+            })
+            .await
     }
 
     pub async fn list_activations(

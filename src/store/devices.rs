@@ -2,7 +2,7 @@
 //! The rules (docs/device-identity.md) are mirrored by partial unique indexes in the schema, so the
 //! database itself refuses a second active row for one machine.
 
-use super::{Conn, Page, Result, Store, StoreError};
+use super::{Page, Result, Store, StoreError};
 use crate::domain::DeviceIdentifiers;
 use serde::Serialize;
 
@@ -89,44 +89,7 @@ pub fn name_norm(name: &str) -> String {
     name.trim().to_lowercase()
 }
 
-/// One of the user's active devices by display name (case-insensitive).
-pub async fn active_by_name(
-    conn: &mut Conn,
-    user_id: &str,
-    name: &str,
-) -> Result<Option<DeviceRow>> {
-    Ok(sqlx::query_as::<_, DeviceRow>(
-        "SELECT * FROM devices WHERE user_id = $1 AND status = 'active' AND name_norm = $2 ORDER BY id LIMIT 1",
-    )
-    .bind(user_id)
-    .bind(name_norm(name))
-    .fetch_optional(&mut *conn)
-    .await?)
-}
-
 impl Store {
-    /// Whether the user with this email has an active device with this name (CSV validation).
-    pub async fn user_has_device_named(
-        &self,
-        org_id: &str,
-        email_norm: &str,
-        name: &str,
-    ) -> Result<Option<bool>> {
-        let user: Option<(String,)> =
-            sqlx::query_as("SELECT id FROM users WHERE org_id = $1 AND email_norm = $2")
-                .bind(org_id)
-                .bind(email_norm)
-                .fetch_optional(&self.read)
-                .await?;
-        let Some((user_id,)) = user else {
-            return Ok(None);
-        };
-        let mut conn = self.read.acquire().await?;
-        Ok(Some(
-            active_by_name(&mut conn, &user_id, name).await?.is_some(),
-        ))
-    }
-
     pub async fn device(&self, org_id: &str, id: &str) -> Result<DeviceRow> {
         sqlx::query_as::<_, DeviceRow>("SELECT * FROM devices WHERE id = $1 AND org_id = $2")
             .bind(id)

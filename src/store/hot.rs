@@ -9,6 +9,7 @@ use super::{
     ActivationRecord, DeviceReport, DeviceRow, NewDevice, NewUser, OrgRow, Result, StoredMapping,
     TokenRow, UserRow, devices::name_norm, new_id,
 };
+use crate::devicemap::MappingRow;
 use crate::domain::DeviceIdentifiers;
 
 // Explicit column lists, read by position: looking columns up by name costs a string
@@ -215,8 +216,24 @@ pub fn find_active(
     Ok(None)
 }
 
-/// The pending mapping for these identifiers: serial, then UUID, then hostname (each an indexed
-/// equality look-up).
+/// The pending mapping for one identifier (an indexed equality look-up).
+pub fn pending_mapping(
+    c: &Connection,
+    org_id: &str,
+    kind: &str,
+    value: &str,
+) -> Result<Option<StoredMapping>> {
+    Ok(c.prepare_cached(concat!(
+        "SELECT ",
+        mapping_cols!(),
+        " FROM device_mappings WHERE org_id = ?1 AND identifier_type = ?2 AND identifier_norm = ?3
+           AND consumed_at IS NULL"
+    ))?
+    .query_row([org_id, kind, value], mapping_row)
+    .optional()?)
+}
+
+/// The pending mapping for these identifiers: serial, then UUID, then hostname.
 pub fn find_pending(
     c: &Connection,
     org_id: &str,
@@ -227,17 +244,37 @@ pub fn find_pending(
         ("uuid", &ids.uuid),
         ("hostname", &ids.hostname),
     ] {
-        let Some(value) = value else { continue };
-        let m = c
-            .prepare_cached(concat!("SELECT ", mapping_cols!(), " FROM device_mappings WHERE org_id = ?1 AND identifier_type = ?2 AND identifier_norm = ?3
-                   AND consumed_at IS NULL"))?
-            .query_row([org_id, kind, value], mapping_row)
-            .optional()?;
-        if m.is_some() {
-            return Ok(m);
+        if let Some(value) = value
+            && let Some(m) = pending_mapping(c, org_id, kind, value)?
+        {
+            return Ok(Some(m));
         }
     }
     Ok(None)
+}
+
+/// Why a mapping's `oldDeviceName` is unusable, if it is: it must name an active device of the
+/// mapped user when that user already exists (a user this mapping will create has no devices).
+pub fn old_device_problem(
+    c: &Connection,
+    org_id: &str,
+    row: &MappingRow,
+) -> Result<Option<String>> {
+    let Some(old) = &row.old_device_name else {
+        return Ok(None);
+    };
+    let user: Option<String> = c
+        .prepare_cached("SELECT id FROM users WHERE org_id = ?1 AND email_norm = ?2")?
+        .query_row([org_id, row.email.normalized()], |r| r.get(0))
+        .optional()?;
+    let Some(user_id) = user else { return Ok(None) };
+    Ok(match active_by_name(c, &user_id, old)? {
+        Some(_) => None,
+        None => Some(format!(
+            "user {} has no active device named {old:?}",
+            row.email.as_str()
+        )),
+    })
 }
 
 /// The user with this email, created if missing: `(user, created)`.

@@ -1,12 +1,9 @@
 //! Device mappings (IMD v4): pending until a device activates, then kept as consumed for audit.
 //! At most one pending mapping per identifier; uploading the identifier again updates it.
 
-use std::collections::HashSet;
-
-use super::{Conn, Page, Result, Store, StoreError, new_id};
+use super::{Page, Result, Store, StoreError, new_id};
 use crate::devicemap::MappingRow;
 use serde::Serialize;
-use sqlx::QueryBuilder;
 
 #[derive(Debug, Clone, sqlx::FromRow, Serialize)]
 pub struct StoredMapping {
@@ -50,78 +47,47 @@ pub struct MappingFilter {
     pub status: Option<String>,
 }
 
-/// Rows per INSERT statement: large enough to amortize statement cost, small enough to stay far
-/// under SQLite's bound-parameter limit (12 columns each).
-pub const UPSERT_BATCH: usize = 512;
-
-/// Inserts or updates pending mappings. Returns how many were newly created (the rest updated).
-pub async fn upsert(conn: &mut Conn, org_id: &str, rows: &[MappingRow], now: i64) -> Result<u64> {
-    let mut created = 0u64;
-    for chunk in rows.chunks(UPSERT_BATCH) {
-        let ids: Vec<String> = chunk.iter().map(|_| new_id()).collect();
-        let mut qb = QueryBuilder::<super::Db>::new(
-            "INSERT INTO device_mappings (id, org_id, email, email_norm, user_name, device_name, identifier_type,
-                                          identifier, identifier_norm, old_device_name, restore_data, created_at,
-                                          updated_at) ",
-        );
-        qb.push_values(chunk.iter().zip(&ids), |mut b, (r, id)| {
-            b.push_bind(id.as_str())
-                .push_bind(org_id)
-                .push_bind(r.email.as_str())
-                .push_bind(r.email.normalized())
-                .push_bind(r.user_name.as_str())
-                .push_bind(r.device_name.as_str())
-                .push_bind(r.identifier_type.as_str())
-                .push_bind(r.identifier.as_str())
-                .push_bind(r.identifier_norm.as_str())
-                .push_bind(r.old_device_name.as_deref())
-                .push_bind(r.restore_data.map(|x| x.as_str()))
-                .push_bind(now)
-                .push_bind(now);
-        });
-        qb.push(
-            " ON CONFLICT (org_id, identifier_type, identifier_norm) WHERE consumed_at IS NULL DO UPDATE SET
-               email = excluded.email, email_norm = excluded.email_norm, user_name = excluded.user_name,
-               device_name = excluded.device_name, identifier = excluded.identifier,
-               old_device_name = excluded.old_device_name, restore_data = excluded.restore_data,
-               updated_at = excluded.updated_at
-             RETURNING id",
-        );
-        let returned: Vec<(String,)> = qb.build_query_as().fetch_all(&mut *conn).await?;
-        let fresh: HashSet<&str> = ids.iter().map(String::as_str).collect();
-        created += returned
-            .iter()
-            .filter(|(id,)| fresh.contains(id.as_str()))
-            .count() as u64;
-    }
-    Ok(created)
-}
-
 impl Store {
-    /// Upserts mappings in one transaction and returns the stored rows (JSON API).
+    /// The JSON API's write: checks every row's `oldDeviceName` and, only if all pass and
+    /// `apply` (the caller found no other errors), upserts them — one job on the writer, so the
+    /// check and the write see the same state. Rows carry the caller's index for error reports.
     pub async fn upsert_mappings(
         &self,
-        org_id: &str,
-        rows: &[MappingRow],
+        org_id: String,
+        rows: Vec<(usize, MappingRow)>,
+        apply: bool,
         now: i64,
-    ) -> Result<Vec<StoredMapping>> {
-        let mut tx = self.begin().await?;
-        upsert(&mut tx, org_id, rows, now).await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            let m = sqlx::query_as::<_, StoredMapping>(
-                "SELECT * FROM device_mappings WHERE org_id = $1 AND identifier_type = $2 AND identifier_norm = $3
-                   AND consumed_at IS NULL",
-            )
-            .bind(org_id)
-            .bind(r.identifier_type.as_str())
-            .bind(&r.identifier_norm)
-            .fetch_one(&mut *tx)
-            .await?;
-            out.push(m);
-        }
-        tx.commit().await?;
-        Ok(out)
+    ) -> Result<MappingsOutcome> {
+        self.hot()
+            .run(move |conn| {
+                let mut rejected = Vec::new();
+                for (index, row) in &rows {
+                    if let Some(problem) = super::hot::old_device_problem(conn, &org_id, row)? {
+                        rejected.push((*index, problem));
+                    }
+                }
+                if !rejected.is_empty() || !apply {
+                    return Ok(MappingsOutcome::Rejected(rejected));
+                }
+                let mut upserter = BulkUpserter::new(conn)?;
+                for (_, row) in &rows {
+                    upserter.upsert(&org_id, row, now)?;
+                }
+                let stored = rows
+                    .iter()
+                    .map(|(_, r)| {
+                        super::hot::pending_mapping(
+                            conn,
+                            &org_id,
+                            r.identifier_type.as_str(),
+                            &r.identifier_norm,
+                        )?
+                        .ok_or(StoreError::NotFound)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(MappingsOutcome::Stored(stored))
+            })
+            .await
     }
 
     pub async fn list_mappings(
@@ -187,6 +153,14 @@ impl Store {
         .await?;
         Ok(n)
     }
+}
+
+/// What the JSON API's write did.
+#[derive(Debug)]
+pub enum MappingsOutcome {
+    Stored(Vec<StoredMapping>),
+    /// Nothing was written; `(index, problem)` for each unusable `oldDeviceName`.
+    Rejected(Vec<(usize, String)>),
 }
 
 /// Bulk upsert on a synchronous connection (device-map imports): one cached statement, one row at

@@ -28,13 +28,12 @@ use sqlx::{Sqlite, SqlitePool};
 pub use activations::{ActivationRecord, ActivationRow};
 pub use devices::{DeviceReport, DeviceRow, NewDevice};
 pub use keys::SigningKeyRow;
-pub use mappings::{MappingFilter, StoredMapping};
+pub use mappings::{MappingFilter, MappingsOutcome, StoredMapping};
 pub use orgs::{AdminKeyRow, OrgRow, OrgSettingsPatch};
 pub use tokens::{NewToken, Rotation, TokenRow};
 pub use users::{NewUser, UserRow};
 
 pub type Db = Sqlite;
-pub type Conn = sqlx::SqliteConnection;
 pub type Tx = sqlx::Transaction<'static, Db>;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -161,10 +160,6 @@ impl Store {
     /// The group-commit writer for the activation hot path.
     pub fn hot(&self) -> &writer::BatchWriter {
         &self.hot
-    }
-
-    pub fn reader(&self) -> &SqlitePool {
-        &self.read
     }
 
     pub async fn ping(&self) -> Result<()> {

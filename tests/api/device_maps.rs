@@ -520,3 +520,48 @@ async fn csv_report_of_a_clean_upload_is_the_header_with_counts_in_headers() {
     );
     assert_eq!(mapping_count(&app).await, 3);
 }
+
+#[tokio::test]
+async fn json_mappings_check_old_device_names_and_report_every_problem_by_index() {
+    let app = spawn_app().await;
+    app.map(&format!(
+        "{HEADER}a@corp.example.com,a,WS-1,serial-number,S1,,\n"
+    ))
+    .await;
+    let token = app.token().await;
+    app.activate_ok(&activation(&token, "S1", "WS-1", "a"))
+        .await;
+    let batch = json!([
+        {"emailID": "x", "userName": "x"},
+        {"emailID": "a@corp.example.com", "userName": "a", "deviceName": "WS-2", "deviceIdentifierType": "serial-number", "deviceIdentifier": "S2", "oldDeviceName": "NO-SUCH"},
+        {"emailID": "a@corp.example.com", "userName": "a", "deviceName": "WS-3", "deviceIdentifierType": "serial-number", "deviceIdentifier": "S3", "oldDeviceName": "ws-1", "restoreData": "ALL"}
+    ]);
+    let (s, c, body) = error_code(
+        app.admin_post("/api/v1/admin/device-mappings", &batch)
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (s, c.as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "device_map_invalid")
+    );
+    let errors = body["error"]["errors"].as_array().unwrap();
+    let indices: Vec<u64> = errors
+        .iter()
+        .map(|e| e["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(indices, vec![0, 1]);
+    assert_eq!(errors[1]["errors"][0]["field"], "oldDeviceName");
+    assert_eq!(
+        app.list("/api/v1/admin/device-mappings?status=pending")
+            .await
+            .len(),
+        0
+    );
+    // The valid one alone is stored.
+    let r = app
+        .admin_post("/api/v1/admin/device-mappings", &batch[2])
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(r.json::<Value>().await.unwrap()["oldDeviceName"], "ws-1");
+}
