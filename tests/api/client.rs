@@ -129,11 +129,7 @@ async fn a_locked_database_is_retried_until_it_clears() {
         ("database.acquire_timeout_ms", "500"),
     ])
     .await;
-    use sqlx::{Connection, Executor};
-    let mut locker = sqlx::SqliteConnection::connect(&app.settings.database_url())
-        .await
-        .unwrap();
-    locker.execute("BEGIN IMMEDIATE").await.unwrap();
+    let mut locker = app.lock_writes().await;
     let tmp = tempfile::tempdir().unwrap();
     let child = activate_cmd(&app, &token, tmp.path(), "S1")
         .args(["--deadline-secs", "60"])
@@ -142,7 +138,9 @@ async fn a_locked_database_is_retried_until_it_clears() {
         .spawn()
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    locker.execute("ROLLBACK").await.unwrap();
+    sqlx::Executor::execute(&mut locker, "ROLLBACK")
+        .await
+        .unwrap();
     let o = child.wait_with_output().await.unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(text(&o).contains("retrying"), "{}", text(&o));
@@ -179,18 +177,16 @@ async fn a_database_locked_past_the_deadline_gives_up_with_exit_3() {
         ("database.acquire_timeout_ms", "500"),
     ])
     .await;
-    use sqlx::{Connection, Executor};
-    let mut locker = sqlx::SqliteConnection::connect(&app.settings.database_url())
-        .await
-        .unwrap();
-    locker.execute("BEGIN IMMEDIATE").await.unwrap();
+    let mut locker = app.lock_writes().await;
     let tmp = tempfile::tempdir().unwrap();
     let o = activate_cmd(&app, &token, tmp.path(), "S1")
         .args(["--deadline-secs", "2"])
         .output()
         .await
         .unwrap();
-    locker.execute("ROLLBACK").await.unwrap();
+    sqlx::Executor::execute(&mut locker, "ROLLBACK")
+        .await
+        .unwrap();
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     assert!(!tmp.path().join("activation.json").exists());
 }

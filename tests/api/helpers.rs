@@ -220,6 +220,17 @@ impl TestApp {
             .clone()
     }
 
+    /// Holds SQLite's write lock from another connection (as a backup tool or a long admin job
+    /// would) until the returned connection runs ROLLBACK or is dropped.
+    pub async fn lock_writes(&self) -> sqlx::SqliteConnection {
+        use sqlx::{Connection, Executor};
+        let mut locker = sqlx::SqliteConnection::connect(&self.settings.database_url())
+            .await
+            .unwrap();
+        locker.execute("BEGIN IMMEDIATE").await.unwrap();
+        locker
+    }
+
     /// A second organization on the same server: (org_id, admin_key).
     pub async fn other_org(&self) -> (String, String) {
         let (org, key) = imd::cli::create_org(&self.settings, "Other Org")
