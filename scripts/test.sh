@@ -1,9 +1,35 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine with the Rust toolchain: installs what the
 # build needs, checks formatting and lints, then runs every test (unit, CLI and the HTTP
-# integration tests, which start the real server on random loopback ports).
+# integration tests, which start the real server on random loopback ports) twice: on SQLite,
+# then on PostgreSQL (a throwaway cluster from scripts/pg-cluster.sh; the harness creates one
+# database per test in it through IMD_TEST_PG_URL). Both runs must pass.
+#
+#   IMD_TEST_BACKENDS=sqlite     only the SQLite run
+#   IMD_TEST_BACKENDS=postgres   only the PostgreSQL run
+#   (unset, or sqlite,postgres)  both
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+backends=${IMD_TEST_BACKENDS:-sqlite,postgres}
+run_sqlite=false
+run_postgres=false
+IFS=', ' read -r -a wanted <<<"$backends"
+for b in "${wanted[@]}"; do
+    case $b in
+        sqlite) run_sqlite=true ;;
+        postgres) run_postgres=true ;;
+        "") ;;
+        *)
+            echo "IMD_TEST_BACKENDS: unknown backend \"$b\" (use sqlite, postgres or sqlite,postgres)" >&2
+            exit 2
+            ;;
+    esac
+done
+if ! $run_sqlite && ! $run_postgres; then
+    echo "IMD_TEST_BACKENDS=\"$backends\" selects no backend (use sqlite, postgres or sqlite,postgres)" >&2
+    exit 2
+fi
 
 need_apt=()
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
@@ -22,4 +48,31 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
-cargo nextest run --workspace --no-fail-fast
+
+failed=()
+
+if $run_sqlite; then
+    echo "== tests on SQLite =="
+    # Without IMD_TEST_PG_URL the harness uses SQLite; do not inherit one from the caller.
+    env -u IMD_TEST_PG_URL cargo nextest run --workspace --no-fail-fast || failed+=(SQLite)
+fi
+
+if $run_postgres; then
+    echo "== tests on PostgreSQL =="
+    pg_dir=$(mktemp -d)
+    # Registered before the start, so a half-started cluster is cleaned up too. INT/TERM exit
+    # through the EXIT trap as well.
+    trap 'bash scripts/pg-cluster.sh stop "$pg_dir" || true' EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    IMD_TEST_PG_URL=$(bash scripts/pg-cluster.sh start "$pg_dir")
+    export IMD_TEST_PG_URL
+    echo "PostgreSQL test cluster: $IMD_TEST_PG_URL (in $pg_dir)"
+    cargo nextest run --workspace --no-fail-fast || failed+=(PostgreSQL)
+fi
+
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "== FAILED: tests on ${failed[*]} ==" >&2
+    exit 1
+fi
+echo "== all tests passed ($backends) =="

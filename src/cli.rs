@@ -50,6 +50,20 @@ pub enum Command {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Apply pending database migrations without serving (`serve` also applies them at start).
+    Migrate {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Take a consistent online copy of the embedded SQLite database while the service runs
+    /// (for PostgreSQL use pg_dump: docs/deployment.md).
+    Backup {
+        /// Where to write the copy (created 0600; an existing file is replaced).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Manage organizations.
     #[command(subcommand)]
     Org(OrgCommand),
@@ -148,6 +162,37 @@ async fn run_inner(cli: Cli) -> anyhow::Result<ExitCode> {
                 app.public_url()
             );
             app.run_until_stopped().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate { store } => {
+            store_flags(&store, &mut flags);
+            let s = settings(file, &flags)?;
+            startup::create_private_dir(&s.data_dir)?;
+            let applied = crate::store::Store::migrate(&startup::store_options(
+                &s,
+                &startup::replica_id(),
+            ))
+            .await?;
+            if applied.is_empty() {
+                println!("the database is up to date");
+            } else {
+                println!("applied migrations {applied:?}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Backup { out, store } => {
+            store_flags(&store, &mut flags);
+            let s = settings(file, &flags)?;
+            let db = startup::open_store(&s).await?;
+            let started = std::time::Instant::now();
+            db.backup(&out).await?;
+            db.close().await;
+            let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+            println!(
+                "backup written to {} ({size} bytes, {} ms)",
+                out.display(),
+                started.elapsed().as_millis()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Org(OrgCommand::Create {

@@ -32,9 +32,9 @@ pub struct Settings {
     pub public_url: Option<String>,
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
-    /// Defaults to `sqlite://<data_dir>/imd.db`.
+    /// Defaults to `sqlite://<data_dir>/imd.db`; `postgres://...` for several replicas.
     #[serde(default)]
-    pub database_url: Option<String>,
+    pub database_url: Option<DatabaseUrl>,
     /// Defaults to `<data_dir>/master.key` (created with mode 0600 on first run).
     #[serde(default)]
     pub master_key_file: Option<PathBuf>,
@@ -46,6 +46,41 @@ pub struct Settings {
     pub limits: Limits,
     #[serde(default)]
     pub database: DatabaseSettings,
+    #[serde(default)]
+    pub resolvers: ResolverSettings,
+}
+
+/// A database URL; its `Debug` form hides the password, so printing settings never leaks it.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct DatabaseUrl(pub String);
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", crate::store::redact_url(&self.0))
+    }
+}
+
+/// The budget of each resolver with a network phase (AD/LDAP through the connector, Entra ID),
+/// separate from the device map's, so a slow directory cannot take the service down with it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResolverSettings {
+    /// A look-up that takes longer fails the activation with 503 `directory_unavailable`.
+    #[serde(deserialize_with = "num")]
+    pub network_timeout_ms: u64,
+    /// Look-ups in flight per resolver; more are refused at once (503, retryable).
+    #[serde(deserialize_with = "num")]
+    pub network_max_in_flight: u64,
+}
+
+impl Default for ResolverSettings {
+    fn default() -> Self {
+        ResolverSettings {
+            network_timeout_ms: 5000,
+            network_max_in_flight: 64,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -254,7 +289,8 @@ impl Settings {
 
     pub fn database_url(&self) -> String {
         self.database_url
-            .clone()
+            .as_ref()
+            .map(|u| u.0.clone())
             .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("imd.db").display()))
     }
 

@@ -19,7 +19,7 @@ use crate::clock::Clock;
 use crate::config::Settings;
 use crate::crypto::MasterKey;
 use crate::http::{self, AppState};
-use crate::resolve::{DeviceMapResolver, Resolver};
+use crate::resolve::{Budget, DeviceMapResolver, Resolver};
 use crate::store::{Store, StoreOptions};
 use crate::tokens::{self, TokenService};
 
@@ -31,16 +31,33 @@ pub struct Application {
     audit: tokio::task::JoinHandle<()>,
 }
 
-/// Opens the configured database (migrations applied).
-pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
-    create_private_dir(&settings.data_dir)?;
-    Ok(Store::open(&StoreOptions {
+/// How this process names itself in the database: host, process id and a random part, so a
+/// restarted replica is a new one.
+pub fn replica_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "imd".into());
+    let rand = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    format!("{host}-{}-{rand}", std::process::id())
+}
+
+pub fn store_options(settings: &Settings, replica_id: &str) -> StoreOptions {
+    StoreOptions {
         url: settings.database_url(),
         max_connections: settings.database.max_connections as u32,
         busy_timeout: Duration::from_millis(settings.database.busy_timeout_ms),
         acquire_timeout: Duration::from_millis(settings.database.acquire_timeout_ms),
-    })
-    .await?)
+        replica_id: replica_id.to_string(),
+        migrate: true,
+    }
+}
+
+/// Opens the configured database (migrations applied).
+pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
+    create_private_dir(&settings.data_dir)?;
+    Ok(Store::open(&store_options(settings, &replica_id())).await?)
 }
 
 /// The master key: `IMD_MASTER_KEY` (base64, for replicas sharing one database) or the key file.
@@ -100,10 +117,20 @@ pub fn install_crypto_provider() {
 
 impl Application {
     pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Application> {
+        Self::build_with(settings, clock, Vec::new()).await
+    }
+
+    /// `build` with more resolvers (IMD versions the built-in set lacks; tests plug in theirs).
+    pub async fn build_with(
+        settings: Settings,
+        clock: Arc<dyn Clock>,
+        extra_resolvers: Vec<(ImdVersion, Arc<dyn Resolver>)>,
+    ) -> anyhow::Result<Application> {
         install_crypto_provider();
         let now = clock.now();
         create_private_dir(&settings.data_dir)?;
-        let store = open_store(&settings).await?;
+        let replica = replica_id();
+        let store = Store::open(&store_options(&settings, &replica)).await?;
         let master = Arc::new(master_key(&settings)?);
         tokens::ensure_signing_key(&store, &master, now).await?;
 
@@ -116,11 +143,16 @@ impl Application {
 
         let mut resolvers: HashMap<ImdVersion, Arc<dyn Resolver>> = HashMap::new();
         resolvers.insert(ImdVersion::V4, Arc::new(DeviceMapResolver::new()));
+        resolvers.extend(extra_resolvers);
         let activator = Activator::new(
             store.clone(),
             tokens.clone(),
             master.credential_key(),
             resolvers,
+            Budget {
+                timeout: Duration::from_millis(settings.resolvers.network_timeout_ms),
+                max_in_flight: settings.resolvers.network_max_in_flight as usize,
+            },
         );
         let (audit, audit_task) = AuditSink::start(store.clone());
         let limits = settings.limits.clone();
@@ -134,6 +166,7 @@ impl Application {
             limits: limits.clone(),
             spool_dir: settings.data_dir.join("spool"),
             inflight: AtomicU64::new(0),
+            started_at: now,
         });
 
         let server = HttpServer::new(move || {

@@ -1,8 +1,12 @@
 //! Failed activation attempts are recorded off the request path: queued and written in batches,
 //! so a flood of bad requests costs one write transaction per batch, not one per request.
 //! Successful activations are recorded inside their own transaction instead (atomic with the
-//! binding). The queue is bounded; when it is full, senders wait (back-pressure), nothing is dropped.
+//! binding). The queue is bounded; when it is full a sender waits at most `SEND_WAIT` (some
+//! back-pressure on a flood of failures), then the record is dropped and counted (`dropped`,
+//! shown on `/readyz` and logged), so no request ever blocks without bound on the audit trail.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -11,10 +15,12 @@ use crate::store::{ActivationRecord, Store};
 
 const QUEUE: usize = 8192;
 const BATCH: usize = 512;
+const SEND_WAIT: Duration = Duration::from_millis(250);
 
 #[derive(Clone, Debug)]
 pub struct AuditSink {
     tx: mpsc::Sender<ActivationRecord>,
+    dropped: Arc<AtomicU64>,
 }
 
 impl AuditSink {
@@ -35,12 +41,30 @@ impl AuditSink {
                 batch.clear();
             }
         });
-        (AuditSink { tx }, handle)
+        (
+            AuditSink {
+                tx,
+                dropped: Arc::new(AtomicU64::new(0)),
+            },
+            handle,
+        )
     }
 
     pub async fn record(&self, r: ActivationRecord) {
-        if self.tx.send(r).await.is_err() {
-            tracing::error!("activation audit writer has stopped; record lost");
+        match tokio::time::timeout(SEND_WAIT, self.tx.send(r)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => self.drop_one("the audit writer has stopped"),
+            Err(_) => self.drop_one("the audit queue is full"),
         }
+    }
+
+    fn drop_one(&self, why: &str) {
+        let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::error!(dropped_total = n, "failed-activation audit record dropped: {why}");
+    }
+
+    /// Failed-attempt records dropped since start (a full queue or a stopped writer).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 }

@@ -1,12 +1,14 @@
-//! The activation pipeline, one shape for every IMD version:
-//! validate request → verify token (cached per token string) → resolver's network phase, if any
-//! (outside any transaction) → one job on the group-commit writer (`store::writer`), which in a
-//! single write transaction checks the organization and token row, identifies the device,
-//! resolves the user from the database (v4: the device map), ensures the user (just in time),
-//! binds the device, consumes the mapping and a token use, and records the attempt.
-//! Every job runs serialized on the writer, so what it reads cannot change before it writes:
-//! concurrent activations of one device or one user converge on one row by construction, and
-//! the unique indexes are the safety net.
+//! The activation pipeline, one shape for every IMD version and both storage backends:
+//! validate request → verify token (cached per token string) → for a resolver with a network
+//! phase: a read-only check that the organization and token row are still valid, then the
+//! look-up under the resolver's own timeout and in-flight limit → one write transaction
+//! (`Store::write`) that checks the organization and token row, identifies the device, resolves
+//! the user from the database (v4: the device map), ensures the user (just in time), binds the
+//! device, consumes the mapping, records the attempt and, last, takes a token use.
+//! The transaction names the identities it touches (`LockKey`s): SQLite's single writer runs
+//! jobs one at a time anyway, PostgreSQL takes them as advisory locks, so concurrent
+//! activations of one device or one user converge on one row on every replica; the unique
+//! indexes are the safety net, and a job that still loses a race is retried.
 
 pub mod audit;
 pub mod limiter;
@@ -15,16 +17,19 @@ pub mod request;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use imd_tokens::{ImdVersion, TokenError};
+use futures_util::future::BoxFuture;
+use imd_tokens::{Claims, ImdVersion, TokenError};
 use serde::Serialize;
-
-use rusqlite::Connection;
+use tokio::sync::Semaphore;
 
 use crate::crypto::{CredentialKey, ct_eq, sha256_hex};
-use crate::resolve::{Binding, Resolution, ResolveContext, ResolveError, Resolver};
+use crate::resolve::{
+    Binding, Budget, LookupContext, Prepared, Resolution, ResolveContext, ResolveError, Resolver,
+    UserSpec,
+};
 use crate::store::{
-    ActivationRecord, DeviceReport, DeviceRow, NewDevice, NewUser, OrgRow, Store, StoreError,
-    TokenRow, UserRow, hot, new_id,
+    ActivationRecord, DeviceReport, DeviceRow, LockKey, NewDevice, NewUser, OrgRow, Reassignment,
+    Store, StoreError, TokenRow, TxJob, UserRow, UserStatus, WriteTx, new_id,
 };
 use crate::tokens::TokenService;
 use request::ActivationRequest;
@@ -47,8 +52,17 @@ pub enum ActivationError {
     DeviceNotMapped,
     #[error("{0}")]
     DeviceConflict(String),
+    #[error("the user is preserved: its devices cannot activate")]
+    UserPreserved,
+    #[error("the user is deleted: its devices cannot activate")]
+    UserDeleted,
+    #[error("directory unavailable: {0}")]
+    DirectoryUnavailable(String),
     #[error("service temporarily unavailable: {0}")]
     Unavailable(String),
+    /// Lost a race with a concurrent writer (retried inside the store; a 503 if it persists).
+    #[error("conflicting concurrent activation: {0}")]
+    Contention(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -57,8 +71,9 @@ impl From<StoreError> for ActivationError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable(m) => ActivationError::Unavailable(m),
-            // Cannot happen on the serialized writer; if a constraint fires anyway, retrying is right.
-            StoreError::Conflict => ActivationError::Unavailable("conflicting write".into()),
+            e @ (StoreError::Conflict | StoreError::Retry(_)) => {
+                ActivationError::Contention(e.to_string())
+            }
             other => ActivationError::Internal(other.to_string()),
         }
     }
@@ -70,7 +85,16 @@ impl From<ResolveError> for ActivationError {
             ResolveError::DeviceNotMapped => ActivationError::DeviceNotMapped,
             ResolveError::UserNotMapped(m) => ActivationError::UserNotMapped(m),
             ResolveError::Store(s) => s.into(),
-            ResolveError::Unavailable(m) => ActivationError::Unavailable(m),
+            ResolveError::Unavailable(m) => ActivationError::DirectoryUnavailable(m),
+        }
+    }
+}
+
+impl From<crate::tokens::VerifyError> for ActivationError {
+    fn from(e: crate::tokens::VerifyError) -> Self {
+        match e {
+            crate::tokens::VerifyError::Token(t) => t.into(),
+            crate::tokens::VerifyError::Store(s) => s.into(),
         }
     }
 }
@@ -96,7 +120,10 @@ impl ActivationError {
             ActivationError::UserNotMapped(_) => "user_not_mapped",
             ActivationError::DeviceNotMapped => "device_not_mapped",
             ActivationError::DeviceConflict(_) => "device_conflict",
-            ActivationError::Unavailable(_) => "unavailable",
+            ActivationError::UserPreserved => "user_preserved",
+            ActivationError::UserDeleted => "user_deleted",
+            ActivationError::DirectoryUnavailable(_) => "directory_unavailable",
+            ActivationError::Unavailable(_) | ActivationError::Contention(_) => "unavailable",
             ActivationError::Internal(_) => "internal",
         }
     }
@@ -130,14 +157,21 @@ pub struct AttemptContext {
     pub token_id: Option<String>,
 }
 
+/// A resolver with its share of the service.
+struct Slot {
+    resolver: Arc<dyn Resolver>,
+    /// Network resolvers only: permits for look-ups in flight.
+    permits: Option<(Budget, Arc<Semaphore>)>,
+}
+
 pub struct Activator {
     store: Store,
     tokens: Arc<TokenService>,
     binder: Binder,
-    resolvers: HashMap<ImdVersion, Arc<dyn Resolver>>,
+    resolvers: HashMap<ImdVersion, Slot>,
 }
 
-/// The database half of an activation: runs as a job on the writer thread, so it owns everything
+/// The database half of an activation: runs inside the write transaction, so it owns everything
 /// it needs.
 #[derive(Clone)]
 struct Binder {
@@ -150,7 +184,20 @@ impl Activator {
         tokens: Arc<TokenService>,
         credentials: CredentialKey,
         resolvers: HashMap<ImdVersion, Arc<dyn Resolver>>,
+        network_budget: Budget,
     ) -> Self {
+        let resolvers = resolvers
+            .into_iter()
+            .map(|(v, resolver)| {
+                // Each network resolver gets permits of its own: one slow directory cannot use
+                // up another's, and the device map needs none.
+                let permits = resolver.network_phase().then(|| {
+                    let b = network_budget;
+                    (b, Arc::new(Semaphore::new(b.max_in_flight.max(1))))
+                });
+                (v, Slot { resolver, permits })
+            })
+            .collect();
         Activator {
             store,
             tokens,
@@ -173,54 +220,127 @@ impl Activator {
         ctx.token_id = Some(claims.jti.clone());
         tracing::Span::current().record("org_id", claims.sub.as_str());
         tracing::Span::current().record("token_id", claims.jti.as_str());
-        let resolver = self.resolvers.get(&claims.imd).cloned().ok_or_else(|| {
+        let slot = self.resolvers.get(&claims.imd).ok_or_else(|| {
             ActivationError::TokenInvalid(format!("IMD {} is not enabled", claims.imd.as_str()))
         })?;
-        let prepared = resolver.prepare(req).await?;
-        let binder = self.binder.clone();
-        let job = Job {
-            org_id: claims.sub,
-            token_id: claims.jti,
-            req: req.clone(),
-            remote_ip: remote_ip.map(str::to_string),
-            now,
+        let prepared = match &slot.permits {
+            None => Prepared::Nothing,
+            Some((budget, permits)) => {
+                self.lookup(slot, *budget, permits, &claims, req, now)
+                    .await?
+            }
         };
         self.store
-            .hot()
-            .run(move |conn| binder.activate(conn, &*resolver, job, prepared))
+            .write(ActivationJob {
+                binder: self.binder.clone(),
+                resolver: slot.resolver.clone(),
+                locks: lock_keys(&claims.sub, req),
+                org_id: claims.sub,
+                token_id: claims.jti,
+                req: req.clone(),
+                remote_ip: remote_ip.map(str::to_string),
+                prepared,
+                now,
+            })
             .await
+    }
+
+    /// The network phase: only for a live organization and token, bounded in time and in how
+    /// many run at once; nothing is written here.
+    async fn lookup(
+        &self,
+        slot: &Slot,
+        budget: Budget,
+        permits: &Arc<Semaphore>,
+        claims: &Claims,
+        req: &ActivationRequest,
+        now: i64,
+    ) -> Result<Prepared, ActivationError> {
+        let (org, token) = self.store.org_and_token(&claims.sub, &claims.jti).await?;
+        let org = org.ok_or_else(|| ActivationError::TokenInvalid("unknown organization".into()))?;
+        let token = token.ok_or_else(|| ActivationError::TokenInvalid("unknown token".into()))?;
+        check_token_row(&token, now)?;
+        let name = slot.resolver.name();
+        let _permit = permits.clone().try_acquire_owned().map_err(|_| {
+            ActivationError::DirectoryUnavailable(format!(
+                "{name}: {} look-ups already in flight",
+                budget.max_in_flight
+            ))
+        })?;
+        let deadline = tokio::time::Instant::now() + budget.timeout;
+        let lc = LookupContext {
+            org: &org,
+            token: &token,
+            claims,
+            request: req,
+            deadline,
+            now,
+        };
+        match tokio::time::timeout_at(deadline, slot.resolver.lookup(&lc)).await {
+            Ok(found) => Ok(found?),
+            Err(_) => Err(ActivationError::DirectoryUnavailable(format!(
+                "{name} did not answer within {} ms",
+                budget.timeout.as_millis()
+            ))),
+        }
     }
 }
 
-/// One activation as the writer runs it.
-struct Job {
+/// The identities an activation may create or change: every identifier it reports. Two
+/// activations that share one wait for each other (PostgreSQL); a hostname-only device and a
+/// device reporting that hostname with a serial therefore also take turns.
+fn lock_keys(org_id: &str, req: &ActivationRequest) -> Vec<LockKey> {
+    [
+        ("serial", &req.ids.serial),
+        ("uuid", &req.ids.uuid),
+        ("hostname", &req.ids.hostname),
+    ]
+    .into_iter()
+    .filter_map(|(kind, v)| v.as_deref().map(|v| LockKey::new(org_id, kind, v)))
+    .collect()
+}
+
+/// One activation as the store runs it (possibly more than once, see `TxJob`).
+struct ActivationJob {
+    binder: Binder,
+    resolver: Arc<dyn Resolver>,
+    locks: Vec<LockKey>,
     org_id: String,
     token_id: String,
     req: ActivationRequest,
     remote_ip: Option<String>,
+    prepared: Prepared,
     now: i64,
 }
 
+impl TxJob for ActivationJob {
+    type Output = ActivationOutcome;
+    type Error = ActivationError;
+
+    fn run<'t>(
+        &'t self,
+        tx: &'t mut dyn WriteTx,
+    ) -> BoxFuture<'t, Result<ActivationOutcome, ActivationError>> {
+        Box::pin(self.binder.activate(tx, self))
+    }
+
+    fn is_contention(e: &ActivationError) -> bool {
+        matches!(e, ActivationError::Contention(_))
+    }
+}
+
 impl Binder {
-    fn activate(
+    async fn activate(
         &self,
-        conn: &Connection,
-        resolver: &dyn Resolver,
-        job: Job,
-        prepared: crate::resolve::Prepared,
+        tx: &mut dyn WriteTx,
+        job: &ActivationJob,
     ) -> Result<ActivationOutcome, ActivationError> {
-        let Job {
-            org_id,
-            token_id,
-            req,
-            remote_ip,
-            now,
-        } = job;
-        let req = &req;
-        let org = hot::org(conn, &org_id)?
-            .ok_or_else(|| ActivationError::TokenInvalid("unknown organization".into()))?;
-        let token = hot::token(conn, &org.id, &token_id)?
-            .ok_or_else(|| ActivationError::TokenInvalid("unknown token".into()))?;
+        let (req, now) = (&job.req, job.now);
+        let (org, token) = tx
+            .begin_activation(&job.org_id, &job.token_id, &job.locks)
+            .await?;
+        let org = org.ok_or_else(|| ActivationError::TokenInvalid("unknown organization".into()))?;
+        let token = token.ok_or_else(|| ActivationError::TokenInvalid("unknown token".into()))?;
         check_token_row(&token, now)?;
         if org.require_install_key && req.install_key.is_none() {
             return Err(ActivationError::InvalidRequest(
@@ -229,12 +349,14 @@ impl Binder {
         }
         let install_key_hash = req.install_key.as_deref().map(sha256_hex);
 
-        let mut existing = hot::find_active(conn, &org.id, &req.ids)?;
+        let mut existing = tx.find_active(&org.id, &req.ids).await?;
         if let Some(d) = existing.as_ref().filter(|d| weak_match(d, req)) {
             // Matched only by hostname although the client now reports hardware identifiers:
             // the same machine only if the same person is signed in; otherwise it is another
             // machine that happens to share the name, and it gets no part of this device.
-            let same = hot::user(conn, &org.id, &d.user_id)?
+            let same = tx
+                .user(&org.id, &d.user_id)
+                .await?
                 .is_some_and(|u| req.user.matches(&u.email_norm, &u.user_name));
             if !same {
                 existing = None;
@@ -243,84 +365,89 @@ impl Binder {
         if let Some(d) = &existing {
             check_install_key(d, install_key_hash.as_deref())?;
         }
-        let resolution = resolver.resolve(
-            conn,
-            &ResolveContext {
-                org: &org,
-                request: req,
-                existing: existing.as_ref(),
-            },
-            prepared,
-        )?;
-        let outcome = match (&existing, resolution) {
+        let resolution = job
+            .resolver
+            .resolve(
+                &mut *tx,
+                &ResolveContext {
+                    org: &org,
+                    request: req,
+                    existing: existing.as_ref(),
+                    now,
+                },
+                &job.prepared,
+            )
+            .await?;
+        let (outcome, take_use) = match (&existing, resolution) {
             (Some(d), Resolution::Keep) => {
-                let user = hot::user(conn, &org.id, &d.user_id)?.ok_or_else(|| {
+                let user = tx.user(&org.id, &d.user_id).await?.ok_or_else(|| {
                     ActivationError::Internal(format!("device {} has no user", d.id))
                 })?;
+                check_user_status(&user)?;
                 if !req.user.matches(&user.email_norm, &user.user_name) {
                     return Err(ActivationError::DeviceConflict(
                         "this device is already activated for another user".into(),
                     ));
                 }
-                self.repeat(
-                    conn,
-                    d,
-                    &user,
-                    &token,
-                    req,
-                    None,
-                    install_key_hash.as_deref(),
-                    now,
-                )?
+                let o = self
+                    .repeat(tx, d, &user, &token, req, None, install_key_hash.as_deref(), now)
+                    .await?;
+                (o, false)
             }
             (None, Resolution::Keep) => return Err(ActivationError::DeviceNotMapped),
-            (existing, Resolution::Bind(b)) => self.bind(
-                conn,
-                &org,
-                &token,
-                req,
-                existing.as_ref(),
-                b,
-                install_key_hash.as_deref(),
-                now,
-            )?,
+            (existing, Resolution::Bind(b)) => {
+                self.bind(
+                    tx,
+                    &org,
+                    &token,
+                    req,
+                    existing.as_ref(),
+                    b,
+                    install_key_hash.as_deref(),
+                    now,
+                )
+                .await?
+            }
         };
         let r = &outcome.response;
-        hot::insert_activation(
-            conn,
-            &ActivationRecord {
-                org_id: Some(org.id.clone()),
-                token_id: Some(token.id.clone()),
-                created_at: now,
-                outcome: if outcome.created {
-                    "activated"
-                } else {
-                    "reactivated"
-                }
-                .into(),
-                status: if outcome.created { 201 } else { 200 },
-                device_id: Some(r.device_id.clone()),
-                user_id: Some(r.user_id.clone()),
-                hostname: req.hostname.clone(),
-                serial: req.serial.clone(),
-                uuid: req.uuid.clone(),
-                login: req.user.display(),
-                remote_ip,
-                message: r
-                    .replaced_device_id
-                    .as_ref()
-                    .map(|id| format!("replaced device {id}")),
-            },
-        )?;
+        tx.insert_activation(&ActivationRecord {
+            org_id: Some(org.id.clone()),
+            token_id: Some(token.id.clone()),
+            created_at: now,
+            outcome: if outcome.created {
+                "activated"
+            } else {
+                "reactivated"
+            }
+            .into(),
+            status: if outcome.created { 201 } else { 200 },
+            device_id: Some(r.device_id.clone()),
+            user_id: Some(r.user_id.clone()),
+            hostname: req.hostname.clone(),
+            serial: req.serial.clone(),
+            uuid: req.uuid.clone(),
+            login: req.user.display(),
+            remote_ip: job.remote_ip.clone(),
+            message: r
+                .replaced_device_id
+                .as_ref()
+                .map(|id| format!("replaced device {id}")),
+        })
+        .await?;
+        // Last: on PostgreSQL the token row is the hottest row, so its lock is held for as
+        // short a time as possible. `max_uses` is enforced by this conditional increment.
+        if take_use && !tx.take_token_use(&token, now).await? {
+            return Err(ActivationError::TokenExhausted);
+        }
         Ok(outcome)
     }
 
     /// The same device again, same user: nothing new, the same credential back. `rename` is the
     /// device name of a fresh mapping for the device's current user.
     #[allow(clippy::too_many_arguments)]
-    fn repeat(
+    async fn repeat(
         &self,
-        conn: &Connection,
+        tx: &mut dyn WriteTx,
         d: &DeviceRow,
         user: &UserRow,
         token: &TokenRow,
@@ -329,8 +456,9 @@ impl Binder {
         install_key_hash: Option<&str>,
         now: i64,
     ) -> Result<ActivationOutcome, ActivationError> {
-        hot::refresh(conn, d, &report(req), rename, install_key_hash, now)?;
-        hot::touch_token(conn, &token.id, now)?;
+        tx.refresh_device(d, &report(req), rename, install_key_hash, now)
+            .await?;
+        tx.touch_token(token, now).await?;
         Ok(ActivationOutcome {
             created: false,
             response: self.response(
@@ -347,9 +475,9 @@ impl Binder {
 
     /// The device this binding supersedes: the mapping's `oldDeviceName`, or (the reference
     /// product's default) an active device of the same user with the same hostname.
-    fn superseded(
+    async fn superseded(
         &self,
-        conn: &Connection,
+        tx: &mut dyn WriteTx,
         b: &Binding,
         user: &UserRow,
         user_created: bool,
@@ -361,17 +489,19 @@ impl Binder {
             return Ok(None);
         }
         let old = match (&b.old_device_name, &req.ids.hostname) {
-            (Some(old_name), _) => hot::active_by_name(conn, &user.id, old_name)?,
-            (None, Some(host)) => hot::active_by_hostname(conn, &user.id, host)?,
+            (Some(old_name), _) => tx.active_by_name(&user.id, old_name).await?,
+            (None, Some(host)) => tx.active_by_hostname(&user.id, host).await?,
             (None, None) => None,
         };
         Ok(old.filter(|o| o.id != this_device))
     }
 
+    /// A new binding, or a fresh mapping for a device its user already has. The second value
+    /// says whether a token use is to be taken (new bindings only).
     #[allow(clippy::too_many_arguments)]
-    fn bind(
+    async fn bind(
         &self,
-        conn: &Connection,
+        tx: &mut dyn WriteTx,
         org: &OrgRow,
         token: &TokenRow,
         req: &ActivationRequest,
@@ -379,23 +509,9 @@ impl Binder {
         b: Box<Binding>,
         install_key_hash: Option<&str>,
         now: i64,
-    ) -> Result<ActivationOutcome, ActivationError> {
-        let spec = &b.user;
-        let (user, user_created) = hot::ensure_user(
-            conn,
-            &NewUser {
-                org_id: &org.id,
-                email: spec.email.as_str(),
-                email_norm: spec.email.normalized(),
-                user_name: &spec.user_name,
-                external_id: spec.external_id.as_deref(),
-                source: spec.source,
-                profile: &spec.profile,
-                storage_region: &spec.storage_region,
-                quota_bytes: spec.quota_bytes,
-            },
-            now,
-        )?;
+    ) -> Result<(ActivationOutcome, bool), ActivationError> {
+        let (user, user_created) = ensure_user(tx, &org.id, &b.user, now).await?;
+        check_user_status(&user)?;
         let name = b
             .device_name
             .clone()
@@ -407,25 +523,21 @@ impl Binder {
         {
             // A fresh mapping for a device its user already has: settle the mapping and take
             // its device name; everything else stays.
-            consume_mapping(conn, &b, &d.id, now)?;
-            return self.repeat(
-                conn,
-                d,
-                &user,
-                token,
-                req,
-                Some(&name),
-                install_key_hash,
-                now,
-            );
+            consume_mapping(tx, &b, &d.id, now).await?;
+            let o = self
+                .repeat(tx, d, &user, token, req, Some(&name), install_key_hash, now)
+                .await?;
+            return Ok((o, false));
         }
 
         // A new binding: a new device, or a known device moving to another user.
-        take_token_use(conn, token, now)?;
         let device_id = existing.map_or_else(new_id, |d| d.id.clone());
-        let replaced = match self.superseded(conn, &b, &user, user_created, req, &device_id)? {
+        let replaced = match self
+            .superseded(tx, &b, &user, user_created, req, &device_id)
+            .await?
+        {
             Some(old) => {
-                hot::mark_replaced(conn, &old.id, &device_id)?;
+                tx.mark_replaced(&old.id, &device_id).await?;
                 Some(old.id)
             }
             None => None,
@@ -441,36 +553,42 @@ impl Binder {
         match existing {
             // The new user's client gets a new credential generation: the old one stops working.
             // The install key stays: it belongs to the machine's agent, not to the user.
-            Some(d) => hot::reassign(
-                conn,
-                d,
-                &user.id,
-                &name,
-                &credential_hash,
-                &token.id,
-                restore.as_deref(),
-                replaced.as_deref(),
-                now,
-            )?,
-            None => hot::insert_device(
-                conn,
-                &NewDevice {
-                    id: &device_id,
-                    org_id: &org.id,
-                    user_id: &user.id,
-                    name: &name,
-                    report: &report(req),
-                    install_key_hash,
-                    credential_hash: &credential_hash,
-                    token_id: &token.id,
-                    restore_data: restore.as_deref(),
-                    replaces: replaced.as_deref(),
-                },
-                now,
-            )?,
+            Some(d) => {
+                tx.reassign_device(
+                    &Reassignment {
+                        device: d,
+                        user_id: &user.id,
+                        name: &name,
+                        credential_hash: &credential_hash,
+                        token_id: &token.id,
+                        restore_data: restore.as_deref(),
+                        replaces: replaced.as_deref(),
+                    },
+                    now,
+                )
+                .await?
+            }
+            None => {
+                tx.insert_device(
+                    &NewDevice {
+                        id: &device_id,
+                        org_id: &org.id,
+                        user_id: &user.id,
+                        name: &name,
+                        report: &report(req),
+                        install_key_hash,
+                        credential_hash: &credential_hash,
+                        token_id: &token.id,
+                        restore_data: restore.as_deref(),
+                        replaces: replaced.as_deref(),
+                    },
+                    now,
+                )
+                .await?
+            }
         }
-        consume_mapping(conn, &b, &device_id, now)?;
-        Ok(ActivationOutcome {
+        consume_mapping(tx, &b, &device_id, now).await?;
+        let outcome = ActivationOutcome {
             created: true,
             response: self.response(
                 &device_id,
@@ -481,7 +599,8 @@ impl Binder {
                 replaced,
                 restore,
             ),
-        })
+        };
+        Ok((outcome, true))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -551,27 +670,78 @@ fn check_install_key(d: &DeviceRow, presented_hash: Option<&str>) -> Result<(), 
     }
 }
 
-/// `max_uses` is enforced by the conditional increment; revocation was checked in this same
-/// transaction, so a refusal here means no uses are left.
-fn take_token_use(conn: &Connection, token: &TokenRow, now: i64) -> Result<(), ActivationError> {
-    if hot::consume_use(conn, &token.id, now)? {
-        Ok(())
-    } else {
-        Err(ActivationError::TokenExhausted)
+/// A preserved or deleted user's devices are refused (directory sync sets those states).
+fn check_user_status(u: &UserRow) -> Result<(), ActivationError> {
+    match u.status() {
+        UserStatus::Active => Ok(()),
+        UserStatus::Preserved => Err(ActivationError::UserPreserved),
+        UserStatus::Deleted => Err(ActivationError::UserDeleted),
     }
 }
 
-fn consume_mapping(
-    conn: &Connection,
+/// The user for this binding, created just in time if missing: `(user, created)`. A directory
+/// user is matched by its immutable id first (an email can change, the id cannot), then by
+/// email (and linked to the id); only then is a new user created.
+async fn ensure_user(
+    tx: &mut dyn WriteTx,
+    org_id: &str,
+    spec: &UserSpec,
+    now: i64,
+) -> Result<(UserRow, bool), ActivationError> {
+    let email_norm = spec.email.normalized();
+    for attempt in 0..2 {
+        if let Some(ext) = &spec.external_id
+            && let Some(u) = tx.user_by_external_id(org_id, spec.source, ext).await?
+        {
+            return Ok((u, false));
+        }
+        if let Some(u) = tx.user_by_email(org_id, email_norm).await? {
+            if let Some(ext) = &spec.external_id
+                && u.external_id.is_none()
+            {
+                tx.link_external_id(&u.id, ext, now).await?;
+            }
+            return Ok((u, false));
+        }
+        if attempt == 0
+            && let Some(u) = tx
+                .insert_user(
+                    &NewUser {
+                        org_id,
+                        email: spec.email.as_str(),
+                        email_norm,
+                        user_name: &spec.user_name,
+                        external_id: spec.external_id.as_deref(),
+                        source: spec.source,
+                        profile: &spec.profile,
+                        storage_region: &spec.storage_region,
+                        quota_bytes: spec.quota_bytes,
+                    },
+                    now,
+                )
+                .await?
+        {
+            return Ok((u, true));
+        }
+        // Not inserted: a concurrent activation created this user a moment ago; read it.
+    }
+    Err(ActivationError::Contention(
+        "the user was created and removed concurrently".into(),
+    ))
+}
+
+async fn consume_mapping(
+    tx: &mut dyn WriteTx,
     b: &Binding,
     device_id: &str,
     now: i64,
 ) -> Result<(), ActivationError> {
     if let Some(m) = &b.mapping_id
-        && !hot::consume_mapping(conn, m, device_id, now)?
+        && !tx.consume_mapping(m, device_id, now).await?
     {
-        return Err(ActivationError::Internal(format!(
-            "mapping {m} was consumed twice"
+        // Consumed by a concurrent activation since this transaction read it: start over.
+        return Err(ActivationError::Contention(format!(
+            "mapping {m} was consumed concurrently"
         )));
     }
     Ok(())

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::{DeviceMapReader, FailureCsvWriter, HeaderError, MappingRow, RowError};
-use crate::store::{self, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -141,65 +141,64 @@ fn run(
             reader.read_error().map(str::to_string)
         })?;
 
-    // Writing side (this thread): a dry run only reads, so it takes no write lock.
-    // Transaction control by hand so that an all-or-nothing upload can give the write lock back
-    // at its first bad row and go on validating without it. Closing the connection on any early
-    // return rolls back whatever is open.
-    let tx = store.sync_connection()?;
-    let sql = |s: &str| tx.execute_batch(s).map_err(StoreError::from);
-    sql("PRAGMA cache_size = -65536")?;
-    sql(if opts.dry_run {
-        "BEGIN DEFERRED"
-    } else {
-        "BEGIN IMMEDIATE"
-    })?;
+    // Writing side (this thread): a dry run only reads, so it takes no write lock. An
+    // all-or-nothing upload gives the write transaction up at its first bad row and goes on
+    // validating without it. Dropping `tx` on any early return rolls back whatever is open.
+    let mut tx = store.import_tx()?;
     let mut writing = !opts.dry_run;
-    let before = store::mappings::count_pending_sync(&tx, org_id)?;
+    if writing {
+        tx.begin_write()?;
+    }
+    let before = tx.count_pending(org_id)?;
     let mut applied = 0u64;
-    {
-        let mut upserter = store::mappings::BulkUpserter::new(&tx)?;
-        for batch in recv {
-            for (item, raw) in batch {
-                report.rows_total += 1;
-                let err = match item {
-                    Ok((line, row)) => match store::hot::old_device_problem(&tx, org_id, &row)? {
-                        Some(error) => Some(RowError {
-                            line,
-                            column: Some("oldDeviceName".into()),
-                            value: row
-                                .old_device_name
-                                .as_ref()
-                                .map(|v| v.chars().take(200).collect()),
-                            error,
-                        }),
-                        None => {
-                            report.rows_valid += 1;
-                            if writing {
-                                upserter.upsert(org_id, &row, now)?;
-                                applied += 1;
-                            }
-                            None
+    let mut good: Vec<MappingRow> = Vec::with_capacity(HANDOFF_BATCH);
+    for batch in recv {
+        for (item, raw) in batch {
+            report.rows_total += 1;
+            let err = match item {
+                Ok((line, row)) => match tx.old_device_problem(org_id, &row)? {
+                    Some(error) => Some(RowError {
+                        line,
+                        column: Some("oldDeviceName".into()),
+                        value: row
+                            .old_device_name
+                            .as_ref()
+                            .map(|v| v.chars().take(200).collect()),
+                        error,
+                    }),
+                    None => {
+                        report.rows_valid += 1;
+                        if writing {
+                            good.push(row);
                         }
-                    },
-                    Err(e) => Some(e),
-                };
-                if let Some(e) = err {
-                    report.rows_invalid += 1;
-                    if writing && opts.mode == Mode::AllOrNothing {
-                        // Nothing of this upload will be applied: stop writing, free the lock.
-                        sql("ROLLBACK")?;
-                        writing = false;
+                        None
                     }
-                    if let (Some(w), Some(raw)) = (failures.as_mut(), raw.as_ref()) {
-                        w.write(raw, &e.error)?;
-                    }
-                    if report.errors.len() < opts.max_listed_errors {
-                        report.errors.push(e);
-                    } else {
-                        report.errors_truncated = true;
-                    }
+                },
+                Err(e) => Some(e),
+            };
+            if let Some(e) = err {
+                report.rows_invalid += 1;
+                if writing && opts.mode == Mode::AllOrNothing {
+                    // Nothing of this upload will be applied: stop writing, free the lock.
+                    tx.rollback()?;
+                    writing = false;
+                    good.clear();
+                }
+                if let (Some(w), Some(raw)) = (failures.as_mut(), raw.as_ref()) {
+                    w.write(raw, &e.error)?;
+                }
+                if report.errors.len() < opts.max_listed_errors {
+                    report.errors.push(e);
+                } else {
+                    report.errors_truncated = true;
                 }
             }
+        }
+        // One write per hand-off batch (a multi-row statement on PostgreSQL).
+        if writing && !good.is_empty() {
+            tx.upsert(org_id, &good, now)?;
+            applied += good.len() as u64;
+            good.clear();
         }
     }
     let read_error = parser
@@ -217,13 +216,11 @@ fn run(
         report.failures_csv = Some(f);
     }
     if !writing || applied == 0 {
-        if !tx.is_autocommit() {
-            sql("ROLLBACK")?;
-        }
+        tx.rollback()?;
         return Ok(report);
     }
-    let created = store::mappings::count_pending_sync(&tx, org_id)? - before;
-    sql("COMMIT")?;
+    let created = tx.count_pending(org_id)? - before;
+    tx.commit()?;
     report.applied = true;
     report.created = created;
     report.updated = applied - created;

@@ -64,20 +64,7 @@ impl Column {
     }
 }
 
-/// One validated mapping, the unit both the CSV and the JSON API produce.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MappingRow {
-    pub email: Email,
-    pub user_name: String,
-    pub device_name: String,
-    pub identifier_type: IdentifierType,
-    /// As given, trimmed: shown back to admins.
-    pub identifier: String,
-    /// What activation matches on (see `IdentifierType::normalize`).
-    pub identifier_norm: String,
-    pub old_device_name: Option<String>,
-    pub restore_data: Option<RestoreData>,
-}
+pub use crate::domain::MappingRow;
 
 /// JSON form of a mapping for the API. Every field is optional here so that
 /// `validate`, not serde, reports what is missing, all at once; unknown

@@ -4,10 +4,12 @@
 
 mod email;
 mod identifiers;
+mod mapping;
 
 use serde::{Deserialize, Serialize};
 
 pub use email::Email;
+pub use mapping::MappingRow;
 pub use identifiers::{
     DeviceIdentifiers, IdentifierType, normalize_hostname, normalize_serial, normalize_uuid,
     validate_hostname,

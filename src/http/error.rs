@@ -25,6 +25,9 @@ pub enum Code {
     UserNotMapped,
     DeviceNotMapped,
     DeviceConflict,
+    UserPreserved,
+    UserDeleted,
+    DirectoryUnavailable,
     Conflict,
     DeviceMapInvalid,
     PayloadTooLarge,
@@ -48,6 +51,9 @@ impl Code {
             Code::UserNotMapped => "user_not_mapped",
             Code::DeviceNotMapped => "device_not_mapped",
             Code::DeviceConflict => "device_conflict",
+            Code::UserPreserved => "user_preserved",
+            Code::UserDeleted => "user_deleted",
+            Code::DirectoryUnavailable => "directory_unavailable",
             Code::Conflict => "conflict",
             Code::DeviceMapInvalid => "device_map_invalid",
             Code::PayloadTooLarge => "payload_too_large",
@@ -63,7 +69,11 @@ impl Code {
             Code::Unauthorized | Code::TokenInvalid | Code::TokenExpired | Code::TokenRevoked => {
                 StatusCode::UNAUTHORIZED
             }
-            Code::TokenExhausted | Code::UserNotMapped | Code::DeviceNotMapped => {
+            Code::TokenExhausted
+            | Code::UserNotMapped
+            | Code::DeviceNotMapped
+            | Code::UserPreserved
+            | Code::UserDeleted => {
                 StatusCode::FORBIDDEN
             }
             Code::NotFound => StatusCode::NOT_FOUND,
@@ -73,14 +83,17 @@ impl Code {
             Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Code::DeviceMapInvalid => StatusCode::UNPROCESSABLE_ENTITY,
             Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Code::Unavailable | Code::DirectoryUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     /// Whether the same request may succeed later without change.
     pub fn retryable(self) -> bool {
-        matches!(self, Code::RateLimited | Code::Unavailable | Code::Internal)
+        matches!(
+            self,
+            Code::RateLimited | Code::Unavailable | Code::DirectoryUnavailable | Code::Internal
+        )
     }
 }
 
@@ -102,6 +115,7 @@ impl ApiError {
     pub fn new(code: Code, message: impl Into<String>) -> Self {
         let retry_after = match code {
             Code::Unavailable => Some(1),
+            Code::DirectoryUnavailable => Some(5),
             Code::Internal => Some(5),
             _ => None,
         };
@@ -169,7 +183,7 @@ impl From<StoreError> for ApiError {
                 tracing::warn!(cause = %m, "database unavailable");
                 ApiError::new(Code::Unavailable, "the database is busy; retry shortly")
             }
-            StoreError::Conflict => ApiError::new(
+            StoreError::Conflict | StoreError::Retry(_) => ApiError::new(
                 Code::Unavailable,
                 "a concurrent change got in the way; retry",
             ),
@@ -198,7 +212,13 @@ impl From<ActivationError> for ApiError {
             ActivationError::UserNotMapped(_) => Code::UserNotMapped,
             ActivationError::DeviceNotMapped => Code::DeviceNotMapped,
             ActivationError::DeviceConflict(_) => Code::DeviceConflict,
-            ActivationError::Unavailable(m) => {
+            ActivationError::UserPreserved => Code::UserPreserved,
+            ActivationError::UserDeleted => Code::UserDeleted,
+            ActivationError::DirectoryUnavailable(m) => {
+                tracing::warn!(cause = %m, "directory unavailable");
+                Code::DirectoryUnavailable
+            }
+            ActivationError::Unavailable(m) | ActivationError::Contention(m) => {
                 tracing::warn!(cause = %m, "activation unavailable");
                 return ApiError::new(Code::Unavailable, "the service is busy; retry shortly");
             }

@@ -35,6 +35,8 @@ pub struct AppState {
     /// Where uploads are spooled before they are parsed.
     pub spool_dir: PathBuf,
     pub inflight: AtomicU64,
+    /// When this process started (its `replicas` row).
+    pub started_at: i64,
 }
 
 /// A path with its handlers; any other method on it is 405 in the JSON error shape.

@@ -1,21 +1,25 @@
 //! User resolution: given an activation, decide which user the device belongs to. One resolver
 //! per IMD version (v4 device map now; v2 LDAP via the connector and v5 Entra ID plug in here).
-//! Two phases, so that nothing slow ever runs while the write lock is held:
-//! - `prepare` runs before the transaction and may go over the network (a directory look-up);
+//! Two phases, so that nothing slow ever runs while a write transaction is open:
+//! - `lookup` (network resolvers only) runs before the transaction, after the pipeline checked
+//!   that the organization and token row are still valid, under the resolver's own timeout and
+//!   in-flight limit (`Budget`), and hands a typed `Prepared` value on;
 //! - `resolve` runs inside the activation's write transaction and may only read the database
-//!   (the v4 device map lives there, and reading it in the same transaction that consumes it is
-//!   what makes concurrent activations of one device converge).
+//!   through `WriteTx` (the v4 device map lives there, and reading it in the same transaction
+//!   that consumes it is what makes concurrent activations of one device converge).
 
 mod device_map;
 
 pub use device_map::DeviceMapResolver;
 
+use std::time::Duration;
+
 use futures_util::future::BoxFuture;
-use rusqlite::Connection;
+use imd_tokens::Claims;
 
 use crate::activation::request::ActivationRequest;
 use crate::domain::{Email, RestoreData};
-use crate::store::{DeviceRow, OrgRow, StoreError};
+use crate::store::{DeviceRow, OrgRow, StoreError, TokenRow, WriteTx};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
@@ -25,9 +29,29 @@ pub enum ResolveError {
     UserNotMapped(String),
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The directory could not be asked right now (connector offline, Graph throttling).
+    /// The directory could not be asked right now (connector offline, Graph throttling, the
+    /// resolver's in-flight limit reached, its timeout passed).
     #[error("directory unavailable: {0}")]
     Unavailable(String),
+}
+
+/// A user as a directory reports it (the network phase's finding).
+#[derive(Debug, Clone)]
+pub struct DirectoryUser {
+    /// The directory's immutable id (AD objectGUID, Entra object id).
+    pub external_id: String,
+    pub email: Email,
+    pub user_name: String,
+    /// Disabled in the directory: the activation is refused.
+    pub enabled: bool,
+}
+
+/// What the network phase hands to the in-transaction phase.
+#[derive(Debug, Clone)]
+pub enum Prepared {
+    /// No network phase (v4).
+    Nothing,
+    User(DirectoryUser),
 }
 
 /// The user a device is to be bound to; created just in time if missing.
@@ -35,6 +59,7 @@ pub enum ResolveError {
 pub struct UserSpec {
     pub email: Email,
     pub user_name: String,
+    /// With `source`, the user's identity in its directory; matched before the email.
     pub external_id: Option<String>,
     pub source: &'static str,
     pub profile: String,
@@ -59,30 +84,87 @@ pub enum Resolution {
     Bind(Box<Binding>),
 }
 
-/// What the first phase found out; handed to the second phase unchanged.
-pub type Prepared = Option<Box<dyn std::any::Any + Send>>;
+/// Inputs of the network phase.
+pub struct LookupContext<'a> {
+    pub org: &'a OrgRow,
+    pub token: &'a TokenRow,
+    pub claims: &'a Claims,
+    pub request: &'a ActivationRequest,
+    /// The look-up must be done by then; the pipeline enforces it too.
+    pub deadline: tokio::time::Instant,
+    /// Unix seconds at the start of the request (time is a parameter).
+    pub now: i64,
+}
 
 /// Inputs of the in-transaction phase.
 pub struct ResolveContext<'a> {
     pub org: &'a OrgRow,
     pub request: &'a ActivationRequest,
     pub existing: Option<&'a DeviceRow>,
+    pub now: i64,
+}
+
+/// How much of the service one network resolver may occupy. When `max_in_flight` look-ups are
+/// running, further activations for it are refused at once (503, retryable) rather than queued,
+/// so a hung directory holds at most that many requests and never the device-map path's.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    pub timeout: Duration,
+    pub max_in_flight: usize,
 }
 
 pub trait Resolver: Send + Sync {
-    /// Before the transaction: network look-ups, if any. The default needs none.
-    fn prepare<'a>(
-        &'a self,
-        _request: &'a ActivationRequest,
-    ) -> BoxFuture<'a, Result<Prepared, ResolveError>> {
-        Box::pin(async { Ok(None) })
+    /// Shown in logs and errors.
+    fn name(&self) -> &'static str;
+
+    /// Whether `lookup` goes over the network (then it runs under the configured `Budget`).
+    fn network_phase(&self) -> bool {
+        false
     }
 
-    /// Inside the write transaction: decide, reading only the database through `conn`.
-    fn resolve(
-        &self,
-        conn: &Connection,
-        ctx: &ResolveContext<'_>,
-        prepared: Prepared,
-    ) -> Result<Resolution, ResolveError>;
+    /// Before the transaction: the directory look-up. Only called with a network phase.
+    fn lookup<'a>(
+        &'a self,
+        _ctx: &'a LookupContext<'a>,
+    ) -> BoxFuture<'a, Result<Prepared, ResolveError>> {
+        Box::pin(async { Ok(Prepared::Nothing) })
+    }
+
+    /// Inside the write transaction: decide, reading only the database through `tx`. May run
+    /// more than once for one activation (a transaction that lost a race is retried).
+    fn resolve<'a>(
+        &'a self,
+        tx: &'a mut dyn WriteTx,
+        ctx: &'a ResolveContext<'a>,
+        prepared: &'a Prepared,
+    ) -> BoxFuture<'a, Result<Resolution, ResolveError>>;
+}
+
+/// The binding for a user a directory reported (v2, v5): the device gets that user, created
+/// just in time with the organization's defaults.
+pub fn bind_directory_user(
+    org: &OrgRow,
+    u: &DirectoryUser,
+    source: &'static str,
+) -> Result<Resolution, ResolveError> {
+    if !u.enabled {
+        return Err(ResolveError::UserNotMapped(
+            "this user is disabled in the directory".into(),
+        ));
+    }
+    Ok(Resolution::Bind(Box::new(Binding {
+        user: UserSpec {
+            email: u.email.clone(),
+            user_name: u.user_name.clone(),
+            external_id: Some(u.external_id.clone()),
+            source,
+            profile: org.default_profile.clone(),
+            storage_region: org.default_storage_region.clone(),
+            quota_bytes: org.default_quota_bytes,
+        },
+        device_name: None,
+        mapping_id: None,
+        old_device_name: None,
+        restore_data: None,
+    })))
 }

@@ -1,7 +1,9 @@
 //! The activation audit trail: one row per attempt, successful or not.
 
-use super::{Page, Result, Store};
+use futures_util::future::BoxFuture;
 use serde::Serialize;
+
+use super::{StoreError, TxJob, WriteTx};
 
 #[derive(Debug, Clone, sqlx::FromRow, Serialize)]
 pub struct ActivationRow {
@@ -41,26 +43,38 @@ pub struct ActivationRecord {
     pub message: Option<String>,
 }
 
-impl Store {
-    /// Records a batch of failed attempts (queued, see `activation::audit`) as one job on the
-    /// group-commit writer, the same path successful activations take.
-    pub async fn insert_activation_records(&self, records: Vec<ActivationRecord>) -> Result<()> {
-        self.hot()
-            .run(move |conn| {
-                records
-                    .iter()
-                    .try_for_each(|r| super::hot::insert_activation(conn, r))
-            })
-            .await
+/// A batch of failed-attempt records, written in one transaction.
+pub(super) struct RecordsJob(pub Vec<ActivationRecord>);
+
+impl TxJob for RecordsJob {
+    type Output = ();
+    type Error = StoreError;
+
+    fn run<'t>(&'t self, tx: &'t mut dyn WriteTx) -> BoxFuture<'t, Result<(), StoreError>> {
+        Box::pin(async move {
+            for r in &self.0 {
+                tx.insert_activation(r).await?;
+            }
+            Ok(())
+        })
     }
 
+    fn is_contention(e: &StoreError) -> bool {
+        e.is_contention()
+    }
+}
+
+/// The SQL, written once and compiled for each backend (`impl` blocks in `sqlite/` and
+/// `postgres/`): `self.read` is the reader pool, `self.begin()` a write transaction.
+macro_rules! activation_sql {
+    () => {
     pub async fn list_activations(
         &self,
         org_id: &str,
         outcome: Option<&str>,
         device_id: Option<&str>,
-        page: &Page,
-    ) -> Result<Vec<ActivationRow>> {
+        page: &crate::store::Page,
+    ) -> crate::store::Result<Vec<ActivationRow>> {
         Ok(sqlx::query_as::<_, ActivationRow>(
             "SELECT * FROM activations WHERE org_id = $1 AND id > $2 AND ($3 IS NULL OR outcome = $3)
                AND ($4 IS NULL OR device_id = $4) ORDER BY id LIMIT $5",
@@ -73,4 +87,6 @@ impl Store {
         .fetch_all(&self.read)
         .await?)
     }
+    };
 }
+pub(super) use activation_sql;

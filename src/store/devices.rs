@@ -2,7 +2,6 @@
 //! The rules (docs/device-identity.md) are mirrored by partial unique indexes in the schema, so the
 //! database itself refuses a second active row for one machine.
 
-use super::{Page, Result, Store, StoreError};
 use crate::domain::DeviceIdentifiers;
 use serde::Serialize;
 
@@ -59,6 +58,18 @@ pub struct NewDevice<'a> {
     pub replaces: Option<&'a str>,
 }
 
+/// A known device moving to another user (a new credential generation).
+#[derive(Debug, Clone)]
+pub struct Reassignment<'a> {
+    pub device: &'a DeviceRow,
+    pub user_id: &'a str,
+    pub name: &'a str,
+    pub credential_hash: &'a str,
+    pub token_id: &'a str,
+    pub restore_data: Option<&'a str>,
+    pub replaces: Option<&'a str>,
+}
+
 /// What a client reported about its machine. Raw identifier values are kept only where they
 /// normalized to something usable, so placeholders like "To Be Filled By O.E.M." never show up.
 #[derive(Debug, Clone)]
@@ -73,13 +84,13 @@ pub struct DeviceReport<'a> {
 }
 
 impl DeviceReport<'_> {
-    pub(crate) fn hostname(&self) -> Option<&str> {
+    pub fn hostname(&self) -> Option<&str> {
         self.ids.hostname.as_ref().and(self.hostname)
     }
-    pub(crate) fn serial(&self) -> Option<&str> {
+    pub fn serial(&self) -> Option<&str> {
         self.ids.serial.as_ref().and(self.serial)
     }
-    pub(crate) fn uuid(&self) -> Option<&str> {
+    pub fn uuid(&self) -> Option<&str> {
         self.ids.uuid.as_ref().and(self.uuid)
     }
 }
@@ -89,18 +100,21 @@ pub fn name_norm(name: &str) -> String {
     name.trim().to_lowercase()
 }
 
-impl Store {
-    pub async fn device(&self, org_id: &str, id: &str) -> Result<DeviceRow> {
+/// The SQL, written once and compiled for each backend (`impl` blocks in `sqlite/` and
+/// `postgres/`): `self.read` is the reader pool, `self.begin()` a write transaction.
+macro_rules! device_sql {
+    () => {
+    pub async fn device(&self, org_id: &str, id: &str) -> crate::store::Result<DeviceRow> {
         sqlx::query_as::<_, DeviceRow>("SELECT * FROM devices WHERE id = $1 AND org_id = $2")
             .bind(id)
             .bind(org_id)
             .fetch_optional(&self.read)
             .await?
-            .ok_or(StoreError::NotFound)
+            .ok_or(crate::store::StoreError::NotFound)
     }
 
     /// The device a presented credential authenticates, if its hash matches (constant time).
-    pub async fn device_for_credential(&self, credential: &str) -> Result<Option<DeviceRow>> {
+    pub async fn device_for_credential(&self, credential: &str) -> crate::store::Result<Option<DeviceRow>> {
         let Some(id) = crate::crypto::credential_device_id(credential) else {
             return Ok(None);
         };
@@ -117,8 +131,8 @@ impl Store {
         org_id: &str,
         user_id: Option<&str>,
         status: Option<&str>,
-        page: &Page,
-    ) -> Result<Vec<DeviceRow>> {
+        page: &crate::store::Page,
+    ) -> crate::store::Result<Vec<DeviceRow>> {
         Ok(sqlx::query_as::<_, DeviceRow>(
             "SELECT * FROM devices WHERE org_id = $1 AND id > $2 AND ($3 IS NULL OR user_id = $3)
                AND ($4 IS NULL OR status = $4) ORDER BY id LIMIT $5",
@@ -134,7 +148,7 @@ impl Store {
 
     /// Revokes a device: its credential stops working at once and the identity is freed, so the
     /// machine can only come back through a new mapping.
-    pub async fn revoke_device(&self, org_id: &str, id: &str, now: i64) -> Result<DeviceRow> {
+    pub async fn revoke_device(&self, org_id: &str, id: &str, now: i64) -> crate::store::Result<DeviceRow> {
         let mut tx = self.begin().await?;
         sqlx::query(
             "UPDATE devices SET status = 'revoked', revoked_at = COALESCE(revoked_at, $3) WHERE id = $1 AND org_id = $2",
@@ -150,8 +164,10 @@ impl Store {
                 .bind(org_id)
                 .fetch_optional(&mut *tx)
                 .await?
-                .ok_or(StoreError::NotFound)?;
+                .ok_or(crate::store::StoreError::NotFound)?;
         tx.commit().await?;
         Ok(d)
     }
+    };
 }
+pub(super) use device_sql;

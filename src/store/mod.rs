@@ -1,175 +1,587 @@
-//! Storage: owns the database, its migrations and every SQL statement. Nothing outside this module
-//! writes SQL. SQLite (WAL) is the embedded default, reached three ways:
-//! - `hot` + `writer`: the activation hot path, synchronous SQL on a dedicated group-commit thread;
-//! - a one-connection async write pool for everything else that writes (admin API), whose
-//!   transactions start with `BEGIN IMMEDIATE` so a read-then-write transaction never hits the
-//!   lock-upgrade failure that SQLite's busy handler does not cover;
-//! - an async pool of readers.
+//! Storage: owns the database, its migrations and every SQL statement; nothing outside this module
+//! writes SQL or sees a database type. Two backends sit behind one handle, `Store`:
+//! - `sqlite/`: the embedded default (WAL). Activations and other hot writes run as jobs on a
+//!   group-commit writer thread; admin writes take turns through a one-connection pool.
+//! - `postgres/`: several replicas share one database. Every write is a short transaction on a
+//!   pool; hot writes serialize on advisory locks per identity and retry lost races.
 //!
-//! Bulk imports take a synchronous connection of their own (`sync_connection`). All of them
-//! take turns at SQLite's single write lock through the busy timeout.
+//! The layers above ask in domain terms: `Store` methods for reads and admin writes, `TxJob` +
+//! `WriteTx` for work that must decide and write in one transaction (an activation), `ImportTx`
+//! for bulk device-map imports. Admin SQL is written once (`portable!` bodies in the row
+//! modules) and compiled for both backends; SQL that differs lives in the backend's folder.
 
 pub mod activations;
 pub mod devices;
-pub mod hot;
 pub mod keys;
 pub mod mappings;
 pub mod orgs;
+mod postgres;
+mod sqlite;
 pub mod tokens;
 pub mod users;
-pub mod writer;
 
-use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, SqlitePool};
+use futures_util::future::BoxFuture;
 
 pub use activations::{ActivationRecord, ActivationRow};
-pub use devices::{DeviceReport, DeviceRow, NewDevice};
+pub use devices::{DeviceReport, DeviceRow, NewDevice, Reassignment, name_norm};
 pub use keys::SigningKeyRow;
 pub use mappings::{MappingFilter, MappingsOutcome, StoredMapping};
 pub use orgs::{AdminKeyRow, OrgRow, OrgSettingsPatch};
 pub use tokens::{NewToken, Rotation, TokenRow};
-pub use users::{NewUser, UserRow};
+pub use users::{NewUser, UserRow, UserStatus};
 
-pub type Db = Sqlite;
-pub type Tx = sqlx::Transaction<'static, Db>;
-
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+use crate::domain::{DeviceIdentifiers, MappingRow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// Transient: the database is busy or out of connections. Callers answer 503 + Retry-After.
+    /// Transient: the database is busy, locked or out of connections. Callers answer 503 +
+    /// Retry-After.
     #[error("database unavailable: {0}")]
     Unavailable(String),
     /// A uniqueness rule fired: a concurrent writer got there first.
     #[error("conflicting concurrent write")]
     Conflict,
+    /// A serialization failure or deadlock (PostgreSQL): the whole transaction may be retried.
+    #[error("transaction lost a race: {0}")]
+    Retry(String),
     #[error("not found")]
     NotFound,
     #[error("database error: {0}")]
-    Internal(#[source] sqlx::Error),
-    #[error("database error: {0}")]
-    Sqlite(String),
+    Internal(String),
     #[error("migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("unsupported database url {0:?} (use sqlite://...)")]
+    Migrate(String),
+    /// The database was migrated by a newer imd than this one.
+    #[error(
+        "the database is at schema version {found}, newer than this imd knows ({known}); run the newer imd, or restore a backup taken before the upgrade"
+    )]
+    TooNew { found: i64, known: i64 },
+    #[error("unsupported database url (use sqlite://PATH or postgres://...): {0}")]
     UnsupportedUrl(String),
 }
 
-impl From<sqlx::Error> for StoreError {
-    fn from(e: sqlx::Error) -> Self {
-        match &e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-                StoreError::Unavailable(e.to_string())
-            }
-            sqlx::Error::RowNotFound => StoreError::NotFound,
-            sqlx::Error::Database(db) => {
-                if db.is_unique_violation() {
-                    return StoreError::Conflict;
-                }
-                // SQLITE_BUSY (5), SQLITE_LOCKED (6) and their extended codes.
-                let code = db.code().and_then(|c| c.parse::<i32>().ok()).unwrap_or(0);
-                if matches!(code & 0xff, 5 | 6) {
-                    StoreError::Unavailable(e.to_string())
-                } else {
-                    StoreError::Internal(e)
-                }
-            }
-            _ => StoreError::Internal(e),
-        }
+impl StoreError {
+    /// A lost race that a fresh attempt of the same transaction resolves.
+    pub fn is_contention(&self) -> bool {
+        matches!(self, StoreError::Conflict | StoreError::Retry(_))
     }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// Removes the password from a database URL (`postgres://imd:secret@db/imd` →
+/// `postgres://imd:***@db/imd`), for every message that names the URL.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, tail) = match rest.find(['/', '?']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let tail = redact_query_password(tail);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:***@{host}{tail}")
+            } else {
+                format!("{scheme}://{user}@{host}{tail}")
+            }
+        }
+        None => format!("{scheme}://{authority}{tail}"),
+    }
+}
+
+fn redact_query_password(tail: &str) -> String {
+    let Some((path, query)) = tail.split_once('?') else {
+        return tail.to_string();
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+            _ => kv.to_string(),
+        })
+        .collect();
+    format!("{path}?{}", query.join("&"))
+}
+
+/// Scrubs a URL (and its password, wherever it appears) from an error text.
+pub(crate) fn scrub(text: &str, url: &str) -> String {
+    let mut out = text.replace(url, &redact_url(url));
+    if let Some(pw) = url_password(url)
+        && pw.len() >= 3
+    {
+        out = out.replace(&pw, "***");
+    }
+    out
+}
+
+fn url_password(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
+    let userinfo = authority.rsplit_once('@')?.0;
+    userinfo.split_once(':').map(|(_, p)| p.to_string())
+}
+
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
     pub url: String,
     pub max_connections: u32,
+    /// How long a statement waits for a lock (SQLite busy timeout, PostgreSQL lock_timeout).
     pub busy_timeout: Duration,
     pub acquire_timeout: Duration,
+    /// Names this process in the database (`replicas`, PostgreSQL application_name).
+    pub replica_id: String,
+    /// Apply pending migrations (`false`: refuse to start on an unmigrated database).
+    pub migrate: bool,
+}
+
+/// Which backend a `Store` runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Sqlite,
+    Postgres,
+}
+
+impl BackendKind {
+    pub fn of_url(url: &str) -> Result<BackendKind> {
+        if url.starts_with("sqlite:") {
+            Ok(BackendKind::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(BackendKind::Postgres)
+        } else {
+            Err(StoreError::UnsupportedUrl(redact_url(url)))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transactions the layers above drive.
+
+/// A boxed future of a transaction step.
+pub type TxFuture<'a, T> = BoxFuture<'a, Result<T>>;
+
+/// Something concurrent writers must not do at the same time (one device identity, one user).
+/// PostgreSQL turns each into a transaction-scoped advisory lock; SQLite's single writer needs none.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LockKey(String);
+
+impl LockKey {
+    pub fn new(org_id: &str, kind: &str, value: &str) -> LockKey {
+        LockKey(format!("{org_id}\u{1f}{kind}\u{1f}{value}"))
+    }
+
+    /// 64 bits of SHA-256: a collision only makes two unrelated activations wait for each other.
+    pub(crate) fn hash64(&self) -> i64 {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, self.0.as_bytes());
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&digest.as_ref()[..8]);
+        i64::from_be_bytes(b)
+    }
+}
+
+/// The reads and writes of one write transaction, in domain types. Every method runs inside the
+/// transaction `Store::write` opened; nothing is visible to others until the job returns `Ok`.
+pub trait WriteTx: Send {
+    /// Takes `locks` (held until the transaction ends) and reads the organization and token.
+    fn begin_activation<'a>(
+        &'a mut self,
+        org_id: &'a str,
+        token_id: &'a str,
+        locks: &'a [LockKey],
+    ) -> TxFuture<'a, (Option<OrgRow>, Option<TokenRow>)>;
+    /// The active device these identifiers name (docs/device-identity.md: serial, then UUID,
+    /// then hostname for hostname-only devices).
+    fn find_active<'a>(
+        &'a mut self,
+        org_id: &'a str,
+        ids: &'a DeviceIdentifiers,
+    ) -> TxFuture<'a, Option<DeviceRow>>;
+    fn user<'a>(&'a mut self, org_id: &'a str, id: &'a str) -> TxFuture<'a, Option<UserRow>>;
+    fn user_by_email<'a>(
+        &'a mut self,
+        org_id: &'a str,
+        email_norm: &'a str,
+    ) -> TxFuture<'a, Option<UserRow>>;
+    fn user_by_external_id<'a>(
+        &'a mut self,
+        org_id: &'a str,
+        source: &'a str,
+        external_id: &'a str,
+    ) -> TxFuture<'a, Option<UserRow>>;
+    /// Inserts the user unless one with this email or (source, external id) exists:
+    /// `Some(row)` if this call created it.
+    fn insert_user<'a>(&'a mut self, u: &'a NewUser<'a>, now: i64)
+    -> TxFuture<'a, Option<UserRow>>;
+    /// Records the directory's immutable id on a user found by email.
+    fn link_external_id<'a>(
+        &'a mut self,
+        user_id: &'a str,
+        external_id: &'a str,
+        now: i64,
+    ) -> TxFuture<'a, ()>;
+    /// The pending mapping for these identifiers: serial, then UUID, then hostname.
+    fn find_pending<'a>(
+        &'a mut self,
+        org_id: &'a str,
+        ids: &'a DeviceIdentifiers,
+    ) -> TxFuture<'a, Option<StoredMapping>>;
+    fn pending_mapping<'a>(
+        &'a mut self,
+        org_id: &'a str,
+        kind: &'a str,
+        value_norm: &'a str,
+    ) -> TxFuture<'a, Option<StoredMapping>>;
+    fn active_by_name<'a>(
+        &'a mut self,
+        user_id: &'a str,
+        name: &'a str,
+    ) -> TxFuture<'a, Option<DeviceRow>>;
+    fn active_by_hostname<'a>(
+        &'a mut self,
+        user_id: &'a str,
+        hostname_norm: &'a str,
+    ) -> TxFuture<'a, Option<DeviceRow>>;
+    /// Marks an active device replaced; `false` if it was not active any more.
+    fn mark_replaced<'a>(&'a mut self, old_id: &'a str, new_id: &'a str) -> TxFuture<'a, bool>;
+    fn insert_device<'a>(&'a mut self, d: &'a NewDevice<'a>, now: i64) -> TxFuture<'a, ()>;
+    /// A repeat: what the client reports now, identifiers it could not read before, a new
+    /// display name from a fresh mapping of the same user.
+    fn refresh_device<'a>(
+        &'a mut self,
+        d: &'a DeviceRow,
+        report: &'a DeviceReport<'a>,
+        name: Option<&'a str>,
+        install_key_hash: Option<&'a str>,
+        now: i64,
+    ) -> TxFuture<'a, ()>;
+    /// Moves a device to another user with a new credential generation.
+    fn reassign_device<'a>(&'a mut self, r: &'a Reassignment<'a>, now: i64) -> TxFuture<'a, ()>;
+    /// Marks a pending mapping consumed by a device; `false` if it was consumed already.
+    fn consume_mapping<'a>(
+        &'a mut self,
+        mapping_id: &'a str,
+        device_id: &'a str,
+        now: i64,
+    ) -> TxFuture<'a, bool>;
+    /// Counts one use of the token unless it is revoked or exhausted; `false`: none left.
+    fn take_token_use<'a>(&'a mut self, token: &'a TokenRow, now: i64) -> TxFuture<'a, bool>;
+    /// Notes that a token was presented (at most once a minute per token on PostgreSQL).
+    fn touch_token<'a>(&'a mut self, token: &'a TokenRow, now: i64) -> TxFuture<'a, ()>;
+    fn insert_activation<'a>(&'a mut self, r: &'a ActivationRecord) -> TxFuture<'a, ()>;
+    /// Why a mapping's `oldDeviceName` is unusable, if it is: it must name an active device of
+    /// the mapped user when that user already exists.
+    fn old_device_problem<'a>(
+        &'a mut self,
+        org_id: &'a str,
+        row: &'a MappingRow,
+    ) -> TxFuture<'a, Option<String>>;
+    /// Inserts or updates (by identifier) the pending mappings.
+    fn upsert_mappings<'a>(
+        &'a mut self,
+        org_id: &'a str,
+        rows: &'a [MappingRow],
+        now: i64,
+    ) -> TxFuture<'a, ()>;
+}
+
+/// Work that decides and writes in one transaction. It may run more than once (PostgreSQL
+/// retries a transaction that lost a race), so it must only act through `tx`.
+pub trait TxJob: Send + Sync + 'static {
+    type Output: Send + 'static;
+    type Error: From<StoreError> + Send + 'static;
+    fn run<'t>(
+        &'t self,
+        tx: &'t mut dyn WriteTx,
+    ) -> BoxFuture<'t, Result<Self::Output, Self::Error>>;
+    /// Whether a failed attempt lost a race (and a fresh attempt may succeed).
+    fn is_contention(e: &Self::Error) -> bool;
+}
+
+/// A device-map import's transaction, driven from a blocking thread. Dropping it without
+/// `commit` rolls everything back.
+pub trait ImportTx: Send {
+    /// Starts the write transaction (not called for dry runs: they only read).
+    fn begin_write(&mut self) -> Result<()>;
+    /// Gives up the write transaction (all-or-nothing upload with a bad row); reads go on.
+    fn rollback(&mut self) -> Result<()>;
+    fn old_device_problem(&mut self, org_id: &str, row: &MappingRow) -> Result<Option<String>>;
+    fn upsert(&mut self, org_id: &str, rows: &[MappingRow], now: i64) -> Result<()>;
+    fn count_pending(&mut self, org_id: &str) -> Result<u64>;
+    fn commit(self: Box<Self>) -> Result<()>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The handle.
+
+enum Backend {
+    Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PgStore),
 }
 
 /// Handle to the database; cheap to clone.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Store {
-    write: SqlitePool,
-    read: SqlitePool,
-    hot: writer::BatchWriter,
-    path: std::path::PathBuf,
-    busy_timeout: Duration,
+    inner: Arc<Backend>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.kind())
+            .finish()
+    }
+}
+
+/// Runs the same expression on whichever backend this store is.
+macro_rules! on {
+    ($self:ident, $s:ident => $e:expr) => {
+        match &*$self.inner {
+            Backend::Sqlite($s) => $e,
+            Backend::Postgres($s) => $e,
+        }
+    };
 }
 
 impl Store {
-    /// Opens (creating when missing) the database and applies pending migrations.
+    /// Opens (creating an SQLite file when missing) the database; applies pending migrations
+    /// when `opts.migrate`; refuses a database migrated by a newer imd.
     pub async fn open(opts: &StoreOptions) -> Result<Store> {
-        if !opts.url.starts_with("sqlite:") {
-            return Err(StoreError::UnsupportedUrl(opts.url.clone()));
-        }
-        let base = SqliteConnectOptions::from_str(&opts.url)
-            .map_err(StoreError::Internal)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // NORMAL in WAL mode survives process crashes; only power loss can drop the last commits.
-            .synchronous(SqliteSynchronous::Normal)
-            .foreign_keys(true)
-            .busy_timeout(opts.busy_timeout)
-            .pragma("temp_store", "memory")
-            // Checkpoints run on their own thread (see `writer`), never inline in a commit.
-            .pragma("wal_autocheckpoint", "0");
-        if let Some(parent) = base.get_filename().parent()
-            && !parent.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                StoreError::Unavailable(format!("cannot create {}: {e}", parent.display()))
-            })?;
-        }
-        let write = SqlitePoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(opts.acquire_timeout)
-            .connect_with(base.clone())
-            .await?;
-        MIGRATOR.run(&write).await?;
-        let read = SqlitePoolOptions::new()
-            .max_connections(opts.max_connections)
-            .acquire_timeout(opts.acquire_timeout)
-            .connect_with(base.clone())
-            .await?;
-        let hot = writer::BatchWriter::start(base.get_filename(), opts.busy_timeout)?;
+        let backend = match BackendKind::of_url(&opts.url)? {
+            BackendKind::Sqlite => Backend::Sqlite(sqlite::SqliteStore::open(opts).await?),
+            BackendKind::Postgres => Backend::Postgres(postgres::PgStore::open(opts).await?),
+        };
         Ok(Store {
-            write,
-            read,
-            hot,
-            path: base.get_filename().to_path_buf(),
-            busy_timeout: opts.busy_timeout,
+            inner: Arc::new(backend),
         })
     }
 
-    /// Starts a write transaction (`BEGIN IMMEDIATE`: takes the write lock up front).
-    pub async fn begin(&self) -> Result<Tx> {
-        Ok(self.write.begin_with("BEGIN IMMEDIATE").await?)
+    /// Applies pending migrations without serving (`imd migrate`): the versions applied now.
+    pub async fn migrate(opts: &StoreOptions) -> Result<Vec<i64>> {
+        match BackendKind::of_url(&opts.url)? {
+            BackendKind::Sqlite => sqlite::SqliteStore::migrate_only(opts).await,
+            BackendKind::Postgres => postgres::PgStore::migrate_only(opts).await,
+        }
     }
 
-    /// A synchronous connection for bulk work in a blocking thread (device-map imports).
-    pub fn sync_connection(&self) -> Result<rusqlite::Connection> {
-        writer::open_sync(&self.path, self.busy_timeout)
+    pub fn kind(&self) -> BackendKind {
+        match &*self.inner {
+            Backend::Sqlite(_) => BackendKind::Sqlite,
+            Backend::Postgres(_) => BackendKind::Postgres,
+        }
     }
 
-    /// The group-commit writer for the activation hot path.
-    pub fn hot(&self) -> &writer::BatchWriter {
-        &self.hot
+    /// Runs `job` in one write transaction: `Ok` means its writes are committed, `Err` that none
+    /// are. On PostgreSQL a job that lost a race is retried a bounded number of times; if it
+    /// still loses, the error is the job's contention error (a 503 upstream, never a 500).
+    pub async fn write<J: TxJob>(&self, job: J) -> Result<J::Output, J::Error> {
+        on!(self, s => s.write(job).await)
+    }
+
+    /// A transaction for a bulk device-map import, to drive from a blocking thread.
+    pub fn import_tx(&self) -> Result<Box<dyn ImportTx>> {
+        on!(self, s => s.import_tx())
     }
 
     pub async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.read).await?;
-        Ok(())
+        on!(self, s => s.ping().await)
+    }
+
+    /// Proves the write path works by writing this replica's heartbeat row through it.
+    pub async fn probe_write(&self, version: &str, started_at: i64, now: i64) -> Result<()> {
+        on!(self, s => s.probe_write(version, started_at, now).await)
+    }
+
+    /// A consistent online copy of the embedded database (SQLite's online backup).
+    pub async fn backup(&self, out: &std::path::Path) -> Result<()> {
+        match &*self.inner {
+            Backend::Sqlite(s) => s.backup(out).await,
+            Backend::Postgres(_) => Err(StoreError::Internal(
+                "imd backup copies the embedded SQLite database; for PostgreSQL use pg_dump (docs/deployment.md)".into(),
+            )),
+        }
+    }
+
+    /// Table name → column names, as the database reports them (the schema test compares the
+    /// two backends).
+    pub async fn schema(&self) -> Result<Vec<(String, Vec<String>)>> {
+        on!(self, s => s.schema().await)
     }
 
     pub async fn close(&self) {
-        self.write.close().await;
-        self.read.close().await;
+        on!(self, s => s.close().await)
+    }
+
+    // Organizations and admin keys.
+    pub async fn create_org(&self, name: &str, admin_key_hash: &str, now: i64) -> Result<OrgRow> {
+        on!(self, s => s.create_org(name, admin_key_hash, now).await)
+    }
+    pub async fn org(&self, id: &str) -> Result<OrgRow> {
+        on!(self, s => s.org(id).await)
+    }
+    pub async fn update_org(&self, id: &str, p: &OrgSettingsPatch) -> Result<OrgRow> {
+        on!(self, s => s.update_org(id, p).await)
+    }
+    pub async fn org_for_admin_key(&self, key_hash: &str) -> Result<Option<String>> {
+        on!(self, s => s.org_for_admin_key(key_hash).await)
+    }
+    pub async fn list_admin_keys(&self, org_id: &str) -> Result<Vec<AdminKeyRow>> {
+        on!(self, s => s.list_admin_keys(org_id).await)
+    }
+    pub async fn revoke_admin_key(&self, org_id: &str, id: &str, now: i64) -> Result<bool> {
+        on!(self, s => s.revoke_admin_key(org_id, id, now).await)
+    }
+    pub async fn add_admin_key(
+        &self,
+        org_id: &str,
+        name: &str,
+        key_hash: &str,
+        now: i64,
+    ) -> Result<AdminKeyRow> {
+        on!(self, s => s.add_admin_key(org_id, name, key_hash, now).await)
+    }
+
+    // Tokens and signing keys.
+    pub async fn insert_token(&self, t: &NewToken<'_>) -> Result<TokenRow> {
+        on!(self, s => s.insert_token(t).await)
+    }
+    pub async fn token(&self, org_id: &str, id: &str) -> Result<TokenRow> {
+        on!(self, s => s.token(org_id, id).await)
+    }
+    /// The organization and token rows an activation needs, read without a transaction (the
+    /// cheap check before a resolver's network phase).
+    pub async fn org_and_token(
+        &self,
+        org_id: &str,
+        token_id: &str,
+    ) -> Result<(Option<OrgRow>, Option<TokenRow>)> {
+        on!(self, s => s.org_and_token(org_id, token_id).await)
+    }
+    pub async fn list_tokens(&self, org_id: &str, page: &Page) -> Result<Vec<TokenRow>> {
+        on!(self, s => s.list_tokens(org_id, page).await)
+    }
+    pub async fn revoke_token(&self, org_id: &str, id: &str, now: i64) -> Result<TokenRow> {
+        on!(self, s => s.revoke_token(org_id, id, now).await)
+    }
+    pub async fn rotate_token(
+        &self,
+        org_id: &str,
+        id: &str,
+        successor: &NewToken<'_>,
+        grace_until: i64,
+    ) -> Result<Option<Rotation>> {
+        on!(self, s => s.rotate_token(org_id, id, successor, grace_until).await)
+    }
+    pub async fn signing_keys(&self) -> Result<Vec<SigningKeyRow>> {
+        on!(self, s => s.signing_keys().await)
+    }
+    pub async fn signing_key_exists(&self, kid: &str) -> Result<bool> {
+        on!(self, s => s.signing_key_exists(kid).await)
+    }
+    pub async fn rotate_signing_key(&self, row: &SigningKeyRow, now: i64) -> Result<()> {
+        on!(self, s => s.rotate_signing_key(row, now).await)
+    }
+    pub async fn insert_first_signing_key(&self, row: &SigningKeyRow) -> Result<()> {
+        on!(self, s => s.insert_first_signing_key(row).await)
+    }
+
+    // Users and devices.
+    pub async fn user(&self, org_id: &str, id: &str) -> Result<UserRow> {
+        on!(self, s => s.user(org_id, id).await)
+    }
+    pub async fn user_by_email(&self, org_id: &str, email_norm: &str) -> Result<Option<UserRow>> {
+        on!(self, s => s.user_by_email(org_id, email_norm).await)
+    }
+    pub async fn list_users(
+        &self,
+        org_id: &str,
+        email: Option<&str>,
+        page: &Page,
+    ) -> Result<Vec<UserRow>> {
+        on!(self, s => s.list_users(org_id, email, page).await)
+    }
+    /// Sets a user's lifecycle status (directory sync will; tests do now).
+    pub async fn set_user_status(
+        &self,
+        org_id: &str,
+        id: &str,
+        status: UserStatus,
+        now: i64,
+    ) -> Result<UserRow> {
+        on!(self, s => s.set_user_status(org_id, id, status.as_str(), now).await)
+    }
+    pub async fn device(&self, org_id: &str, id: &str) -> Result<DeviceRow> {
+        on!(self, s => s.device(org_id, id).await)
+    }
+    pub async fn device_for_credential(&self, credential: &str) -> Result<Option<DeviceRow>> {
+        on!(self, s => s.device_for_credential(credential).await)
+    }
+    pub async fn list_devices(
+        &self,
+        org_id: &str,
+        user_id: Option<&str>,
+        status: Option<&str>,
+        page: &Page,
+    ) -> Result<Vec<DeviceRow>> {
+        on!(self, s => s.list_devices(org_id, user_id, status, page).await)
+    }
+    pub async fn revoke_device(&self, org_id: &str, id: &str, now: i64) -> Result<DeviceRow> {
+        on!(self, s => s.revoke_device(org_id, id, now).await)
+    }
+
+    // Device mappings.
+    pub async fn list_mappings(
+        &self,
+        org_id: &str,
+        f: &MappingFilter,
+        page: &Page,
+    ) -> Result<Vec<StoredMapping>> {
+        on!(self, s => s.list_mappings(org_id, f, page).await)
+    }
+    pub async fn mapping(&self, org_id: &str, id: &str) -> Result<StoredMapping> {
+        on!(self, s => s.mapping(org_id, id).await)
+    }
+    pub async fn delete_mapping(&self, org_id: &str, id: &str) -> Result<()> {
+        on!(self, s => s.delete_mapping(org_id, id).await)
+    }
+    pub async fn count_pending_mappings(&self, org_id: &str) -> Result<i64> {
+        on!(self, s => s.count_pending_mappings(org_id).await)
+    }
+    /// The JSON API's write: checks every row's `oldDeviceName` and, only if all pass and
+    /// `apply` (the caller found no other errors), upserts them, in one transaction.
+    pub async fn upsert_mappings(
+        &self,
+        org_id: String,
+        rows: Vec<(usize, MappingRow)>,
+        apply: bool,
+        now: i64,
+    ) -> Result<MappingsOutcome> {
+        self.write(mappings::UpsertJob {
+            org_id,
+            rows,
+            apply,
+            now,
+        })
+        .await
+    }
+
+    // The audit trail.
+    /// Records a batch of failed attempts (queued, see `activation::audit`).
+    pub async fn insert_activation_records(&self, records: Vec<ActivationRecord>) -> Result<()> {
+        self.write(activations::RecordsJob(records)).await
+    }
+    pub async fn list_activations(
+        &self,
+        org_id: &str,
+        outcome: Option<&str>,
+        device_id: Option<&str>,
+        page: &Page,
+    ) -> Result<Vec<ActivationRow>> {
+        on!(self, s => s.list_activations(org_id, outcome, device_id, page).await)
     }
 }
 
@@ -183,4 +595,98 @@ pub fn new_id() -> String {
 pub struct Page {
     pub after: Option<String>,
     pub limit: u32,
+}
+
+/// Polls a future that never waits (SQLite steps run synchronously on the writer's connection)
+/// to completion on the current thread.
+pub(crate) fn run_ready<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        // Unreachable with SQLite's synchronous steps; yield rather than spin hot if it happens.
+        std::thread::yield_now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_lose_their_passwords() {
+        assert_eq!(
+            redact_url("postgres://imd:s3cret@db.internal:5432/imd"),
+            "postgres://imd:***@db.internal:5432/imd"
+        );
+        assert_eq!(
+            redact_url("postgres://db/imd?user=imd&password=s3cret&sslmode=require"),
+            "postgres://db/imd?user=imd&password=***&sslmode=require"
+        );
+        assert_eq!(redact_url("sqlite:///var/lib/imd/imd.db"), "sqlite:///var/lib/imd/imd.db");
+        let msg = scrub(
+            "error connecting to postgres://imd:s3cret@db/imd: password s3cret rejected",
+            "postgres://imd:s3cret@db/imd",
+        );
+        assert!(!msg.contains("s3cret"), "{msg}");
+    }
+
+    #[test]
+    fn lock_keys_hash_stably_and_differ() {
+        let a = LockKey::new("org", "serial", "abc");
+        assert_eq!(a.hash64(), LockKey::new("org", "serial", "abc").hash64());
+        assert_ne!(a.hash64(), LockKey::new("org", "uuid", "abc").hash64());
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_) => StoreError::Unavailable(e.to_string()),
+            sqlx::Error::RowNotFound => StoreError::NotFound,
+            sqlx::Error::Database(db) => {
+                if db.is_unique_violation() {
+                    return StoreError::Conflict;
+                }
+                let code = db.code().map(|c| c.to_string()).unwrap_or_default();
+                match code.as_str() {
+                    // PostgreSQL: serialization failure, deadlock → retry the transaction.
+                    "40001" | "40P01" => StoreError::Retry(e.to_string()),
+                    // lock_not_available (lock_timeout), query_canceled (statement_timeout),
+                    // too many connections, shutting down, read-only (a standby after failover).
+                    "55P03" | "57014" | "53300" | "57P01" | "57P02" | "57P03" | "25006" => {
+                        StoreError::Unavailable(e.to_string())
+                    }
+                    c if c.starts_with("08") => StoreError::Unavailable(e.to_string()),
+                    // SQLite: SQLITE_BUSY (5), SQLITE_LOCKED (6) and their extended codes.
+                    c => match c.parse::<i32>() {
+                        Ok(n) if matches!(n & 0xff, 5 | 6) => StoreError::Unavailable(e.to_string()),
+                        _ => StoreError::Internal(e.to_string()),
+                    },
+                }
+            }
+            _ => StoreError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Migrate(e.to_string())
+    }
+}
+
+/// Refuses a database that a newer imd migrated (its highest applied version is unknown here).
+fn check_not_newer(applied: &[i64], migrator: &sqlx::migrate::Migrator) -> Result<()> {
+    let known = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+    match applied.iter().copied().max() {
+        Some(found) if found > known => Err(StoreError::TooNew { found, known }),
+        _ => Ok(()),
+    }
 }

@@ -1,6 +1,5 @@
 //! Organizations, their activation defaults, and admin API keys (stored as SHA-256 only).
 
-use super::{Result, Store, StoreError, new_id};
 use serde::Serialize;
 
 #[derive(Debug, Clone, sqlx::FromRow, Serialize)]
@@ -37,11 +36,14 @@ pub struct OrgSettingsPatch {
     pub require_install_key: Option<bool>,
 }
 
-impl Store {
+/// The SQL, written once and compiled for each backend (`impl` blocks in `sqlite/` and
+/// `postgres/`): `self.read` is the reader pool, `self.begin()` a write transaction.
+macro_rules! org_sql {
+    () => {
     /// Creates an organization and its first admin key (given as a hash) atomically.
-    pub async fn create_org(&self, name: &str, admin_key_hash: &str, now: i64) -> Result<OrgRow> {
+    pub async fn create_org(&self, name: &str, admin_key_hash: &str, now: i64) -> crate::store::Result<OrgRow> {
         let mut tx = self.begin().await?;
-        let id = new_id();
+        let id = crate::store::new_id();
         sqlx::query("INSERT INTO orgs (id, name, created_at) VALUES ($1, $2, $3)")
             .bind(&id)
             .bind(name)
@@ -51,7 +53,7 @@ impl Store {
         sqlx::query(
             "INSERT INTO admin_keys (id, org_id, name, key_hash, created_at) VALUES ($1, $2, 'initial', $3, $4)",
         )
-        .bind(new_id())
+        .bind(crate::store::new_id())
         .bind(&id)
         .bind(admin_key_hash)
         .bind(now)
@@ -65,21 +67,22 @@ impl Store {
         Ok(org)
     }
 
-    pub async fn org(&self, id: &str) -> Result<OrgRow> {
+    pub async fn org(&self, id: &str) -> crate::store::Result<OrgRow> {
         sqlx::query_as::<_, OrgRow>("SELECT * FROM orgs WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.read)
             .await?
-            .ok_or(StoreError::NotFound)
+            .ok_or(crate::store::StoreError::NotFound)
     }
 
-    pub async fn update_org(&self, id: &str, p: &OrgSettingsPatch) -> Result<OrgRow> {
+    pub async fn update_org(&self, id: &str, p: &OrgSettingsPatch) -> crate::store::Result<OrgRow> {
         let mut tx = self.begin().await?;
+        self.lock_org(&mut tx, id).await?;
         let cur = sqlx::query_as::<_, OrgRow>("SELECT * FROM orgs WHERE id = $1")
             .bind(id)
             .fetch_optional(&mut *tx)
             .await?
-            .ok_or(StoreError::NotFound)?;
+            .ok_or(crate::store::StoreError::NotFound)?;
         sqlx::query(
             "UPDATE orgs SET name = $2, default_profile = $3, default_storage_region = $4,
              default_quota_bytes = $5, require_install_key = $6 WHERE id = $1",
@@ -105,7 +108,7 @@ impl Store {
     }
 
     /// The organization a live admin key (by hash) belongs to.
-    pub async fn org_for_admin_key(&self, key_hash: &str) -> Result<Option<String>> {
+    pub async fn org_for_admin_key(&self, key_hash: &str) -> crate::store::Result<Option<String>> {
         let row: Option<(String, String)> = sqlx::query_as(
             "SELECT org_id, key_hash FROM admin_keys WHERE key_hash = $1 AND revoked_at IS NULL",
         )
@@ -117,7 +120,7 @@ impl Store {
             .map(|(org, _)| org))
     }
 
-    pub async fn list_admin_keys(&self, org_id: &str) -> Result<Vec<AdminKeyRow>> {
+    pub async fn list_admin_keys(&self, org_id: &str) -> crate::store::Result<Vec<AdminKeyRow>> {
         Ok(sqlx::query_as::<_, AdminKeyRow>(
             "SELECT id, name, created_at, revoked_at FROM admin_keys WHERE org_id = $1 ORDER BY id",
         )
@@ -128,8 +131,11 @@ impl Store {
 
     /// Revokes an admin key unless it is the organization's last live one (which would lock the
     /// organization out of its own API). `Ok(false)`: refused for that reason.
-    pub async fn revoke_admin_key(&self, org_id: &str, id: &str, now: i64) -> Result<bool> {
+    pub async fn revoke_admin_key(&self, org_id: &str, id: &str, now: i64) -> crate::store::Result<bool> {
         let mut tx = self.begin().await?;
+        // Every revocation of this organization's keys queues here, so two can never both see
+        // "two live keys" and leave none.
+        self.lock_org(&mut tx, org_id).await?;
         let target: Option<(Option<i64>,)> =
             sqlx::query_as("SELECT revoked_at FROM admin_keys WHERE id = $1 AND org_id = $2")
                 .bind(id)
@@ -137,7 +143,7 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?;
         let Some((revoked_at,)) = target else {
-            return Err(StoreError::NotFound);
+            return Err(crate::store::StoreError::NotFound);
         };
         if revoked_at.is_none() {
             let (live,): (i64,) = sqlx::query_as(
@@ -166,13 +172,13 @@ impl Store {
         name: &str,
         key_hash: &str,
         now: i64,
-    ) -> Result<AdminKeyRow> {
+    ) -> crate::store::Result<AdminKeyRow> {
         let mut tx = self.begin().await?;
         let row = sqlx::query_as::<_, AdminKeyRow>(
             "INSERT INTO admin_keys (id, org_id, name, key_hash, created_at) VALUES ($1, $2, $3, $4, $5)
              RETURNING id, name, created_at, revoked_at",
         )
-        .bind(new_id())
+        .bind(crate::store::new_id())
         .bind(org_id)
         .bind(name)
         .bind(key_hash)
@@ -182,4 +188,6 @@ impl Store {
         tx.commit().await?;
         Ok(row)
     }
+    };
 }
+pub(super) use org_sql;

@@ -1,7 +1,6 @@
 //! Mass-deployment token rows: the server-side state of each JWT (revocation, expiry, uses).
 //! The token string itself is never stored; it can be re-derived from the row and its signing key.
 
-use super::{Page, Result, Store, StoreError};
 use serde::Serialize;
 
 #[derive(Debug, Clone, sqlx::FromRow, Serialize)]
@@ -27,6 +26,9 @@ pub struct TokenRow {
     /// The successor minted by a rotation; this token stops at its (grace) expiry.
     pub rotated_to: Option<String>,
     pub rotated_from: Option<String>,
+    /// The `exp` signed into the token string (rotation shortens `expires_at`, not this).
+    #[serde(skip)]
+    pub signed_expires_at: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -42,12 +44,25 @@ pub struct NewToken<'a> {
     pub max_uses: Option<i64>,
 }
 
-impl Store {
-    pub async fn insert_token(&self, t: &NewToken<'_>) -> Result<TokenRow> {
+
+
+/// What a rotation did: the predecessor (with its grace expiry) and the successor.
+#[derive(Debug, Clone)]
+pub struct Rotation {
+    pub previous: TokenRow,
+    pub successor: TokenRow,
+}
+
+/// The SQL, written once and compiled for each backend (`impl` blocks in `sqlite/` and
+/// `postgres/`): `self.read` is the reader pool, `self.begin()` a write transaction.
+macro_rules! token_sql {
+    () => {
+    pub async fn insert_token(&self, t: &NewToken<'_>) -> crate::store::Result<TokenRow> {
         let mut tx = self.begin().await?;
         sqlx::query(
-            "INSERT INTO tokens (id, org_id, version, name, kid, issuer, issued_at, expires_at, max_uses, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $7)",
+            "INSERT INTO tokens (id, org_id, version, name, kid, issuer, issued_at, expires_at, max_uses, created_at,
+                                 signed_expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $7, $8)",
         )
         .bind(t.id)
         .bind(t.org_id)
@@ -60,7 +75,7 @@ impl Store {
         .bind(t.max_uses)
         .execute(&mut *tx)
         .await?;
-        let row = sqlx::query_as::<_, TokenRow>("SELECT * FROM tokens WHERE id = $1")
+        let row = sqlx::query_as::<_, TokenRow>("SELECT * FROM token_view WHERE id = $1")
             .bind(t.id)
             .fetch_one(&mut *tx)
             .await?;
@@ -68,18 +83,37 @@ impl Store {
         Ok(row)
     }
 
-    pub async fn token(&self, org_id: &str, id: &str) -> Result<TokenRow> {
-        sqlx::query_as::<_, TokenRow>("SELECT * FROM tokens WHERE id = $1 AND org_id = $2")
+    pub async fn token(&self, org_id: &str, id: &str) -> crate::store::Result<TokenRow> {
+        sqlx::query_as::<_, TokenRow>("SELECT * FROM token_view WHERE id = $1 AND org_id = $2")
             .bind(id)
             .bind(org_id)
             .fetch_optional(&self.read)
             .await?
-            .ok_or(StoreError::NotFound)
+            .ok_or(crate::store::StoreError::NotFound)
     }
 
-    pub async fn list_tokens(&self, org_id: &str, page: &Page) -> Result<Vec<TokenRow>> {
+    pub async fn org_and_token(
+        &self,
+        org_id: &str,
+        token_id: &str,
+    ) -> crate::store::Result<(Option<crate::store::OrgRow>, Option<TokenRow>)> {
+        let org = sqlx::query_as::<_, crate::store::OrgRow>("SELECT * FROM orgs WHERE id = $1")
+            .bind(org_id)
+            .fetch_optional(&self.read)
+            .await?;
+        let token = sqlx::query_as::<_, TokenRow>(
+            "SELECT * FROM token_view WHERE id = $1 AND org_id = $2",
+        )
+        .bind(token_id)
+        .bind(org_id)
+        .fetch_optional(&self.read)
+        .await?;
+        Ok((org, token))
+    }
+
+    pub async fn list_tokens(&self, org_id: &str, page: &crate::store::Page) -> crate::store::Result<Vec<TokenRow>> {
         Ok(sqlx::query_as::<_, TokenRow>(
-            "SELECT * FROM tokens WHERE org_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+            "SELECT * FROM token_view WHERE org_id = $1 AND id > $2 ORDER BY id LIMIT $3",
         )
         .bind(org_id)
         .bind(page.after.as_deref().unwrap_or(""))
@@ -89,7 +123,7 @@ impl Store {
     }
 
     /// Revokes a token; revoking twice keeps the first time. Devices stay activated.
-    pub async fn revoke_token(&self, org_id: &str, id: &str, now: i64) -> Result<TokenRow> {
+    pub async fn revoke_token(&self, org_id: &str, id: &str, now: i64) -> crate::store::Result<TokenRow> {
         let mut tx = self.begin().await?;
         sqlx::query(
             "UPDATE tokens SET revoked_at = COALESCE(revoked_at, $3) WHERE id = $1 AND org_id = $2",
@@ -100,25 +134,16 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         let row =
-            sqlx::query_as::<_, TokenRow>("SELECT * FROM tokens WHERE id = $1 AND org_id = $2")
+            sqlx::query_as::<_, TokenRow>("SELECT * FROM token_view WHERE id = $1 AND org_id = $2")
                 .bind(id)
                 .bind(org_id)
                 .fetch_optional(&mut *tx)
                 .await?
-                .ok_or(StoreError::NotFound)?;
+                .ok_or(crate::store::StoreError::NotFound)?;
         tx.commit().await?;
         Ok(row)
     }
-}
 
-/// What a rotation did: the predecessor (with its grace expiry) and the successor.
-#[derive(Debug, Clone)]
-pub struct Rotation {
-    pub previous: TokenRow,
-    pub successor: TokenRow,
-}
-
-impl Store {
     /// Rotates a token atomically: inserts the successor and cuts the predecessor's life to
     /// `grace_until` (never lengthening it). `Ok(None)`: the token is revoked or already rotated.
     pub async fn rotate_token(
@@ -127,22 +152,24 @@ impl Store {
         id: &str,
         successor: &NewToken<'_>,
         grace_until: i64,
-    ) -> Result<Option<Rotation>> {
+    ) -> crate::store::Result<Option<Rotation>> {
         let mut tx = self.begin().await?;
+        // Two rotations of one token at once: the second waits, then sees `rotated_to` set.
+        self.lock_org(&mut tx, org_id).await?;
         let old =
-            sqlx::query_as::<_, TokenRow>("SELECT * FROM tokens WHERE id = $1 AND org_id = $2")
+            sqlx::query_as::<_, TokenRow>("SELECT * FROM token_view WHERE id = $1 AND org_id = $2")
                 .bind(id)
                 .bind(org_id)
                 .fetch_optional(&mut *tx)
                 .await?
-                .ok_or(StoreError::NotFound)?;
+                .ok_or(crate::store::StoreError::NotFound)?;
         if old.revoked_at.is_some() || old.rotated_to.is_some() {
             return Ok(None);
         }
         sqlx::query(
             "INSERT INTO tokens (id, org_id, version, name, kid, issuer, issued_at, expires_at, max_uses, created_at,
-                                 rotated_from)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $7, $10)",
+                                 rotated_from, signed_expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $7, $10, $8)",
         )
         .bind(successor.id)
         .bind(successor.org_id)
@@ -168,7 +195,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         let fetch = |tid: &str| {
-            sqlx::query_as::<_, TokenRow>("SELECT * FROM tokens WHERE id = $1")
+            sqlx::query_as::<_, TokenRow>("SELECT * FROM token_view WHERE id = $1")
                 .bind(tid.to_string())
         };
         let previous = fetch(id).fetch_one(&mut *tx).await?;
@@ -179,4 +206,6 @@ impl Store {
             successor,
         }))
     }
+    };
 }
+pub(super) use token_sql;

@@ -1,6 +1,7 @@
-//! Users, unique per organization by lowercase email; created just in time at activation.
+//! Users, unique per organization by normalised email and, for directory users, by (source,
+//! directory id); created just in time at activation. Their lifecycle status is set by directory
+//! sync: a preserved or deleted user's devices are refused.
 
-use super::{Page, Result, Store, StoreError};
 use serde::Serialize;
 
 #[derive(Debug, Clone, sqlx::FromRow, Serialize)]
@@ -23,6 +24,41 @@ pub struct UserRow {
     pub updated_at: i64,
 }
 
+/// Where a user is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserStatus {
+    Active,
+    /// Gone from the directory but kept (devices refused, data kept) until an admin decides.
+    Preserved,
+    Deleted,
+}
+
+impl UserStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserStatus::Active => "active",
+            UserStatus::Preserved => "preserved",
+            UserStatus::Deleted => "deleted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<UserStatus> {
+        match s {
+            "active" => Some(UserStatus::Active),
+            "preserved" => Some(UserStatus::Preserved),
+            "deleted" => Some(UserStatus::Deleted),
+            _ => None,
+        }
+    }
+}
+
+impl UserRow {
+    /// An unknown value in the column counts as deleted: refuse rather than let a device in.
+    pub fn status(&self) -> UserStatus {
+        UserStatus::parse(&self.status).unwrap_or(UserStatus::Deleted)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct NewUser<'a> {
     pub org_id: &'a str,
@@ -36,17 +72,20 @@ pub struct NewUser<'a> {
     pub quota_bytes: Option<i64>,
 }
 
-impl Store {
-    pub async fn user(&self, org_id: &str, id: &str) -> Result<UserRow> {
+/// The SQL, written once and compiled for each backend (`impl` blocks in `sqlite/` and
+/// `postgres/`): `self.read` is the reader pool, `self.begin()` a write transaction.
+macro_rules! user_sql {
+    () => {
+    pub async fn user(&self, org_id: &str, id: &str) -> crate::store::Result<UserRow> {
         sqlx::query_as::<_, UserRow>("SELECT * FROM users WHERE id = $1 AND org_id = $2")
             .bind(id)
             .bind(org_id)
             .fetch_optional(&self.read)
             .await?
-            .ok_or(StoreError::NotFound)
+            .ok_or(crate::store::StoreError::NotFound)
     }
 
-    pub async fn user_by_email(&self, org_id: &str, email_norm: &str) -> Result<Option<UserRow>> {
+    pub async fn user_by_email(&self, org_id: &str, email_norm: &str) -> crate::store::Result<Option<UserRow>> {
         Ok(sqlx::query_as::<_, UserRow>(
             "SELECT * FROM users WHERE org_id = $1 AND email_norm = $2",
         )
@@ -56,12 +95,34 @@ impl Store {
         .await?)
     }
 
+    pub async fn set_user_status(
+        &self,
+        org_id: &str,
+        id: &str,
+        status: &str,
+        now: i64,
+    ) -> crate::store::Result<UserRow> {
+        let mut tx = self.begin().await?;
+        let row = sqlx::query_as::<_, UserRow>(
+            "UPDATE users SET status = $3, updated_at = $4 WHERE id = $1 AND org_id = $2 RETURNING *",
+        )
+        .bind(id)
+        .bind(org_id)
+        .bind(status)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(crate::store::StoreError::NotFound)?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
     pub async fn list_users(
         &self,
         org_id: &str,
         email: Option<&str>,
-        page: &Page,
-    ) -> Result<Vec<UserRow>> {
+        page: &crate::store::Page,
+    ) -> crate::store::Result<Vec<UserRow>> {
         Ok(sqlx::query_as::<_, UserRow>(
             "SELECT * FROM users WHERE org_id = $1 AND id > $2 AND ($3 IS NULL OR email_norm = $3)
              ORDER BY id LIMIT $4",
@@ -73,4 +134,6 @@ impl Store {
         .fetch_all(&self.read)
         .await?)
     }
+    };
 }
+pub(super) use user_sql;

@@ -18,6 +18,16 @@ use crate::store::{NewToken, Rotation, SigningKeyRow, Store, StoreError, TokenRo
 pub const LEEWAY_SECONDS: u64 = 60;
 const CACHE_CAPACITY: usize = 10_000;
 
+/// Why a presented token was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// The key ring could not be checked against the database.
+    #[error(transparent)]
+    Store(StoreError),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error(transparent)]
@@ -257,16 +267,18 @@ impl TokenService {
             row.id.clone(),
             version,
             row.issued_at,
-            row.expires_at,
+            // The expiry signed at minting: a rotated token's row carries a shorter
+            // `expires_at` (its grace period), but the string deployed is the original.
+            row.signed_expires_at,
         );
         Ok(key.sign(&claims)?)
     }
 
     /// Verifies a presented token (signature, audience, issuer, expiry at `now`).
-    pub async fn verify(&self, token: &str, now: i64) -> Result<Claims, TokenError> {
+    pub async fn verify(&self, token: &str, now: i64) -> Result<Claims, VerifyError> {
         if let Some(c) = self.cache.lock().expect("cache lock").get(token).cloned() {
             return match c.exp {
-                Some(exp) if now >= exp + LEEWAY_SECONDS as i64 => Err(TokenError::Expired { exp }),
+                Some(exp) if now >= exp + LEEWAY_SECONDS as i64 => Err(TokenError::Expired { exp }.into()),
                 _ => Ok(c),
             };
         }
@@ -277,10 +289,19 @@ impl TokenService {
             .verifier
             .verify(token, now);
         let claims = match result {
-            Err(TokenError::UnknownKey(Some(_))) => {
-                // Possibly rotated by another process since we loaded the ring.
-                if let Err(e) = self.reload(now, false).await {
-                    tracing::warn!(error = %e, "reloading signing keys failed");
+            Err(TokenError::UnknownKey(Some(kid))) => {
+                // Possibly rotated in by another process since we loaded the ring: a kid that
+                // exists in the database is never refused. One primary-key look-up decides, so
+                // made-up kids cost a cheap read, not a ring reload.
+                match self.store.signing_key_exists(&kid).await {
+                    Ok(true) => {
+                        if let Err(e) = self.reload(now, true).await {
+                            tracing::warn!(error = %e, "reloading signing keys failed");
+                        }
+                    }
+                    Ok(false) => return Err(TokenError::UnknownKey(Some(kid)).into()),
+                    // Cannot tell: a retryable error, not a refusal.
+                    Err(e) => return Err(VerifyError::Store(e)),
                 }
                 self.ring
                     .read()

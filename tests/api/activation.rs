@@ -516,7 +516,7 @@ async fn a_locked_database_is_503_with_retry_after_and_nothing_is_lost() {
     .await;
     let token = app.token().await;
     // Another process holds the write lock (a long admin job, a backup tool).
-    let mut locker = app.lock_writes().await;
+    let locker = app.lock_writes().await;
     let r = app.activate(&activation(&token, "S1", "WS-1", "a")).await;
     assert!(r.headers().contains_key("retry-after"));
     let (s, c, body) = error_code(r).await;
@@ -529,9 +529,7 @@ async fn a_locked_database_is_503_with_retry_after_and_nothing_is_lost() {
         !body.to_string().contains("SQLITE"),
         "no internal text in 5xx bodies: {body}"
     );
-    sqlx::Executor::execute(&mut locker, "ROLLBACK")
-        .await
-        .unwrap();
+    locker.release().await;
     let (s, _) = app
         .activate_ok(&activation(&token, "S1", "WS-1", "a"))
         .await;

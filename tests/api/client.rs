@@ -129,7 +129,7 @@ async fn a_locked_database_is_retried_until_it_clears() {
         ("database.acquire_timeout_ms", "500"),
     ])
     .await;
-    let mut locker = app.lock_writes().await;
+    let locker = app.lock_writes().await;
     let tmp = tempfile::tempdir().unwrap();
     let child = activate_cmd(&app, &token, tmp.path(), "S1")
         .args(["--deadline-secs", "60"])
@@ -138,9 +138,7 @@ async fn a_locked_database_is_retried_until_it_clears() {
         .spawn()
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    sqlx::Executor::execute(&mut locker, "ROLLBACK")
-        .await
-        .unwrap();
+    locker.release().await;
     let o = child.wait_with_output().await.unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(text(&o).contains("retrying"), "{}", text(&o));
@@ -177,16 +175,14 @@ async fn a_database_locked_past_the_deadline_gives_up_with_exit_3() {
         ("database.acquire_timeout_ms", "500"),
     ])
     .await;
-    let mut locker = app.lock_writes().await;
+    let locker = app.lock_writes().await;
     let tmp = tempfile::tempdir().unwrap();
     let o = activate_cmd(&app, &token, tmp.path(), "S1")
         .args(["--deadline-secs", "2"])
         .output()
         .await
         .unwrap();
-    sqlx::Executor::execute(&mut locker, "ROLLBACK")
-        .await
-        .unwrap();
+    locker.release().await;
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     assert!(!tmp.path().join("activation.json").exists());
 }

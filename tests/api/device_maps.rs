@@ -344,17 +344,17 @@ async fn killing_the_server_mid_upload_leaves_the_previous_state() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap().to_string();
+    // On PostgreSQL the servers share a database of this test's own.
+    crate::helpers::prepare_database(dir.path()).await;
+    let pg = crate::helpers::database_url_of(dir.path());
+    let mut db_args = vec!["--data-dir".to_string(), data.clone()];
+    if let Some(url) = &pg {
+        db_args.extend(["--database-url".to_string(), url.clone()]);
+    }
     let bin = env!("CARGO_BIN_EXE_imd");
     let org = std::process::Command::new(bin)
-        .args([
-            "org",
-            "create",
-            "--name",
-            "Kill",
-            "--json",
-            "--data-dir",
-            &data,
-        ])
+        .args(["org", "create", "--name", "Kill", "--json"])
+        .args(&db_args)
         .output()
         .unwrap();
     assert!(
@@ -375,7 +375,8 @@ async fn killing_the_server_mid_upload_leaves_the_previous_state() {
     }
     let start = || {
         let mut child = std::process::Command::new(bin)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", &data])
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(&db_args)
             .env("IMD_LOG", "warn")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
@@ -406,14 +407,27 @@ async fn killing_the_server_mid_upload_leaves_the_previous_state() {
     let r = upload(100, "old").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let big = 200_000;
+    // How much the apply transaction has written, uncommitted: SQLite's WAL, or the size of
+    // PostgreSQL's mappings table (uncommitted rows take space too).
     let wal = std::path::Path::new(&data).join("imd.db-wal");
-    let wal_size = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
-    let baseline = wal_size();
+    let pg_pool = match &pg {
+        Some(url) => Some(sqlx::PgPool::connect(url).await.unwrap()),
+        None => None,
+    };
+    let written = || async {
+        match &pg_pool {
+            Some(p) => sqlx::query_scalar::<_, i64>("SELECT pg_total_relation_size('device_mappings')")
+                .fetch_one(p)
+                .await
+                .unwrap() as u64,
+            None => std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0),
+        }
+    };
+    let baseline = written().await;
     let pending = tokio::spawn(upload(big, "new").send());
-    // Kill once the apply transaction is visibly writing (the WAL grows by megabytes), well
-    // before it can commit.
+    // Kill once the apply transaction is visibly writing (megabytes), well before it can commit.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while wal_size() < baseline + 4 * 1024 * 1024 {
+    while written().await < baseline + 4 * 1024 * 1024 {
         assert!(
             !pending.is_finished(),
             "the upload finished before it could be interrupted"
@@ -443,13 +457,20 @@ async fn killing_the_server_mid_upload_leaves_the_previous_state() {
         .filter(|m| m["deviceIdentifier"].as_str().unwrap().starts_with("old"))
         .count();
     assert_eq!(old, 100, "the previous mappings are intact");
-    let db = sqlx::SqlitePool::connect(&format!("sqlite://{data}/imd.db"))
-        .await
-        .unwrap();
-    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM device_mappings")
-        .fetch_one(&db)
-        .await
-        .unwrap();
+    let url = pg.unwrap_or_else(|| format!("sqlite://{data}/imd.db"));
+    let n: i64 = if url.starts_with("postgres") {
+        let db = sqlx::PgPool::connect(&url).await.unwrap();
+        sqlx::query_scalar("SELECT COUNT(*) FROM device_mappings")
+            .fetch_one(&db)
+            .await
+            .unwrap()
+    } else {
+        let db = sqlx::SqlitePool::connect(&url).await.unwrap();
+        sqlx::query_scalar("SELECT COUNT(*) FROM device_mappings")
+            .fetch_one(&db)
+            .await
+            .unwrap()
+    };
     assert_eq!(n, 100, "nothing of the interrupted upload is visible");
 }
 

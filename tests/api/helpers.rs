@@ -33,12 +33,58 @@ pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
 }
 
 pub async fn spawn_app_in(dir: tempfile::TempDir, extra: &[(&str, &str)]) -> TestApp {
+    spawn_app_full(dir, extra, Vec::new()).await
+}
+
+/// The database the suite runs on: SQLite in the data directory, or, when `IMD_TEST_PG_URL`
+/// names a PostgreSQL cluster (scripts/test.sh starts one), a fresh database of its own in it.
+/// The URL is kept in the data directory so that every server started on that directory (a
+/// restart, a second replica) shares the database.
+pub async fn prepare_database(dir: &std::path::Path) {
+    let Ok(admin) = std::env::var("IMD_TEST_PG_URL") else {
+        return;
+    };
+    let marker = dir.join(DB_URL_FILE);
+    if marker.exists() {
+        return;
+    }
+    use sqlx::{Connection, Executor};
+    let name = format!("imd_t_{}", uuid::Uuid::new_v4().simple());
+    let mut c = sqlx::PgConnection::connect(&admin)
+        .await
+        .expect("the test PostgreSQL cluster is reachable");
+    c.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await
+        .unwrap();
+    let _ = c.close().await;
+    let (base, _) = admin.rsplit_once('/').expect("IMD_TEST_PG_URL ends in /DBNAME");
+    std::fs::write(marker, format!("{base}/{name}")).unwrap();
+}
+
+const DB_URL_FILE: &str = "test-database-url";
+
+/// The per-test PostgreSQL database of this data directory, if the suite runs on PostgreSQL.
+pub fn database_url_of(dir: &std::path::Path) -> Option<String> {
+    std::fs::read_to_string(dir.join(DB_URL_FILE)).ok()
+}
+
+pub fn on_postgres() -> bool {
+    std::env::var("IMD_TEST_PG_URL").is_ok()
+}
+
+/// `spawn_app_in` with resolvers of the test's own (see tests/api/resolvers.rs).
+pub async fn spawn_app_full(
+    dir: tempfile::TempDir,
+    extra: &[(&str, &str)],
+    resolvers: Vec<(imd_tokens::ImdVersion, Arc<dyn imd::resolve::Resolver>)>,
+) -> TestApp {
     if std::env::var("TEST_LOG").is_ok() {
         imd::telemetry::init(false);
     }
+    prepare_database(dir.path()).await;
     let settings = settings_for(dir.path(), extra);
     let clock = OffsetClock::default();
-    let app = Application::build(settings.clone(), Arc::new(clock.clone()))
+    let app = Application::build_with(settings.clone(), Arc::new(clock.clone()), resolvers)
         .await
         .expect("server starts");
     let addr = format!("http://{}", app.addr());
@@ -65,6 +111,9 @@ pub fn settings_for(dir: &std::path::Path, extra: &[(&str, &str)]) -> Settings {
         ("listen", "127.0.0.1:0".into()),
         ("data_dir", dir.display().to_string()),
     ];
+    if let Some(url) = database_url_of(dir) {
+        flags.push(("database_url", url));
+    }
     flags.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
     config::load(Some(std::path::Path::new("/dev/null")), Vec::new(), &flags).unwrap()
 }
@@ -220,15 +269,27 @@ impl TestApp {
             .clone()
     }
 
-    /// Holds SQLite's write lock from another connection (as a backup tool or a long admin job
-    /// would) until the returned connection runs ROLLBACK or is dropped.
-    pub async fn lock_writes(&self) -> sqlx::SqliteConnection {
+    /// Blocks writes from another connection (as a backup tool or a long admin job would)
+    /// until `release` or drop: SQLite's write lock, or on PostgreSQL an EXCLUSIVE lock on the
+    /// tables activations write (reads go on).
+    pub async fn lock_writes(&self) -> WriteLock {
         use sqlx::{Connection, Executor};
-        let mut locker = sqlx::SqliteConnection::connect(&self.settings.database_url())
+        let url = self.settings.database_url();
+        if url.starts_with("postgres") {
+            let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+            c.execute("BEGIN").await.unwrap();
+            c.execute(
+                "LOCK TABLE users, devices, device_mappings, activations, tokens, token_use_counts
+                 IN EXCLUSIVE MODE",
+            )
             .await
             .unwrap();
-        locker.execute("BEGIN IMMEDIATE").await.unwrap();
-        locker
+            WriteLock::Postgres(c)
+        } else {
+            let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            c.execute("BEGIN IMMEDIATE").await.unwrap();
+            WriteLock::Sqlite(c)
+        }
     }
 
     /// A second organization on the same server: (org_id, admin_key).
@@ -237,6 +298,23 @@ impl TestApp {
             .await
             .unwrap();
         (org.id, key)
+    }
+}
+
+/// A connection holding writes off (`TestApp::lock_writes`).
+pub enum WriteLock {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(sqlx::PgConnection),
+}
+
+impl WriteLock {
+    pub async fn release(self) {
+        use sqlx::Executor;
+        match self {
+            WriteLock::Sqlite(mut c) => c.execute("ROLLBACK").await.map(|_| ()),
+            WriteLock::Postgres(mut c) => c.execute("ROLLBACK").await.map(|_| ()),
+        }
+        .unwrap();
     }
 }
 

@@ -1,16 +1,16 @@
-//! The activation hot path's SQL, synchronous (rusqlite) on the writer thread's connection.
-//! Everything one activation reads and writes runs here inside one group-committed transaction,
-//! with no thread hand-off per statement; see `writer`. Statements are cached by rusqlite.
-//! The same identity rules and conditional writes as the async store apply (docs/device-identity.md).
+//! SQLite's `WriteTx`: synchronous SQL (rusqlite) on the writer thread's connection, so one
+//! activation runs start to end inside one group-committed transaction with no thread hand-off
+//! per statement (see `writer`). Statements are cached by rusqlite. The writer is the only
+//! writer of these tables' hot rows, so reading and then writing is safe here without locks;
+//! the partial unique indexes are the safety net (docs/device-identity.md).
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::{
-    ActivationRecord, DeviceReport, DeviceRow, NewDevice, NewUser, OrgRow, Result, StoredMapping,
-    TokenRow, UserRow, devices::name_norm, new_id,
+use crate::domain::{DeviceIdentifiers, MappingRow};
+use crate::store::{
+    ActivationRecord, DeviceReport, DeviceRow, LockKey, NewDevice, NewUser, OrgRow, Reassignment,
+    Result, StoredMapping, TokenRow, TxFuture, UserRow, WriteTx, name_norm, new_id,
 };
-use crate::devicemap::MappingRow;
-use crate::domain::DeviceIdentifiers;
 
 // Explicit column lists, read by position: looking columns up by name costs a string
 // comparison per column per row, which showed up in profiles of the hot path.
@@ -21,7 +21,7 @@ macro_rules! org_cols {
 }
 macro_rules! token_cols {
     () => {
-        "id, org_id, version, name, kid, issuer, issued_at, expires_at, max_uses, uses, last_used_at, revoked_at, created_at, rotated_to, rotated_from"
+        "id, org_id, version, name, kid, issuer, issued_at, expires_at, max_uses, uses, last_used_at, revoked_at, created_at, rotated_to, rotated_from, signed_expires_at"
     };
 }
 macro_rules! user_cols {
@@ -69,6 +69,7 @@ fn token_row(r: &Row<'_>) -> rusqlite::Result<TokenRow> {
         created_at: r.get(12)?,
         rotated_to: r.get(13)?,
         rotated_from: r.get(14)?,
+        signed_expires_at: r.get(15)?,
     })
 }
 
@@ -277,36 +278,66 @@ pub fn old_device_problem(
     })
 }
 
-/// The user with this email, created if missing: `(user, created)`.
-pub fn ensure_user(c: &Connection, u: &NewUser<'_>, now: i64) -> Result<(UserRow, bool)> {
-    let id = new_id();
-    let user = c
-        .prepare_cached(concat!(
-            "INSERT INTO users (id, org_id, email, email_norm, user_name, external_id, source, profile,
-                                storage_region, quota_bytes, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)
-             ON CONFLICT (org_id, email_norm) DO UPDATE SET email_norm = excluded.email_norm
-             RETURNING ",
-            user_cols!()
-        ))?
-        .query_row(
-            params![
-                id,
-                u.org_id,
-                u.email,
-                u.email_norm,
-                u.user_name,
-                u.external_id,
-                u.source,
-                u.profile,
-                u.storage_region,
-                u.quota_bytes,
-                now
-            ],
-            user_row,
-        )?;
-    let created = user.id == id;
-    Ok((user, created))
+pub fn user_by_email(c: &Connection, org_id: &str, email_norm: &str) -> Result<Option<UserRow>> {
+    Ok(c.prepare_cached(concat!(
+        "SELECT ",
+        user_cols!(),
+        " FROM users WHERE org_id = ?1 AND email_norm = ?2"
+    ))?
+    .query_row([org_id, email_norm], user_row)
+    .optional()?)
+}
+
+pub fn user_by_external_id(
+    c: &Connection,
+    org_id: &str,
+    source: &str,
+    external_id: &str,
+) -> Result<Option<UserRow>> {
+    Ok(c.prepare_cached(concat!(
+        "SELECT ",
+        user_cols!(),
+        " FROM users WHERE org_id = ?1 AND source = ?2 AND external_id = ?3"
+    ))?
+    .query_row([org_id, source, external_id], user_row)
+    .optional()?)
+}
+
+/// Inserts the user unless the email or (source, external id) is taken: `Some` if inserted.
+pub fn insert_user(c: &Connection, u: &NewUser<'_>, now: i64) -> Result<Option<UserRow>> {
+    Ok(c.prepare_cached(concat!(
+        "INSERT INTO users (id, org_id, email, email_norm, user_name, external_id, source, profile,
+                            storage_region, quota_bytes, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)
+         ON CONFLICT DO NOTHING
+         RETURNING ",
+        user_cols!()
+    ))?
+    .query_row(
+        params![
+            new_id(),
+            u.org_id,
+            u.email,
+            u.email_norm,
+            u.user_name,
+            u.external_id,
+            u.source,
+            u.profile,
+            u.storage_region,
+            u.quota_bytes,
+            now
+        ],
+        user_row,
+    )
+    .optional()?)
+}
+
+pub fn link_external_id(c: &Connection, user_id: &str, external_id: &str, now: i64) -> Result<()> {
+    c.prepare_cached(
+        "UPDATE users SET external_id = ?2, updated_at = ?3 WHERE id = ?1 AND external_id IS NULL",
+    )?
+    .execute(params![user_id, external_id, now])?;
+    Ok(())
 }
 
 /// Consumes one token use unless revoked or exhausted (condition and increment in one statement).
@@ -422,24 +453,23 @@ pub fn refresh(
 }
 
 /// Moves a device to another user with a new credential generation.
-#[allow(clippy::too_many_arguments)]
-pub fn reassign(
-    c: &Connection,
-    d: &DeviceRow,
-    user_id: &str,
-    name: &str,
-    credential_hash: &str,
-    token_id: &str,
-    restore_data: Option<&str>,
-    replaces: Option<&str>,
-    now: i64,
-) -> Result<()> {
+pub fn reassign(c: &Connection, r: &Reassignment<'_>, now: i64) -> Result<()> {
     c.prepare_cached(
         "UPDATE devices SET user_id = ?2, name = ?3, name_norm = ?4, credential_gen = credential_gen + 1,
                 credential_hash = ?5, token_id = ?6, restore_data = ?7, replaces = ?8, last_activated_at = ?9
          WHERE id = ?1",
     )?
-    .execute(params![d.id, user_id, name, name_norm(name), credential_hash, token_id, restore_data, replaces, now])?;
+    .execute(params![
+        r.device.id,
+        r.user_id,
+        r.name,
+        name_norm(r.name),
+        r.credential_hash,
+        r.token_id,
+        r.restore_data,
+        r.replaces,
+        now
+    ])?;
     Ok(())
 }
 
@@ -480,4 +510,179 @@ pub fn insert_activation(c: &Connection, r: &ActivationRecord) -> Result<()> {
         r.message
     ])?;
     Ok(())
+}
+
+/// Inserts or updates (by identifier) one pending mapping.
+pub fn upsert_mapping(c: &Connection, org_id: &str, r: &MappingRow, now: i64) -> Result<()> {
+    c.prepare_cached(
+        "INSERT INTO device_mappings (id, org_id, email, email_norm, user_name, device_name, identifier_type,
+                                      identifier, identifier_norm, old_device_name, restore_data, created_at,
+                                      updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12)
+         ON CONFLICT (org_id, identifier_type, identifier_norm) WHERE consumed_at IS NULL DO UPDATE SET
+           email = excluded.email, email_norm = excluded.email_norm, user_name = excluded.user_name,
+           device_name = excluded.device_name, identifier = excluded.identifier,
+           old_device_name = excluded.old_device_name, restore_data = excluded.restore_data,
+           updated_at = excluded.updated_at",
+    )?
+    .execute(params![
+        new_id(),
+        org_id,
+        r.email.as_str(),
+        r.email.normalized(),
+        r.user_name,
+        r.device_name,
+        r.identifier_type.as_str(),
+        r.identifier,
+        r.identifier_norm,
+        r.old_device_name,
+        r.restore_data.map(|x| x.as_str()),
+        now
+    ])?;
+    Ok(())
+}
+
+/// Pending mappings of an organization (the difference before and after an import is what it created).
+pub fn count_pending(c: &Connection, org_id: &str) -> Result<u64> {
+    let n: i64 = c
+        .prepare_cached("SELECT COUNT(*) FROM device_mappings WHERE org_id = ?1 AND consumed_at IS NULL")?
+        .query_row([org_id], |r| r.get(0))?;
+    Ok(n as u64)
+}
+
+/// The writer's connection seen as a `WriteTx`. Every step completes synchronously.
+pub struct SqliteTx<'c>(pub &'c mut Connection);
+
+fn ready<'a, T: Send + 'a>(r: Result<T>) -> TxFuture<'a, T> {
+    Box::pin(std::future::ready(r))
+}
+
+impl WriteTx for SqliteTx<'_> {
+    fn begin_activation<'a>(
+        &'a mut self,
+        org_id: &'a str,
+        token_id: &'a str,
+        _locks: &'a [LockKey],
+    ) -> TxFuture<'a, (Option<OrgRow>, Option<TokenRow>)> {
+        // No locks: the writer thread runs one job at a time.
+        let c = &*self.0;
+        ready((|| Ok((org(c, org_id)?, token(c, org_id, token_id)?)))())
+    }
+    fn find_active<'a>(
+        &'a mut self,
+        org_id: &'a str,
+        ids: &'a DeviceIdentifiers,
+    ) -> TxFuture<'a, Option<DeviceRow>> {
+        ready(find_active(&*self.0, org_id, ids))
+    }
+    fn user<'a>(&'a mut self, org_id: &'a str, id: &'a str) -> TxFuture<'a, Option<UserRow>> {
+        ready(user(&*self.0, org_id, id))
+    }
+    fn user_by_email<'a>(
+        &'a mut self,
+        org_id: &'a str,
+        email_norm: &'a str,
+    ) -> TxFuture<'a, Option<UserRow>> {
+        ready(user_by_email(&*self.0, org_id, email_norm))
+    }
+    fn user_by_external_id<'a>(
+        &'a mut self,
+        org_id: &'a str,
+        source: &'a str,
+        external_id: &'a str,
+    ) -> TxFuture<'a, Option<UserRow>> {
+        ready(user_by_external_id(&*self.0, org_id, source, external_id))
+    }
+    fn insert_user<'a>(&'a mut self, u: &'a NewUser<'a>, now: i64) -> TxFuture<'a, Option<UserRow>> {
+        ready(insert_user(&*self.0, u, now))
+    }
+    fn link_external_id<'a>(
+        &'a mut self,
+        user_id: &'a str,
+        external_id: &'a str,
+        now: i64,
+    ) -> TxFuture<'a, ()> {
+        ready(link_external_id(&*self.0, user_id, external_id, now))
+    }
+    fn find_pending<'a>(
+        &'a mut self,
+        org_id: &'a str,
+        ids: &'a DeviceIdentifiers,
+    ) -> TxFuture<'a, Option<StoredMapping>> {
+        ready(find_pending(&*self.0, org_id, ids))
+    }
+    fn pending_mapping<'a>(
+        &'a mut self,
+        org_id: &'a str,
+        kind: &'a str,
+        value_norm: &'a str,
+    ) -> TxFuture<'a, Option<StoredMapping>> {
+        ready(pending_mapping(&*self.0, org_id, kind, value_norm))
+    }
+    fn active_by_name<'a>(
+        &'a mut self,
+        user_id: &'a str,
+        name: &'a str,
+    ) -> TxFuture<'a, Option<DeviceRow>> {
+        ready(active_by_name(&*self.0, user_id, name))
+    }
+    fn active_by_hostname<'a>(
+        &'a mut self,
+        user_id: &'a str,
+        hostname_norm: &'a str,
+    ) -> TxFuture<'a, Option<DeviceRow>> {
+        ready(active_by_hostname(&*self.0, user_id, hostname_norm))
+    }
+    fn mark_replaced<'a>(&'a mut self, old_id: &'a str, new_id: &'a str) -> TxFuture<'a, bool> {
+        ready(mark_replaced(&*self.0, old_id, new_id))
+    }
+    fn insert_device<'a>(&'a mut self, d: &'a NewDevice<'a>, now: i64) -> TxFuture<'a, ()> {
+        ready(insert_device(&*self.0, d, now))
+    }
+    fn refresh_device<'a>(
+        &'a mut self,
+        d: &'a DeviceRow,
+        report: &'a DeviceReport<'a>,
+        name: Option<&'a str>,
+        install_key_hash: Option<&'a str>,
+        now: i64,
+    ) -> TxFuture<'a, ()> {
+        ready(refresh(&*self.0, d, report, name, install_key_hash, now))
+    }
+    fn reassign_device<'a>(&'a mut self, r: &'a Reassignment<'a>, now: i64) -> TxFuture<'a, ()> {
+        ready(reassign(&*self.0, r, now))
+    }
+    fn consume_mapping<'a>(
+        &'a mut self,
+        mapping_id: &'a str,
+        device_id: &'a str,
+        now: i64,
+    ) -> TxFuture<'a, bool> {
+        ready(consume_mapping(&*self.0, mapping_id, device_id, now))
+    }
+    fn take_token_use<'a>(&'a mut self, token: &'a TokenRow, now: i64) -> TxFuture<'a, bool> {
+        ready(consume_use(&*self.0, &token.id, now))
+    }
+    fn touch_token<'a>(&'a mut self, token: &'a TokenRow, now: i64) -> TxFuture<'a, ()> {
+        ready(touch_token(&*self.0, &token.id, now))
+    }
+    fn insert_activation<'a>(&'a mut self, r: &'a ActivationRecord) -> TxFuture<'a, ()> {
+        ready(insert_activation(&*self.0, r))
+    }
+    fn old_device_problem<'a>(
+        &'a mut self,
+        org_id: &'a str,
+        row: &'a MappingRow,
+    ) -> TxFuture<'a, Option<String>> {
+        ready(old_device_problem(&*self.0, org_id, row))
+    }
+    fn upsert_mappings<'a>(
+        &'a mut self,
+        org_id: &'a str,
+        rows: &'a [MappingRow],
+        now: i64,
+    ) -> TxFuture<'a, ()> {
+        let c = &*self.0;
+        ready(rows.iter().try_for_each(|r| upsert_mapping(c, org_id, r, now)))
+    }
 }

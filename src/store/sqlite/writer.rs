@@ -2,8 +2,9 @@
 //! the write lock anyway; this module makes the queue cheap. A dedicated thread owns a rusqlite
 //! connection: it takes every job waiting (up to `MAX_BATCH`), runs them back to back inside one
 //! `BEGIN IMMEDIATE` transaction, each under its own savepoint (a failing job rolls back only
-//! itself), commits once, and only then tells each caller how its job ended. Jobs are plain
-//! synchronous closures, so a transaction never waits on a thread hand-off between statements:
+//! itself), commits once, and only then tells each caller how its job ended. Jobs run to the end
+//! on this thread (their steps never wait), so a transaction never waits on a thread hand-off
+//! between statements:
 //! the write lock is held only while SQL runs. Other writers (admin API, uploads) use the async
 //! pool and simply take turns with this thread through SQLite's lock and busy timeout.
 
@@ -13,10 +14,10 @@ use std::sync::{Arc, Weak};
 use std::thread;
 use std::time::Duration;
 
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
-use super::StoreError;
+use crate::store::StoreError;
 
 /// Jobs in one transaction at most; bounds the work one failed commit turns into retries.
 const MAX_BATCH: usize = 64;
@@ -27,7 +28,7 @@ struct Finished {
     finish: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
 }
 
-type Job = Box<dyn FnOnce(&Connection) -> Finished + Send>;
+type Job = Box<dyn FnOnce(&mut Connection) -> Finished + Send>;
 
 #[derive(Clone, Debug)]
 pub struct BatchWriter {
@@ -46,9 +47,9 @@ impl From<rusqlite::Error> for StoreError {
                 ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => {
                     StoreError::Unavailable(e.to_string())
                 }
-                _ => StoreError::Sqlite(e.to_string()),
+                _ => StoreError::Internal(e.to_string()),
             },
-            _ => StoreError::Sqlite(e.to_string()),
+            _ => StoreError::Internal(e.to_string()),
         }
     }
 }
@@ -110,10 +111,10 @@ impl BatchWriter {
     where
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, E> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel::<Result<T, E>>();
-        let job: Job = Box::new(move |conn: &Connection| {
+        let job: Job = Box::new(move |conn: &mut Connection| {
             let result = f(conn);
             Finished {
                 keep: result.is_ok(),
@@ -155,24 +156,41 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
+fn exec(conn: &Connection, sql: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(sql)?.execute([])?;
+    Ok(())
+}
+
+// Transaction control by statement rather than rusqlite's guards, so each job can be handed the
+// connection itself (`&mut Connection`, which is `Send`).
 fn batch(conn: &mut Connection, jobs: Vec<Job>) -> Result<(), StoreError> {
-    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    exec(conn, "BEGIN IMMEDIATE")?;
     let mut done = Vec::with_capacity(jobs.len());
     for job in jobs {
-        let sp = tx.savepoint()?;
-        // A panicking job loses only its own reply (its caller sees a retryable error).
-        let Ok(f) = catch_unwind(AssertUnwindSafe(|| job(&sp))) else {
-            drop(sp);
-            continue;
-        };
-        if f.keep {
-            sp.commit()?;
-        } else {
-            drop(sp); // rolls back to the savepoint and releases it
+        if let Err(e) = exec(conn, "SAVEPOINT job") {
+            let _ = exec(conn, "ROLLBACK");
+            return Err(e);
         }
-        done.push(f);
+        // A panicking job loses only its own reply (its caller sees a retryable error).
+        let finished = catch_unwind(AssertUnwindSafe(|| job(&mut *conn)));
+        let keep = matches!(&finished, Ok(f) if f.keep);
+        let end = if keep {
+            exec(conn, "RELEASE job")
+        } else {
+            exec(conn, "ROLLBACK TO job").and_then(|_| exec(conn, "RELEASE job"))
+        };
+        if let Err(e) = end {
+            let _ = exec(conn, "ROLLBACK");
+            return Err(e);
+        }
+        if let Ok(f) = finished {
+            done.push(f);
+        }
     }
-    let commit = tx.commit().map_err(StoreError::from);
+    let commit = exec(conn, "COMMIT");
+    if commit.is_err() && !conn.is_autocommit() {
+        let _ = exec(conn, "ROLLBACK");
+    }
     for f in done {
         let outcome = match (&commit, f.keep) {
             (Err(e), true) => Err(StoreError::Unavailable(e.to_string())),

@@ -1,0 +1,240 @@
+//! The embedded SQLite backend (WAL), reached three ways:
+//! - `writer`: a group-commit thread owning one rusqlite connection; every `TxJob` (activations,
+//!   mapping writes, audit batches) and the readiness probe run there, so what a job reads cannot
+//!   change before it writes;
+//! - a one-connection async write pool for admin writes, whose transactions start with
+//!   `BEGIN IMMEDIATE` so a read-then-write transaction never hits the lock-upgrade failure that
+//!   SQLite's busy handler does not cover;
+//! - an async pool of readers.
+//!
+//! Bulk imports take a synchronous connection of their own (`import`). All writers take turns
+//! at SQLite's single write lock through the busy timeout.
+
+mod hot;
+mod import;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqlitePool};
+
+use crate::store::{
+    ActivationRow, AdminKeyRow, DeviceRow, ImportTx, MappingFilter, NewToken, OrgRow,
+    OrgSettingsPatch, Result, Rotation, SigningKeyRow, StoreError, StoreOptions,
+    StoredMapping, TokenRow, TxJob, UserRow, check_not_newer,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+pub(super) struct SqliteStore {
+    write: SqlitePool,
+    read: SqlitePool,
+    hot: writer::BatchWriter,
+    path: PathBuf,
+    busy_timeout: Duration,
+    replica_id: String,
+}
+
+fn connect_options(opts: &StoreOptions) -> Result<SqliteConnectOptions> {
+    let base = SqliteConnectOptions::from_str(&opts.url)
+        .map_err(|e| StoreError::UnsupportedUrl(e.to_string()))?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        // NORMAL in WAL mode survives process crashes; only power loss can drop the last commits.
+        .synchronous(SqliteSynchronous::Normal)
+        .foreign_keys(true)
+        .busy_timeout(opts.busy_timeout)
+        .pragma("temp_store", "memory")
+        // Checkpoints run on their own thread (see `writer`), never inline in a commit.
+        .pragma("wal_autocheckpoint", "0");
+    if let Some(parent) = base.get_filename().parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create {}: {e}", parent.display()))
+        })?;
+    }
+    Ok(base)
+}
+
+async fn migrate(pool: &SqlitePool, apply: bool) -> Result<Vec<i64>> {
+    let applied: Vec<i64> = sqlx::query_scalar(
+        "SELECT version FROM _sqlx_migrations WHERE success = TRUE ORDER BY version",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap_or_default();
+    check_not_newer(&applied, &MIGRATOR)?;
+    let pending: Vec<i64> = MIGRATOR
+        .iter()
+        .map(|m| m.version)
+        .filter(|v| !applied.contains(v))
+        .collect();
+    if !pending.is_empty() {
+        if !apply {
+            return Err(StoreError::Migrate(format!(
+                "the database needs migrations {pending:?}: run `imd migrate`"
+            )));
+        }
+        MIGRATOR.run(pool).await?;
+    }
+    Ok(pending)
+}
+
+impl SqliteStore {
+    pub(super) async fn open(opts: &StoreOptions) -> Result<SqliteStore> {
+        let base = connect_options(opts)?;
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(opts.acquire_timeout)
+            .connect_with(base.clone())
+            .await?;
+        migrate(&write, opts.migrate).await?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(opts.max_connections)
+            .acquire_timeout(opts.acquire_timeout)
+            .connect_with(base.clone())
+            .await?;
+        let hot = writer::BatchWriter::start(base.get_filename(), opts.busy_timeout)?;
+        Ok(SqliteStore {
+            write,
+            read,
+            hot,
+            path: base.get_filename().to_path_buf(),
+            busy_timeout: opts.busy_timeout,
+            replica_id: opts.replica_id.clone(),
+        })
+    }
+
+    pub(super) async fn migrate_only(opts: &StoreOptions) -> Result<Vec<i64>> {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(connect_options(opts)?)
+            .await?;
+        let applied = migrate(&pool, true).await;
+        pool.close().await;
+        applied
+    }
+
+    /// Starts a write transaction (`BEGIN IMMEDIATE`: takes the write lock up front).
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, Sqlite>> {
+        Ok(self.write.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// `BEGIN IMMEDIATE` already serializes every writer: no finer lock is needed.
+    async fn lock_org(&self, _tx: &mut sqlx::Transaction<'static, Sqlite>, _org: &str) -> Result<()> {
+        Ok(())
+    }
+
+    async fn lock_name(
+        &self,
+        _tx: &mut sqlx::Transaction<'static, Sqlite>,
+        _name: &str,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    pub(super) async fn write<J: TxJob>(&self, job: J) -> Result<J::Output, J::Error> {
+        let job = Arc::new(job);
+        self.hot
+            .run(move |conn| {
+                let mut tx = hot::SqliteTx(conn);
+                crate::store::run_ready(job.run(&mut tx))
+            })
+            .await
+    }
+
+    pub(super) fn import_tx(&self) -> Result<Box<dyn ImportTx>> {
+        Ok(Box::new(import::SqliteImport::open(
+            &self.path,
+            self.busy_timeout,
+        )?))
+    }
+
+    pub(super) async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.read).await?;
+        Ok(())
+    }
+
+    /// Through the writer thread, so a stopped writer or a database that cannot take writes
+    /// (locked past the busy timeout, disk full, read-only) fails readiness.
+    pub(super) async fn probe_write(&self, version: &str, started_at: i64, now: i64) -> Result<()> {
+        let (id, version) = (self.replica_id.clone(), version.to_string());
+        self.hot
+            .run(move |conn| {
+                conn.prepare_cached(
+                    "INSERT INTO replicas (id, version, started_at, seen_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (id) DO UPDATE SET version = excluded.version, seen_at = excluded.seen_at",
+                )?
+                .execute(rusqlite::params![id, version, started_at, now])?;
+                Ok::<(), StoreError>(())
+            })
+            .await
+    }
+
+    /// SQLite's online backup in one step: one read transaction, so the copy is a consistent
+    /// snapshot and concurrent writers (WAL) are never blocked or able to restart it.
+    pub(super) async fn backup(&self, out: &Path) -> Result<()> {
+        let (src, out) = (self.path.clone(), out.to_path_buf());
+        let busy = self.busy_timeout;
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            let dir = out.parent().filter(|p| !p.as_os_str().is_empty());
+            let tmp = tempfile::Builder::new()
+                .prefix(".imd-backup-")
+                .tempfile_in(dir.unwrap_or(Path::new(".")))
+                .map_err(|e| StoreError::Internal(format!("creating the backup file: {e}")))?;
+            let source = writer::open_sync(&src, busy)?;
+            let mut dest = rusqlite::Connection::open(tmp.path())?;
+            rusqlite::backup::Backup::new(&source, &mut dest)?
+                .run_to_completion(-1, Duration::ZERO, None)?;
+            dest.execute_batch("PRAGMA journal_mode = DELETE")?;
+            drop(dest);
+            // The temp file is created 0600: the copy holds sealed keys and hashes.
+            tmp.persist(&out)
+                .map_err(|e| StoreError::Internal(format!("writing {}: {e}", out.display())))?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| StoreError::Internal(e.to_string()))?
+    }
+
+    pub(super) async fn schema(&self) -> Result<Vec<(String, Vec<String>)>> {
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type IN ('table', 'view')
+               AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '_sqlx%' ORDER BY name",
+        )
+        .fetch_all(&self.read)
+        .await?;
+        let mut out = Vec::new();
+        for t in tables {
+            let mut cols: Vec<String> =
+                sqlx::query_scalar("SELECT name FROM pragma_table_info($1) ORDER BY name")
+                    .bind(&t)
+                    .fetch_all(&self.read)
+                    .await?;
+            cols.sort();
+            out.push((t, cols));
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn close(&self) {
+        self.write.close().await;
+        self.read.close().await;
+    }
+}
+
+impl SqliteStore {
+    crate::store::orgs::org_sql!();
+    crate::store::tokens::token_sql!();
+    crate::store::keys::key_sql!();
+    crate::store::users::user_sql!();
+    crate::store::devices::device_sql!();
+    crate::store::mappings::mapping_sql!();
+    crate::store::activations::activation_sql!();
+}
+
