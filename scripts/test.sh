@@ -3,15 +3,15 @@
 # build needs, checks formatting and lints, then runs every test (unit, CLI and the HTTP
 # integration tests, which start the real server on random loopback ports) twice: on SQLite,
 # then on PostgreSQL (a throwaway cluster from scripts/pg-cluster.sh; the harness creates one
-# database per test in it through IMD_TEST_PG_URL). Both runs must pass.
+# database per test in it through TEST_PG_URL). Both runs must pass.
 #
-#   IMD_TEST_BACKENDS=sqlite     only the SQLite run
-#   IMD_TEST_BACKENDS=postgres   only the PostgreSQL run
+#   TEST_BACKENDS=sqlite     only the SQLite run
+#   TEST_BACKENDS=postgres   only the PostgreSQL run
 #   (unset, or sqlite,postgres)  both
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-backends=${IMD_TEST_BACKENDS:-sqlite,postgres}
+backends=${TEST_BACKENDS:-sqlite,postgres}
 run_sqlite=false
 run_postgres=false
 IFS=', ' read -r -a wanted <<<"$backends"
@@ -21,13 +21,13 @@ for b in "${wanted[@]}"; do
         postgres) run_postgres=true ;;
         "") ;;
         *)
-            echo "IMD_TEST_BACKENDS: unknown backend \"$b\" (use sqlite, postgres or sqlite,postgres)" >&2
+            echo "TEST_BACKENDS: unknown backend \"$b\" (use sqlite, postgres or sqlite,postgres)" >&2
             exit 2
             ;;
     esac
 done
 if ! $run_sqlite && ! $run_postgres; then
-    echo "IMD_TEST_BACKENDS=\"$backends\" selects no backend (use sqlite, postgres or sqlite,postgres)" >&2
+    echo "TEST_BACKENDS=\"$backends\" selects no backend (use sqlite, postgres or sqlite,postgres)" >&2
     exit 2
 fi
 
@@ -53,8 +53,8 @@ failed=()
 
 if $run_sqlite; then
     echo "== tests on SQLite =="
-    # Without IMD_TEST_PG_URL the harness uses SQLite; do not inherit one from the caller.
-    env -u IMD_TEST_PG_URL cargo nextest run --workspace --no-fail-fast || failed+=(SQLite)
+    # Without TEST_PG_URL the harness uses SQLite; do not inherit one from the caller.
+    env -u TEST_PG_URL cargo nextest run --workspace --no-fail-fast || failed+=(SQLite)
 fi
 
 if $run_postgres; then
@@ -65,9 +65,9 @@ if $run_postgres; then
     trap 'bash scripts/pg-cluster.sh stop "$pg_dir" || true' EXIT
     trap 'exit 130' INT
     trap 'exit 143' TERM
-    IMD_TEST_PG_URL=$(bash scripts/pg-cluster.sh start "$pg_dir")
-    export IMD_TEST_PG_URL
-    echo "PostgreSQL test cluster: $IMD_TEST_PG_URL (in $pg_dir)"
+    TEST_PG_URL=$(bash scripts/pg-cluster.sh start "$pg_dir")
+    export TEST_PG_URL
+    echo "PostgreSQL test cluster: $TEST_PG_URL (in $pg_dir)"
     cargo nextest run --workspace --no-fail-fast || failed+=(PostgreSQL)
 fi
 

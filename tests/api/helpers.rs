@@ -36,12 +36,12 @@ pub async fn spawn_app_in(dir: tempfile::TempDir, extra: &[(&str, &str)]) -> Tes
     spawn_app_full(dir, extra, Vec::new()).await
 }
 
-/// The database the suite runs on: SQLite in the data directory, or, when `IMD_TEST_PG_URL`
+/// The database the suite runs on: SQLite in the data directory, or, when `TEST_PG_URL`
 /// names a PostgreSQL cluster (scripts/test.sh starts one), a fresh database of its own in it.
 /// The URL is kept in the data directory so that every server started on that directory (a
 /// restart, a second replica) shares the database.
 pub async fn prepare_database(dir: &std::path::Path) {
-    let Ok(admin) = std::env::var("IMD_TEST_PG_URL") else {
+    let Ok(admin) = std::env::var("TEST_PG_URL") else {
         return;
     };
     let marker = dir.join(DB_URL_FILE);
@@ -57,7 +57,7 @@ pub async fn prepare_database(dir: &std::path::Path) {
         .await
         .unwrap();
     let _ = c.close().await;
-    let (base, _) = admin.rsplit_once('/').expect("IMD_TEST_PG_URL ends in /DBNAME");
+    let (base, _) = admin.rsplit_once('/').expect("TEST_PG_URL ends in /DBNAME");
     std::fs::write(marker, format!("{base}/{name}")).unwrap();
 }
 
@@ -69,7 +69,7 @@ pub fn database_url_of(dir: &std::path::Path) -> Option<String> {
 }
 
 pub fn on_postgres() -> bool {
-    std::env::var("IMD_TEST_PG_URL").is_ok()
+    std::env::var("TEST_PG_URL").is_ok()
 }
 
 /// `spawn_app_in` with resolvers of the test's own (see tests/api/resolvers.rs).
