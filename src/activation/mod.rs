@@ -206,6 +206,11 @@ impl Activator {
         }
     }
 
+    /// Whether tokens of this IMD version can activate here (a resolver is configured).
+    pub fn supports(&self, version: ImdVersion) -> bool {
+        self.resolvers.contains_key(&version)
+    }
+
     #[tracing::instrument(skip_all, fields(org_id, token_id))]
     pub async fn activate(
         &self,

@@ -130,9 +130,9 @@ pub async fn mint_token(
     let b = body.into_inner();
     let version = ImdVersion::parse(&b.version)
         .map_err(|_| ApiError::invalid("version must be \"v2\", \"v4\" or \"v5\""))?;
-    if version != ImdVersion::V4 {
+    if !state.activator.supports(version) {
         return Err(ApiError::invalid(format!(
-            "IMD {} is not available on this server yet; use \"v4\" (device map)",
+            "IMD {} is not enabled on this server; use \"v4\" (device map)",
             version.as_str()
         )));
     }

@@ -1,5 +1,5 @@
 //! The one integration-test binary: every test starts the real server on a random loopback port
-//! with a fresh SQLite database and talks to it over HTTP.
+//! with a fresh database (SQLite, or PostgreSQL when TEST_PG_URL is set) and talks to it over HTTP.
 
 mod activation;
 mod admin;
@@ -7,4 +7,6 @@ mod client;
 mod concurrency;
 mod device_maps;
 mod helpers;
+mod replicas;
+mod resolvers;
 mod tokens;
