@@ -7,7 +7,7 @@ mod identifiers;
 
 use serde::{Deserialize, Serialize};
 
-pub use email::Email;
+pub use email::{Email, normalize_email};
 pub use identifiers::{
     DeviceIdentifiers, IdentifierType, normalize_hostname, normalize_serial, normalize_uuid,
     validate_hostname,
