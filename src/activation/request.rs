@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use crate::domain::DeviceIdentifiers;
+use crate::domain::{DeviceIdentifiers, normalize_email};
 
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 const MAX_FIELD_LEN: usize = 255;
@@ -125,24 +125,27 @@ impl ActivationRequest {
     }
 }
 
-/// `CORP\jdoe`, `jdoe@corp.example.com` and `JDoe` all name the login `jdoe`.
+/// `CORP\jdoe`, `jdoe@corp.example.com` and `JDoe` all name the login `jdoe`: the part after any
+/// `DOMAIN\` and before any `@`, normalised like an email (`normalize_email`).
 pub fn login_key(s: &str) -> String {
     let s = s.trim();
     let s = s.rsplit('\\').next().unwrap_or(s);
     let s = s.split('@').next().unwrap_or(s);
-    s.to_lowercase()
+    normalize_email(s).into_owned()
 }
 
 impl ReportedUser {
     /// Whether the reported user is the directory/mapping user with this email and user name.
+    /// Emails compare after `normalize_email` on both sides (the stored `email_norm` already is).
     pub fn matches(&self, email_norm: &str, user_name: &str) -> bool {
+        let email_norm = normalize_email(email_norm);
         let email_hit = [&self.email, &self.upn]
             .into_iter()
             .flatten()
-            .any(|e| e.trim().eq_ignore_ascii_case(email_norm));
+            .any(|e| normalize_email(e) == email_norm);
         let login_hit = self.login.as_deref().is_some_and(|l| {
             let l = login_key(l);
-            l == login_key(user_name) || l == login_key(email_norm)
+            l == login_key(user_name) || l == login_key(&email_norm)
         });
         email_hit || login_hit
     }
@@ -175,5 +178,40 @@ mod tests {
             ..Default::default()
         };
         assert!(u.matches("jdoe@corp.example.com", "someone"));
+    }
+
+    #[test]
+    fn non_ascii_emails_match_in_any_case_like_the_stored_normal_form() {
+        let stored = crate::domain::Email::parse("Özil@corp.example.com").unwrap();
+        for (upn, email) in [
+            (Some("ÖZIL@corp.example.com"), None),
+            (None, Some("ÖZIL@CORP.EXAMPLE.COM")),
+            (Some(" özil@Corp.Example.com "), None),
+        ] {
+            let u = ReportedUser {
+                upn: upn.map(Into::into),
+                email: email.map(Into::into),
+                ..Default::default()
+            };
+            assert!(u.matches(stored.normalized(), "mesut"), "{upn:?} {email:?}");
+            // Whatever form the caller passes in.
+            assert!(u.matches(stored.as_str(), "mesut"), "{upn:?} {email:?}");
+        }
+        let other = ReportedUser {
+            upn: Some("OZIL@corp.example.com".into()),
+            ..Default::default()
+        };
+        assert!(!other.matches(stored.normalized(), "mesut"));
+    }
+
+    #[test]
+    fn non_ascii_logins_match_in_any_case() {
+        let u = ReportedUser {
+            login: Some("CORP\\ÖZIL".into()),
+            ..Default::default()
+        };
+        assert!(u.matches("someone@corp.example.com", "özil"));
+        assert!(u.matches("özil@corp.example.com", "mesut"));
+        assert_eq!(login_key("ǅemal@corp.example.com"), "ǆemal");
     }
 }

@@ -19,6 +19,12 @@ const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 /// Larger than csv's 8 KiB default: fewer refills on 80 MB uploads.
 const READ_BUFFER: usize = 64 * 1024;
 const MAX_VALUE_CHARS: usize = 200;
+/// The most bytes one record may take, counted from the end of the previous record (so its line
+/// ending and any empty lines before it count too). A valid row is at most a few KiB; a longer
+/// record is almost always a quote that is never closed, which would otherwise pull the rest of
+/// the file into one record. The reader stops at the first record that reaches the limit, so the
+/// record buffer never holds more than this.
+pub const MAX_RECORD_BYTES: usize = 64 * 1024;
 const ERROR_COLUMN: &str = "error";
 const SAVE_AS_UTF8: &str = "save the file as UTF-8 (\"CSV UTF-8\" in Excel)";
 
@@ -54,8 +60,18 @@ pub enum HeaderError {
         if .0.len() == 1 { "s" } else { "" }
     )]
     DuplicateColumns(Vec<String>),
+    #[error(
+        "the header line is longer than {MAX_RECORD_BYTES} bytes: check for a quote (\") that is never closed"
+    )]
+    TooLong,
     #[error("could not read the header line: {0}")]
     Csv(String),
+}
+
+fn cr_only() -> HeaderError {
+    HeaderError::Csv(
+        "the file uses old Mac (CR-only) line endings: save it with Windows (CRLF) or Unix (LF) line endings".into(),
+    )
 }
 
 fn plural(v: &[String]) -> &'static str {
@@ -139,6 +155,8 @@ pub struct DeviceMapReader<R: Read> {
     errors: Vec<FieldError>,
     rows_read: u64,
     read_error: Option<String>,
+    /// Line of the record that reached `MAX_RECORD_BYTES`; reading stopped there.
+    too_long_at: Option<u64>,
 }
 
 impl<R: Read> DeviceMapReader<R> {
@@ -158,7 +176,13 @@ impl<R: Read> DeviceMapReader<R> {
         loop {
             match read_raw(&mut csv, &mut record) {
                 Err(e) => return Err(HeaderError::Csv(e.to_string())),
+                Ok(None) if csv.get_ref().cut => return Err(HeaderError::TooLong),
                 Ok(None) => return Err(HeaderError::Empty),
+                // One CR-only "line" of the whole file is the likelier cause: say so.
+                Ok(Some(_)) if csv.get_ref().cut && record.as_slice().contains(&b'\r') => {
+                    return Err(cr_only());
+                }
+                Ok(Some(_)) if csv.get_ref().cut => return Err(HeaderError::TooLong),
                 Ok(Some(_)) if is_blank(&record) => continue,
                 Ok(Some(_)) => break,
             }
@@ -167,9 +191,7 @@ impl<R: Read> DeviceMapReader<R> {
         for i in 0..record.len() {
             let name = std::str::from_utf8(field(&record, i)).map_err(|_| HeaderError::NotUtf8)?;
             if name.contains('\r') {
-                return Err(HeaderError::Csv(
-                    "the file uses old Mac (CR-only) line endings: save it with Windows (CRLF) or Unix (LF) line endings".into(),
-                ));
+                return Err(cr_only());
             }
             headers.push(name.to_owned());
         }
@@ -184,6 +206,7 @@ impl<R: Read> DeviceMapReader<R> {
             errors: Vec::new(),
             rows_read: 0,
             read_error: None,
+            too_long_at: None,
         })
     }
 
@@ -196,14 +219,17 @@ impl<R: Read> DeviceMapReader<R> {
     /// rejected; `None` at the end. Blank lines (including lines of only
     /// commas, which spreadsheets append) are skipped. After a read error
     /// from the underlying reader, one `RowError` describes it and the
-    /// iteration ends (see `read_error`).
+    /// iteration ends (see `read_error`). So it does at a record of
+    /// `MAX_RECORD_BYTES` or more (see `stopped_at`): nothing after it is read.
     pub fn next_row(&mut self) -> Option<Result<(u64, MappingRow), RowError>> {
-        if self.read_error.is_some() {
+        if self.read_error.is_some() || self.too_long_at.is_some() {
             return None;
         }
         loop {
             self.current = OnceCell::new();
             let line = match read_raw(&mut self.csv, &mut self.record) {
+                // Only empty lines (which csv skips) up to the limit.
+                Ok(None) if self.csv.get_ref().cut => self.csv.position().line(),
                 Ok(None) => return None,
                 Ok(Some(line)) => line,
                 Err(e) => {
@@ -217,6 +243,22 @@ impl<R: Read> DeviceMapReader<R> {
                     )));
                 }
             };
+            if self.csv.get_ref().cut {
+                // After an unterminated quote every later quote flips the parser's state, so
+                // nothing further can be parsed reliably: stop rather than guess.
+                self.too_long_at = Some(line);
+                self.rows_read += 1;
+                // Give the memory back; the failure report shows the row's fields empty.
+                self.record = ByteRecord::new();
+                return Some(Err(RowError::whole_row(
+                    line,
+                    format!(
+                        "the record starting on line {line} is longer than {MAX_RECORD_BYTES} bytes, \
+                         most likely because a quote (\") is never closed; \
+                         the rest of the file was not read"
+                    ),
+                )));
+            }
             if is_blank(&self.record) {
                 continue;
             }
@@ -248,6 +290,13 @@ impl<R: Read> DeviceMapReader<R> {
     /// treat the import as complete.
     pub fn read_error(&self) -> Option<&str> {
         self.read_error.as_deref()
+    }
+
+    /// The line of a record that reached `MAX_RECORD_BYTES`, after which
+    /// nothing was read: the rows after it were never seen, so callers
+    /// should not treat the import as complete.
+    pub fn stopped_at(&self) -> Option<u64> {
+        self.too_long_at
     }
 
     fn check_record(&mut self, line: u64) -> Result<(u64, MappingRow), RowError> {
@@ -384,6 +433,9 @@ fn map_columns(headers: &[String]) -> Result<Vec<Option<Column>>, HeaderError> {
 /// start is worked back from the end: the reader's line count after the
 /// record, minus newlines inside quoted fields, minus the record's own
 /// '\n' unless it ended at end of input.
+///
+/// A record cut at `MAX_RECORD_BYTES` is returned like one that ended at end
+/// of input, with `Source::cut` set.
 fn read_raw<R: Read>(
     csv: &mut ::csv::Reader<Source<R>>,
     record: &mut ByteRecord,
@@ -391,11 +443,14 @@ fn read_raw<R: Read>(
     if !csv.read_byte_record(record)? {
         return Ok(None);
     }
-    let end_line = csv.position().line();
+    let end = csv.position();
+    let (end_line, end_byte) = (end.line(), end.byte());
     let inside = record.as_slice().iter().filter(|&&b| b == b'\n').count() as u64;
+    let source = csv.get_mut();
     // Once the source has reported end of input there are no bytes left, so
     // the record cannot have consumed a terminating '\n'.
-    let terminator = u64::from(!csv.get_ref().eof);
+    let terminator = u64::from(!(source.eof || source.cut));
+    source.record_end = end_byte;
     Ok(Some(end_line.saturating_sub(inside + terminator).max(1)))
 }
 
@@ -414,8 +469,15 @@ fn is_blank(record: &ByteRecord) -> bool {
 }
 
 /// The input as csv sees it: a leading UTF-8 BOM removed here rather than
-/// by csv, which misses one split across reads, and end of input recorded
-/// for `read_raw`.
+/// by csv, which misses one split across reads, end of input recorded
+/// for `read_raw`, and the bytes of one record capped.
+///
+/// csv grows its record buffer until the record ends, so an unterminated
+/// quote would read the rest of the file into one record. Instead, once
+/// `MAX_RECORD_BYTES` have been handed out since the end of the last record
+/// (`record_end`, which `read_raw` moves on) and csv still asks for more,
+/// the source reports end of input and sets `cut`: csv then ends the record
+/// there, and the reader stops. One subtraction per read, nothing per byte.
 struct Source<R> {
     inner: R,
     head: [u8; 3],
@@ -423,6 +485,13 @@ struct Source<R> {
     head_pos: usize,
     started: bool,
     eof: bool,
+    /// Bytes handed to csv so far (after any BOM).
+    delivered: u64,
+    /// csv's byte position at the end of the last complete record.
+    record_end: u64,
+    /// The current record reached `MAX_RECORD_BYTES`: end of input was
+    /// reported early and the rest of the input is never read.
+    cut: bool,
 }
 
 impl<R: Read> Source<R> {
@@ -434,6 +503,9 @@ impl<R: Read> Source<R> {
             head_pos: 0,
             started: false,
             eof: false,
+            delivered: 0,
+            record_end: 0,
+            cut: false,
         }
     }
 
@@ -468,10 +540,28 @@ impl<R: Read> Read for Source<R> {
             let n = buf.len().min(self.head_len - self.head_pos);
             buf[..n].copy_from_slice(&self.head[self.head_pos..self.head_pos + n]);
             self.head_pos += n;
+            self.delivered += n as u64;
             return Ok(n);
         }
-        let n = self.read_inner(buf)?;
-        if n == 0 && !buf.is_empty() {
+        if self.cut || self.eof || buf.is_empty() {
+            return Ok(0);
+        }
+        let in_record = self.delivered.saturating_sub(self.record_end);
+        let room = (MAX_RECORD_BYTES as u64).saturating_sub(in_record);
+        if room == 0 {
+            // A record of exactly the limit may still end the file: look one byte ahead.
+            let mut probe = [0u8; 1];
+            if self.read_inner(&mut probe)? == 0 {
+                self.eof = true;
+            } else {
+                self.cut = true;
+            }
+            return Ok(0);
+        }
+        let want = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        let n = self.read_inner(&mut buf[..want])?;
+        self.delivered += n as u64;
+        if n == 0 {
             self.eof = true;
         }
         Ok(n)
@@ -1242,6 +1332,157 @@ mod tests {
         assert!(e.error.contains("upload cut off"), "{}", e.error);
         assert!(r.next_row().is_none());
         assert!(r.read_error().unwrap().contains("upload cut off"));
+    }
+
+    /// Counts the bytes taken from the wrapped reader.
+    struct Counting<R> {
+        inner: R,
+        taken: std::rc::Rc<std::cell::Cell<u64>>,
+    }
+
+    impl<R: Read> Read for Counting<R> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.taken.set(self.taken.get() + n as u64);
+            Ok(n)
+        }
+    }
+
+    /// `head`, then `tail_rows` valid rows (about 8 MB for 100,000), produced on the fly.
+    fn with_tail(head: String, tail_rows: u64) -> impl Read {
+        let mut rows = Generator::new(tail_rows);
+        rows.header = false;
+        io::Cursor::new(head.into_bytes()).chain(rows)
+    }
+
+    #[test]
+    fn unterminated_quote_stops_at_the_record_cap_without_reading_the_rest() {
+        let head = format!(
+            "{HEADER}a@example.com,a,PC-A,hostname,pc-a,,\n\
+             b@example.com,\"Bob,PC-B,hostname,pc-b,,\n"
+        );
+        let before_broken = (HEADER.len() + "a@example.com,a,PC-A,hostname,pc-a,,\n".len()) as u64;
+        for chunk in [1000, 4096, 100_000] {
+            let taken = std::rc::Rc::new(std::cell::Cell::new(0));
+            let input = Counting {
+                inner: with_tail(head.clone(), 100_000),
+                taken: taken.clone(),
+            };
+            let mut r = DeviceMapReader::new(io::BufReader::with_capacity(chunk, input)).unwrap();
+            assert_eq!(r.next_row().unwrap().unwrap().0, 2);
+            let e = r.next_row().unwrap().unwrap_err();
+            assert_eq!(e.line, 3);
+            assert_eq!((e.column.as_deref(), e.value.as_deref()), (None, None));
+            assert_eq!(
+                e.error,
+                "the record starting on line 3 is longer than 65536 bytes, most likely because \
+                 a quote (\") is never closed; the rest of the file was not read"
+            );
+            assert!(r.next_row().is_none());
+            assert!(r.next_row().is_none());
+            assert_eq!(r.stopped_at(), Some(3));
+            assert_eq!(r.read_error(), None);
+            assert_eq!(r.rows_read(), 2);
+            assert_eq!(r.current_record().len(), 0);
+            // Of the ~8 MB only the cap's worth (plus one byte of look-ahead and whatever the
+            // BufReader had buffered) was ever read.
+            let limit = before_broken + MAX_RECORD_BYTES as u64 + 1 + chunk as u64;
+            assert!(
+                taken.get() <= limit,
+                "read {} bytes, limit {limit}",
+                taken.get()
+            );
+        }
+    }
+
+    #[test]
+    fn record_buffer_never_exceeds_the_cap() {
+        let head = format!("{HEADER}b@example.com,\"Bob,PC-B,hostname,pc-b,,\n");
+        let mut r = DeviceMapReader::new(with_tail(head, 100_000)).unwrap();
+        let line = read_raw(&mut r.csv, &mut r.record).unwrap().unwrap();
+        assert_eq!(line, 2);
+        assert!(r.csv.get_ref().cut);
+        let len = r.record.as_slice().len();
+        assert!(len <= MAX_RECORD_BYTES, "{len}");
+        assert!(len > MAX_RECORD_BYTES - 1000, "{len}");
+        assert!(r.csv.get_ref().delivered - r.csv.get_ref().record_end <= MAX_RECORD_BYTES as u64);
+        // Nothing more comes out of the source.
+        assert!(!r.csv.read_byte_record(&mut r.record).unwrap());
+    }
+
+    #[test]
+    fn records_just_under_the_cap_are_read_and_the_file_goes_on() {
+        // A quoted value with newlines whose record is just under the cap: parsed (and refused
+        // for its length), then the rows after it read normally with the right lines.
+        let prefix = "a@example.com,a,\"";
+        let suffix = "\",hostname,pc-a,,\n";
+        let filler = "x".repeat(99) + "\n";
+        let mut name = String::new();
+        while prefix.len() + name.len() + filler.len() + suffix.len() < MAX_RECORD_BYTES {
+            name.push_str(&filler);
+        }
+        let record = format!("{prefix}{name}{suffix}");
+        assert!(record.len() <= MAX_RECORD_BYTES && record.len() > MAX_RECORD_BYTES - 100);
+        let newlines = name.matches('\n').count() as u64;
+        let data = format!("{HEADER}{record}{record}b@example.com,b,PC-B,hostname,pc-b,,\n");
+        for chunk in [1, 7, 4096, 100_000] {
+            let r = DeviceMapReader::new(Trickle {
+                data: data.as_bytes(),
+                chunk,
+            })
+            .unwrap();
+            let (ok, bad) = read_all(r);
+            assert_eq!(lines_of(&ok), [2 + 2 * (newlines + 1)], "chunk {chunk}");
+            assert_eq!(bad.len(), 2);
+            assert_eq!(bad[0].line, 2);
+            assert_eq!(bad[0].column.as_deref(), Some("deviceName"));
+            assert_eq!(bad[1].line, 2 + newlines + 1);
+        }
+    }
+
+    #[test]
+    fn a_last_record_of_exactly_the_cap_is_not_cut() {
+        let prefix = "a@example.com,a,PC-A,hostname,pc-a,";
+        let data = format!(
+            "{HEADER}{prefix}{},",
+            "x".repeat(MAX_RECORD_BYTES - prefix.len() - 1)
+        );
+        let mut r = open(&data);
+        let e = r.next_row().unwrap().unwrap_err();
+        assert_eq!(e.column.as_deref(), Some("oldDeviceName"));
+        assert!(r.next_row().is_none());
+        assert_eq!(r.stopped_at(), None);
+        // One byte more and it is too long.
+        let data = format!("{data} ");
+        let mut r = open(&data);
+        assert_eq!(r.next_row().unwrap().unwrap_err().line, 2);
+        assert_eq!(r.stopped_at(), Some(2));
+    }
+
+    #[test]
+    fn the_cap_applies_to_empty_lines_before_a_record_too() {
+        let data = format!(
+            "{HEADER}{}a@example.com,a,PC-A,hostname,pc-a,,\n",
+            "\n".repeat(MAX_RECORD_BYTES + 10)
+        );
+        let mut r = open(&data);
+        let e = r.next_row().unwrap().unwrap_err();
+        assert!(e.error.contains("longer than 65536 bytes"), "{}", e.error);
+        assert!(r.next_row().is_none());
+        assert!(r.stopped_at().is_some());
+    }
+
+    #[test]
+    fn an_overlong_header_is_a_header_error() {
+        let data = format!("emailID,\"userName{}", "x,".repeat(MAX_RECORD_BYTES));
+        let e = header_error(data.as_bytes());
+        assert_eq!(e, HeaderError::TooLong);
+        assert!(e.to_string().contains("65536 bytes"), "{e}");
+        // A big CR-only file is one long record too, and gets the CR-only explanation.
+        let data = HEADER.replace('\n', "\r")
+            + &"a@example.com,a,PC,hostname,pc,,\r".repeat(MAX_RECORD_BYTES / 30);
+        let e = header_error(data.as_bytes());
+        assert!(e.to_string().contains("CR-only"), "{e}");
     }
 
     #[test]

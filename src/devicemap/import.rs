@@ -45,6 +45,11 @@ pub struct ImportReport {
     pub dry_run: bool,
     pub errors: Vec<RowError>,
     pub errors_truncated: bool,
+    /// Set when reading stopped at a record of `MAX_RECORD_BYTES` or more (an unterminated quote,
+    /// usually) on this line: the rest of the file was not read, so nothing is applied, whatever
+    /// the mode. That record is the last entry of `errors`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped_at_line: Option<u64>,
     #[serde(skip)]
     pub failures_csv: Option<File>,
 }
@@ -116,6 +121,7 @@ fn run(
         dry_run: opts.dry_run,
         errors: Vec::new(),
         errors_truncated: false,
+        stopped_at_line: None,
         failures_csv: None,
     };
 
@@ -132,13 +138,13 @@ fn run(
                 };
                 batch.push((item, keep_raw.then(|| reader.current_record().clone())));
                 if batch.len() == HANDOFF_BATCH && send.send(std::mem::take(&mut batch)).is_err() {
-                    return None;
+                    return (None, None);
                 }
             }
             if !batch.is_empty() {
                 let _ = send.send(batch);
             }
-            reader.read_error().map(str::to_string)
+            (reader.read_error().map(str::to_string), reader.stopped_at())
         })?;
 
     // Writing side (this thread): a dry run only reads, so it takes no write lock. An
@@ -201,11 +207,17 @@ fn run(
             good.clear();
         }
     }
-    let read_error = parser
+    let (read_error, stopped_at) = parser
         .join()
         .map_err(|_| ImportError::Io(std::io::Error::other("the CSV parser failed")))?;
     if let Some(msg) = read_error {
         return Err(ImportError::Io(std::io::Error::other(msg)));
+    }
+    // The file could not be read to its end (see `DeviceMapReader::stopped_at`): applying the rows
+    // before the break would silently drop the rest, so even a partial upload applies nothing.
+    report.stopped_at_line = stopped_at;
+    if stopped_at.is_some() {
+        writing = false;
     }
     if let Some(w) = failures {
         let mut f = w

@@ -5,7 +5,9 @@
 mod csv;
 mod mapping;
 
-pub use self::csv::{DeviceMapReader, FailureCsvWriter, HeaderError, RowError, SeenIdentifiers};
+pub use self::csv::{
+    DeviceMapReader, FailureCsvWriter, HeaderError, MAX_RECORD_BYTES, RowError, SeenIdentifiers,
+};
 pub use self::mapping::{
     Column, MAX_DEVICE_NAME, MAX_IDENTIFIER, MAX_USER_NAME, MappingInput, MappingRow,
 };

@@ -1,6 +1,7 @@
 //! Email addresses as admins type them into device maps and as directories
 //! return them: syntax checked, display form kept, compared case-insensitively.
 
+use std::borrow::Cow;
 use std::hash::{Hash, Hasher};
 
 use serde::{Deserialize, Serialize};
@@ -14,6 +15,31 @@ const MAX_TOTAL: usize = 254;
 const MAX_LABEL: usize = 63;
 /// RFC 5322 `atext` punctuation allowed in an unquoted local part.
 const LOCAL_PUNCT: &str = "!#$%&'*+-/=?^_`{|}~";
+
+/// The one case normalisation for everything that names a user: email
+/// addresses (mappings, users, the UPN and email a client reports, admin
+/// filters) and login names. Trims, then lowercases the whole string with
+/// Unicode's full lowercase mapping (`str::to_lowercase`), so `ÖZIL@Corp.com`
+/// and `özil@corp.com` are one user. The domain part of a valid `Email` is
+/// ASCII, so this is plain ASCII lowercasing there. Borrows when the input is
+/// already normal, the common case.
+pub fn normalize_email(s: &str) -> Cow<'_, str> {
+    let s = s.trim();
+    let unchanged = if s.is_ascii() {
+        !s.bytes().any(|b| b.is_ascii_uppercase())
+    } else {
+        // Not `char::is_uppercase`: titlecase letters such as 'ǅ' lowercase too.
+        s.chars().all(|c| {
+            let mut lower = c.to_lowercase();
+            lower.next() == Some(c) && lower.next().is_none()
+        })
+    };
+    if unchanged {
+        Cow::Borrowed(s)
+    } else {
+        Cow::Owned(s.to_lowercase())
+    }
+}
 
 /// A syntactically valid email address. Equality and hashing use the
 /// lowercase form: directories and admins disagree on case, and treating
@@ -58,10 +84,9 @@ impl Email {
         };
         check_local(local)?;
         check_domain(domain)?;
-        let lower = if s.chars().any(char::is_uppercase) {
-            Some(s.to_lowercase())
-        } else {
-            None
+        let lower = match normalize_email(s) {
+            Cow::Borrowed(_) => None,
+            Cow::Owned(lower) => Some(lower),
         };
         Ok(Email {
             display: s.to_owned(),
@@ -74,7 +99,8 @@ impl Email {
         &self.display
     }
 
-    /// The lowercase form used for comparison and lookups.
+    /// The lowercase form (`normalize_email`) used for comparison, lookups
+    /// and the stored `email_norm`.
     pub fn normalized(&self) -> &str {
         self.lower.as_deref().unwrap_or(&self.display)
     }
@@ -258,6 +284,44 @@ mod tests {
         assert!(Email::parse(&ok).is_ok());
         let too_long = format!("{local64}@x{domain}");
         assert!(Email::parse(&too_long).unwrap_err().message.contains("254"));
+    }
+
+    #[test]
+    fn normalize_email_lowercases_unicode_and_borrows_when_already_normal() {
+        assert_eq!(
+            normalize_email("ÖZIL@corp.example.com"),
+            "özil@corp.example.com"
+        );
+        assert_eq!(
+            normalize_email(" Özil@Corp.Example.COM "),
+            "özil@corp.example.com"
+        );
+        assert_eq!(normalize_email("JOSÉ@EXAMPLE.ES"), "josé@example.es");
+        assert_eq!(normalize_email("ДМИТРИЙ@example.ru"), "дмитрий@example.ru");
+        assert!(matches!(
+            normalize_email(" özil@corp.example.com"),
+            Cow::Borrowed("özil@corp.example.com")
+        ));
+        assert!(matches!(
+            normalize_email("ann@example.com"),
+            Cow::Borrowed(_)
+        ));
+        assert!(matches!(normalize_email("Ann@example.com"), Cow::Owned(_)));
+        // Titlecase, not uppercase, and still not in lowercase form.
+        assert_eq!(normalize_email("ǅemal@example.com"), "ǆemal@example.com");
+    }
+
+    #[test]
+    fn non_ascii_addresses_differing_in_case_are_one_email() {
+        let mapped = Email::parse("Özil@corp.example.com").unwrap();
+        let reported = Email::parse("ÖZIL@CORP.EXAMPLE.COM").unwrap();
+        assert_eq!(mapped.as_str(), "Özil@corp.example.com");
+        assert_eq!(mapped.normalized(), "özil@corp.example.com");
+        assert_eq!(mapped, reported);
+        assert_eq!(mapped.normalized(), normalize_email(reported.as_str()));
+        let title = Email::parse("ǅemal@example.com").unwrap();
+        assert_eq!(title.normalized(), "ǆemal@example.com");
+        assert_eq!(title, Email::parse("ǆemal@example.com").unwrap());
     }
 
     #[test]

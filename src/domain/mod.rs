@@ -8,7 +8,7 @@ mod mapping;
 
 use serde::{Deserialize, Serialize};
 
-pub use email::Email;
+pub use email::{Email, normalize_email};
 pub use mapping::MappingRow;
 pub use identifiers::{
     DeviceIdentifiers, IdentifierType, normalize_hostname, normalize_serial, normalize_uuid,

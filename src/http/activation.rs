@@ -3,12 +3,12 @@
 
 use std::sync::atomic::Ordering;
 
-use actix_web::http::header::CONTENT_TYPE;
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 use serde_json::json;
 
 use super::auth::DeviceAuth;
+use super::media;
 use super::{ApiError, AppState, Code};
 use crate::activation::request::{ActivationRequest, RawActivation};
 use crate::activation::{ActivationError, AttemptContext};
@@ -80,14 +80,12 @@ pub async fn activate(
             "too many activations in progress; retry shortly",
         ));
     }
-    if let Some(ct) = req.headers().get(CONTENT_TYPE) {
-        let ct = ct.to_str().unwrap_or("");
-        if !ct.starts_with("application/json") {
-            return Err(ApiError::new(
-                Code::UnsupportedMediaType,
-                "expected Content-Type: application/json",
-            ));
-        }
+    // No Content-Type at all is accepted (minimal clients); any other type is not.
+    if media::content_type_is(&req, &["application/json"]) == Some(false) {
+        return Err(ApiError::new(
+            Code::UnsupportedMediaType,
+            "expected Content-Type: application/json",
+        ));
     }
     let body = read_limited(&req, payload, state.limits.activation_body_bytes).await?;
     let remote = ip.map(|i| i.to_string());

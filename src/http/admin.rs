@@ -11,6 +11,7 @@ use super::pagination::{PageQuery, Paged};
 use super::{ApiError, AppState, Code};
 use crate::clock::parse_rfc3339;
 use crate::crypto::{ADMIN_KEY_PREFIX, random_secret, sha256_hex};
+use crate::domain::normalize_email;
 use crate::store::{OrgSettingsPatch, StoreError, TokenRow};
 
 const MAX_NAME: usize = 200;
@@ -219,7 +220,7 @@ pub async fn list_users(
     q: web::Query<UserQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let page = q.page.page()?;
-    let email = q.email.as_deref().map(|e| e.trim().to_lowercase());
+    let email = q.email.as_deref().map(|e| normalize_email(e).into_owned());
     let rows = state
         .store
         .list_users(&auth.org_id, email.as_deref(), &page)

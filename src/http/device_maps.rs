@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use actix_web::http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
+use actix_web::http::header::CONTENT_LENGTH;
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 use serde::Deserialize;
@@ -11,11 +11,12 @@ use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
 use super::auth::AdminAuth;
+use super::media;
 use super::pagination::{PageQuery, Paged};
 use super::{ApiError, AppState, Code};
 use crate::devicemap::import::{self, ImportError, ImportOptions, Mode};
-use crate::devicemap::{MappingInput, MappingRow};
-use crate::domain::IdentifierType;
+use crate::devicemap::{MAX_RECORD_BYTES, MappingInput, MappingRow};
+use crate::domain::{IdentifierType, normalize_email};
 use crate::store::{MappingFilter, MappingsOutcome, StoreError};
 
 const MAX_LISTED_ERRORS: usize = 1000;
@@ -39,10 +40,7 @@ fn flag(name: &str, v: Option<&str>) -> Result<bool, ApiError> {
 }
 
 fn wants_csv(req: &HttpRequest) -> bool {
-    req.headers()
-        .get(ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("text/csv"))
+    media::accepts(req, "text/csv")
 }
 
 /// Streams a spooled file back as the response body.
@@ -83,12 +81,7 @@ pub async fn upload(
         }
     };
     let dry_run = flag("dry_run", q.dry_run.as_deref())?;
-    let ct = req
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !(ct.starts_with("text/csv") || ct.starts_with("application/csv")) {
+    if media::content_type_is(&req, &["text/csv", "application/csv"]) != Some(true) {
         return Err(ApiError::new(
             Code::UnsupportedMediaType,
             "upload the device map with Content-Type: text/csv",
@@ -144,7 +137,9 @@ pub async fn upload(
         Err(ImportError::Store(s)) => return Err(s.into()),
         Err(e) => return Err(ApiError::internal(e)),
     };
-    let refused = mode == Mode::AllOrNothing && report.rows_invalid > 0;
+    // A file that could not be read to its end is refused in either mode.
+    let refused =
+        report.stopped_at_line.is_some() || (mode == Mode::AllOrNothing && report.rows_invalid > 0);
     tracing::info!(
         org_id = %auth.org_id, rows = report.rows_total, invalid = report.rows_invalid,
         created = report.created, updated = report.updated, dry_run, refused, "device map upload"
@@ -173,17 +168,25 @@ pub async fn upload(
         return Ok(resp);
     }
     if refused {
-        return Err(ApiError::new(
-            Code::DeviceMapInvalid,
-            format!(
+        let message = match report.stopped_at_line {
+            Some(line) => format!(
+                "the file cannot be read past line {line}: the record starting there is longer than \
+                 {MAX_RECORD_BYTES} bytes (a quote that is never closed?); nothing was applied"
+            ),
+            None => format!(
                 "{} of {} rows are invalid; nothing was applied (fix them, or upload with ?mode=partial)",
                 report.rows_invalid, report.rows_total
             ),
-        )
-        .with_detail("rows_total", json!(report.rows_total))
-        .with_detail("rows_invalid", json!(report.rows_invalid))
-        .with_detail("errors", json!(report.errors))
-        .with_detail("errors_truncated", json!(report.errors_truncated)));
+        };
+        let mut err = ApiError::new(Code::DeviceMapInvalid, message);
+        if let Some(line) = report.stopped_at_line {
+            err = err.with_detail("stopped_at_line", json!(line));
+        }
+        return Err(err
+            .with_detail("rows_total", json!(report.rows_total))
+            .with_detail("rows_invalid", json!(report.rows_invalid))
+            .with_detail("errors", json!(report.errors))
+            .with_detail("errors_truncated", json!(report.errors_truncated)));
     }
     Ok(HttpResponse::Ok().json(report))
 }
@@ -311,7 +314,10 @@ pub async fn list_mappings(
         return Err(ApiError::invalid("status must be pending or consumed"));
     }
     let filter = MappingFilter {
-        email: q.email_id.as_deref().map(|e| e.trim().to_lowercase()),
+        email: q
+            .email_id
+            .as_deref()
+            .map(|e| normalize_email(e).into_owned()),
         identifier_type: identifier_type.map(|t| t.as_str().to_string()),
         identifier_norm,
         status: q.status.clone(),

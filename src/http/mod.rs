@@ -7,6 +7,7 @@ mod auth;
 mod device_maps;
 pub mod error;
 mod health;
+mod media;
 mod pagination;
 
 use std::path::PathBuf;

@@ -690,3 +690,124 @@ async fn another_users_machine_sharing_a_hostname_does_not_take_over_a_hostname_
     assert_eq!(d["status"], "active");
     assert_eq!(d["user_id"], a["user_id"]);
 }
+
+/// POSTs `body` to the activation endpoint with the given `Content-Type`.
+async fn activate_with_content_type(
+    app: &crate::helpers::TestApp,
+    content_type: &str,
+    body: &Value,
+) -> reqwest::Response {
+    app.client
+        .post(app.url("/api/v1/activations"))
+        .header("Content-Type", content_type)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn activation_content_type_is_case_insensitive() {
+    let app = spawn_app().await;
+    app.map(&format!(
+        "{HEADER}a@corp.example.com,a,WS-1,serial-number,S1,,\n\
+         b@corp.example.com,b,WS-2,serial-number,S2,,\n"
+    ))
+    .await;
+    let token = app.token().await;
+    let r = activate_with_content_type(
+        &app,
+        "Application/JSON",
+        &activation(&token, "S1", "WS-1", "a"),
+    )
+    .await;
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
+    let r = activate_with_content_type(
+        &app,
+        "application/json; charset=UTF-8",
+        &activation(&token, "S2", "WS-2", "b"),
+    )
+    .await;
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
+    // A repeat, in yet another spelling.
+    let r = activate_with_content_type(
+        &app,
+        "APPLICATION/Json;Charset=utf-8",
+        &activation(&token, "S1", "WS-1", "a"),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    // Other types are still refused, whatever their case.
+    for ct in [
+        "Text/Plain",
+        "application/jsonp",
+        "application/x-www-form-urlencoded",
+    ] {
+        let r = activate_with_content_type(&app, ct, &activation(&token, "S1", "WS-1", "a")).await;
+        let (s, c, _) = error_code(r).await;
+        assert_eq!(
+            (s, c.as_str()),
+            (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            "{ct}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn non_ascii_email_matches_its_mapping_in_any_case() {
+    let app = spawn_app().await;
+    // The user name differs from the login, so only the email can match.
+    app.map(&format!(
+        "{HEADER}Özil@corp.example.com,mesut,WS-OZ,serial-number,OZ1,,\n\
+         özil@corp.example.com,mesut,WS-OZ2,serial-number,OZ2,,\n"
+    ))
+    .await;
+    let token = app.token().await;
+    let mut req = activation(&token, "OZ1", "WS-OZ", "m10");
+    req["user"]["upn"] = json!("ÖZIL@corp.example.com");
+    let r = app.activate(&req).await;
+    let status = r.status();
+    let first: Value = r.json().await.unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    assert_eq!(first["user_created"], true);
+
+    // The email field counts the same, and the second mapping (lowercase) is the same user.
+    let mut req = activation(&token, "OZ2", "WS-OZ2", "m10");
+    req["user"]["email"] = json!("ÖZIL@CORP.EXAMPLE.COM");
+    let (status, second) = app.activate_ok(&req).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(second["user_created"], false);
+    assert_eq!(second["user_id"], first["user_id"]);
+
+    let users = app.list("/api/v1/admin/users").await;
+    assert_eq!(users.len(), 1);
+    assert_eq!(users[0]["email"], "Özil@corp.example.com");
+    let found = app
+        .list("/api/v1/admin/users?email=%C3%96ZIL%40corp.example.com")
+        .await;
+    assert_eq!(found.len(), 1);
+    let consumed = app
+        .list("/api/v1/admin/device-mappings?status=consumed&emailID=%C3%96ZIL%40CORP.EXAMPLE.COM")
+        .await;
+    assert_eq!(consumed.len(), 2);
+
+    // Someone else still does not get the device.
+    app.map(&format!(
+        "{HEADER}Özil@corp.example.com,mesut,WS-OZ3,serial-number,OZ3,,\n"
+    ))
+    .await;
+    let mut req = activation(&token, "OZ3", "WS-OZ3", "m10");
+    req["user"]["upn"] = json!("OZIL@corp.example.com");
+    let (s, c, _) = error_code(app.activate(&req).await).await;
+    assert_eq!((s, c.as_str()), (StatusCode::FORBIDDEN, "user_not_mapped"));
+}

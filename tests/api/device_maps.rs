@@ -586,3 +586,150 @@ async fn json_mappings_check_old_device_names_and_report_every_problem_by_index(
     assert_eq!(r.status(), StatusCode::CREATED);
     assert_eq!(r.json::<Value>().await.unwrap()["oldDeviceName"], "ws-1");
 }
+
+#[tokio::test]
+async fn csv_and_json_media_types_are_case_insensitive() {
+    let app = spawn_app().await;
+    let post = |ct: &'static str, accept: Option<&'static str>, body: String| {
+        let mut r = app
+            .client
+            .post(app.url("/api/v1/admin/device-maps"))
+            .bearer_auth(&app.admin_key)
+            .header("Content-Type", ct);
+        if let Some(a) = accept {
+            r = r.header("Accept", a);
+        }
+        r.body(body).send()
+    };
+    let r = post("Text/CSV", None, device_map(2)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    let r = post("TEXT/csv; Charset=UTF-8", None, device_map(3))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    let r = post("Application/CSV", None, device_map(1)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(mapping_count(&app).await, 3);
+    // The failure report is chosen by Accept in any case too.
+    let r = post("Text/CSV", Some("Text/CSV"), device_map(1))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv")
+    );
+    // Not CSV, whatever the case.
+    for ct in ["Text/Plain", "text/csvx", "Application/JSON"] {
+        let (s, c, _) = error_code(post(ct, None, device_map(1)).await.unwrap()).await;
+        assert_eq!(
+            (s, c.as_str()),
+            (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            "{ct}"
+        );
+    }
+    // The JSON mapping API (actix's JSON extractor).
+    let one = json!({"emailID": "j@corp.example.com", "userName": "j", "deviceName": "MAC-J",
+                     "deviceIdentifierType": "serial-number", "deviceIdentifier": "J1"});
+    for (ct, id) in [
+        ("Application/JSON", "J1"),
+        ("application/json; charset=UTF-8", "J2"),
+    ] {
+        let mut body = one.clone();
+        body["deviceIdentifier"] = json!(id);
+        let r = app
+            .client
+            .post(app.url("/api/v1/admin/device-mappings"))
+            .bearer_auth(&app.admin_key)
+            .header("Content-Type", ct)
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED, "{ct}");
+    }
+}
+
+/// A header, one good row, a row whose quote is never closed, then `tail` more good rows.
+fn map_with_unterminated_quote(tail: usize) -> String {
+    let mut s = format!(
+        "{HEADER}a@corp.example.com,a,WS-A,serial-number,SA,,\n\
+         b@corp.example.com,\"Bob,WS-B,serial-number,SB,,\n"
+    );
+    for i in 0..tail {
+        s.push_str(&format!(
+            "user{i}@corp.example.com,user{i},WS-{i:05},serial-number,SER{i:06},,\n"
+        ));
+    }
+    s
+}
+
+#[tokio::test]
+async fn an_unterminated_quote_refuses_the_upload_naming_its_line() {
+    let app = spawn_app().await;
+    // About 3 MB after the broken record.
+    let csv = map_with_unterminated_quote(50_000);
+    assert!(csv.len() > 3_000_000);
+    for query in ["", "?mode=partial", "?dry_run=true"] {
+        let (s, c, body) = error_code(app.upload(&csv, query).await).await;
+        assert_eq!(
+            (s, c.as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, "device_map_invalid"),
+            "{query} {body}"
+        );
+        let err = &body["error"];
+        assert_eq!(
+            err["message"],
+            "the file cannot be read past line 3: the record starting there is longer than 65536 \
+             bytes (a quote that is never closed?); nothing was applied",
+            "{query}"
+        );
+        assert_eq!(err["stopped_at_line"], 3);
+        assert_eq!(
+            (err["rows_total"].as_u64(), err["rows_invalid"].as_u64()),
+            (Some(2), Some(1))
+        );
+        let errors = err["errors"].as_array().unwrap();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0]["line"], 3);
+        assert_eq!(errors[0]["column"], Value::Null);
+        assert!(
+            errors[0]["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("the record starting on line 3 is longer than 65536 bytes"),
+            "{}",
+            errors[0]
+        );
+        // Not even the good row before the break was applied, in partial mode either.
+        assert_eq!(mapping_count(&app).await, 0, "{query}");
+    }
+    // The failure report says the same, one row for the broken record.
+    let r = app
+        .client
+        .post(app.url("/api/v1/admin/device-maps?mode=partial"))
+        .bearer_auth(&app.admin_key)
+        .header("Content-Type", "text/csv")
+        .header("Accept", "text/csv")
+        .body(csv)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(r.headers()["x-imd-applied"], "0");
+    let text = r.text().await.unwrap();
+    let mut rdr = csv::Reader::from_reader(text.trim_start_matches('\u{feff}').as_bytes());
+    let rows: Vec<csv::StringRecord> = rdr.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 1);
+    assert!(
+        rows[0][7].starts_with("the record starting on line 3"),
+        "{:?}",
+        rows[0]
+    );
+    // The same file with the quote closed is fine.
+    let fixed = map_with_unterminated_quote(10).replace("\"Bob,", "\"Bob\",");
+    app.map(&fixed).await;
+    assert_eq!(mapping_count(&app).await, 12);
+}
