@@ -168,11 +168,9 @@ async fn run_inner(cli: Cli) -> anyhow::Result<ExitCode> {
             store_flags(&store, &mut flags);
             let s = settings(file, &flags)?;
             startup::create_private_dir(&s.data_dir)?;
-            let applied = crate::store::Store::migrate(&startup::store_options(
-                &s,
-                &startup::replica_id(),
-            ))
-            .await?;
+            let applied =
+                crate::store::Store::migrate(&startup::store_options(&s, &startup::replica_id()))
+                    .await?;
             if applied.is_empty() {
                 println!("the database is up to date");
             } else {

@@ -60,7 +60,10 @@ impl AuditSink {
 
     fn drop_one(&self, why: &str) {
         let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-        tracing::error!(dropped_total = n, "failed-activation audit record dropped: {why}");
+        tracing::error!(
+            dropped_total = n,
+            "failed-activation audit record dropped: {why}"
+        );
     }
 
     /// Failed-attempt records dropped since start (a full queue or a stopped writer).

@@ -262,7 +262,8 @@ impl Activator {
         now: i64,
     ) -> Result<Prepared, ActivationError> {
         let (org, token) = self.store.org_and_token(&claims.sub, &claims.jti).await?;
-        let org = org.ok_or_else(|| ActivationError::TokenInvalid("unknown organization".into()))?;
+        let org =
+            org.ok_or_else(|| ActivationError::TokenInvalid("unknown organization".into()))?;
         let token = token.ok_or_else(|| ActivationError::TokenInvalid("unknown token".into()))?;
         check_token_row(&token, now)?;
         let name = slot.resolver.name();
@@ -344,7 +345,8 @@ impl Binder {
         let (org, token) = tx
             .begin_activation(&job.org_id, &job.token_id, &job.locks)
             .await?;
-        let org = org.ok_or_else(|| ActivationError::TokenInvalid("unknown organization".into()))?;
+        let org =
+            org.ok_or_else(|| ActivationError::TokenInvalid("unknown organization".into()))?;
         let token = token.ok_or_else(|| ActivationError::TokenInvalid("unknown token".into()))?;
         check_token_row(&token, now)?;
         if org.require_install_key && req.install_key.is_none() {
@@ -395,7 +397,16 @@ impl Binder {
                     ));
                 }
                 let o = self
-                    .repeat(tx, d, &user, &token, req, None, install_key_hash.as_deref(), now)
+                    .repeat(
+                        tx,
+                        d,
+                        &user,
+                        &token,
+                        req,
+                        None,
+                        install_key_hash.as_deref(),
+                        now,
+                    )
                     .await?;
                 (o, false)
             }

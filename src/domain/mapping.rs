@@ -16,4 +16,3 @@ pub struct MappingRow {
     pub old_device_name: Option<String>,
     pub restore_data: Option<RestoreData>,
 }
-

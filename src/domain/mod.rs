@@ -9,11 +9,11 @@ mod mapping;
 use serde::{Deserialize, Serialize};
 
 pub use email::{Email, normalize_email};
-pub use mapping::MappingRow;
 pub use identifiers::{
     DeviceIdentifiers, IdentifierType, normalize_hostname, normalize_serial, normalize_uuid,
     validate_hostname,
 };
+pub use mapping::MappingRow;
 
 /// A validation failure tied to one input field. `field` is a static name so
 /// callers can remap it (the device map reports its CSV column names).

@@ -73,9 +73,7 @@ impl Code {
             | Code::UserNotMapped
             | Code::DeviceNotMapped
             | Code::UserPreserved
-            | Code::UserDeleted => {
-                StatusCode::FORBIDDEN
-            }
+            | Code::UserDeleted => StatusCode::FORBIDDEN,
             Code::NotFound => StatusCode::NOT_FOUND,
             Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Code::DeviceConflict | Code::Conflict => StatusCode::CONFLICT,

@@ -22,7 +22,10 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "readiness: the write path failed");
-            return Err(ApiError::new(Code::Unavailable, "the database does not take writes"));
+            return Err(ApiError::new(
+                Code::Unavailable,
+                "the database does not take writes",
+            ));
         }
         Err(_) => {
             return Err(ApiError::new(

@@ -4,9 +4,7 @@
 
 use futures_util::future::BoxFuture;
 
-use super::{
-    Binding, Prepared, Resolution, ResolveContext, ResolveError, Resolver, UserSpec,
-};
+use super::{Binding, Prepared, Resolution, ResolveContext, ResolveError, Resolver, UserSpec};
 use crate::domain::{Email, RestoreData};
 use crate::store::WriteTx;
 

@@ -1,6 +1,5 @@
 //! Token signing keys (private halves encrypted by the caller before they get here).
 
-
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SigningKeyRow {
     pub kid: String,

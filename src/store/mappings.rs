@@ -49,8 +49,6 @@ pub struct MappingFilter {
     pub status: Option<String>,
 }
 
-
-
 /// The JSON API's write as one transaction: check every `oldDeviceName`, then upsert all or nothing.
 pub(super) struct UpsertJob {
     pub org_id: String,
@@ -82,9 +80,13 @@ impl TxJob for UpsertJob {
             let mut stored = Vec::with_capacity(rows.len());
             for r in &rows {
                 stored.push(
-                    tx.pending_mapping(&self.org_id, r.identifier_type.as_str(), &r.identifier_norm)
-                        .await?
-                        .ok_or(StoreError::NotFound)?,
+                    tx.pending_mapping(
+                        &self.org_id,
+                        r.identifier_type.as_str(),
+                        &r.identifier_norm,
+                    )
+                    .await?
+                    .ok_or(StoreError::NotFound)?,
                 );
             }
             Ok(MappingsOutcome::Stored(stored))
@@ -103,7 +105,6 @@ pub enum MappingsOutcome {
     /// Nothing was written; `(index, problem)` for each unusable `oldDeviceName`.
     Rejected(Vec<(usize, String)>),
 }
-
 
 /// The SQL, written once and compiled for each backend (`impl` blocks in `sqlite/` and
 /// `postgres/`): `self.read` is the reader pool, `self.begin()` a write transaction.

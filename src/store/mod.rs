@@ -611,36 +611,6 @@ pub(crate) fn run_ready<F: std::future::Future>(f: F) -> F::Output {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls_lose_their_passwords() {
-        assert_eq!(
-            redact_url("postgres://imd:s3cret@db.internal:5432/imd"),
-            "postgres://imd:***@db.internal:5432/imd"
-        );
-        assert_eq!(
-            redact_url("postgres://db/imd?user=imd&password=s3cret&sslmode=require"),
-            "postgres://db/imd?user=imd&password=***&sslmode=require"
-        );
-        assert_eq!(redact_url("sqlite:///var/lib/imd/imd.db"), "sqlite:///var/lib/imd/imd.db");
-        let msg = scrub(
-            "error connecting to postgres://imd:s3cret@db/imd: password s3cret rejected",
-            "postgres://imd:s3cret@db/imd",
-        );
-        assert!(!msg.contains("s3cret"), "{msg}");
-    }
-
-    #[test]
-    fn lock_keys_hash_stably_and_differ() {
-        let a = LockKey::new("org", "serial", "abc");
-        assert_eq!(a.hash64(), LockKey::new("org", "serial", "abc").hash64());
-        assert_ne!(a.hash64(), LockKey::new("org", "uuid", "abc").hash64());
-    }
-}
-
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         match &e {
@@ -666,7 +636,9 @@ impl From<sqlx::Error> for StoreError {
                     c if c.starts_with("08") => StoreError::Unavailable(e.to_string()),
                     // SQLite: SQLITE_BUSY (5), SQLITE_LOCKED (6) and their extended codes.
                     c => match c.parse::<i32>() {
-                        Ok(n) if matches!(n & 0xff, 5 | 6) => StoreError::Unavailable(e.to_string()),
+                        Ok(n) if matches!(n & 0xff, 5 | 6) => {
+                            StoreError::Unavailable(e.to_string())
+                        }
                         _ => StoreError::Internal(e.to_string()),
                     },
                 }
@@ -688,5 +660,38 @@ fn check_not_newer(applied: &[i64], migrator: &sqlx::migrate::Migrator) -> Resul
     match applied.iter().copied().max() {
         Some(found) if found > known => Err(StoreError::TooNew { found, known }),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_lose_their_passwords() {
+        assert_eq!(
+            redact_url("postgres://imd:s3cret@db.internal:5432/imd"),
+            "postgres://imd:***@db.internal:5432/imd"
+        );
+        assert_eq!(
+            redact_url("postgres://db/imd?user=imd&password=s3cret&sslmode=require"),
+            "postgres://db/imd?user=imd&password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact_url("sqlite:///var/lib/imd/imd.db"),
+            "sqlite:///var/lib/imd/imd.db"
+        );
+        let msg = scrub(
+            "error connecting to postgres://imd:s3cret@db/imd: password s3cret rejected",
+            "postgres://imd:s3cret@db/imd",
+        );
+        assert!(!msg.contains("s3cret"), "{msg}");
+    }
+
+    #[test]
+    fn lock_keys_hash_stably_and_differ() {
+        let a = LockKey::new("org", "serial", "abc");
+        assert_eq!(a.hash64(), LockKey::new("org", "serial", "abc").hash64());
+        assert_ne!(a.hash64(), LockKey::new("org", "uuid", "abc").hash64());
     }
 }

@@ -44,8 +44,6 @@ pub struct NewToken<'a> {
     pub max_uses: Option<i64>,
 }
 
-
-
 /// What a rotation did: the predecessor (with its grace expiry) and the successor.
 #[derive(Debug, Clone)]
 pub struct Rotation {

@@ -278,7 +278,9 @@ impl TokenService {
     pub async fn verify(&self, token: &str, now: i64) -> Result<Claims, VerifyError> {
         if let Some(c) = self.cache.lock().expect("cache lock").get(token).cloned() {
             return match c.exp {
-                Some(exp) if now >= exp + LEEWAY_SECONDS as i64 => Err(TokenError::Expired { exp }.into()),
+                Some(exp) if now >= exp + LEEWAY_SECONDS as i64 => {
+                    Err(TokenError::Expired { exp }.into())
+                }
                 _ => Ok(c),
             };
         }

@@ -416,10 +416,12 @@ async fn killing_the_server_mid_upload_leaves_the_previous_state() {
     };
     let written = || async {
         match &pg_pool {
-            Some(p) => sqlx::query_scalar::<_, i64>("SELECT pg_total_relation_size('device_mappings')")
-                .fetch_one(p)
-                .await
-                .unwrap() as u64,
+            Some(p) => {
+                sqlx::query_scalar::<_, i64>("SELECT pg_total_relation_size('device_mappings')")
+                    .fetch_one(p)
+                    .await
+                    .unwrap() as u64
+            }
             None => std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0),
         }
     };

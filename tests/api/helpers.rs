@@ -279,7 +279,7 @@ impl TestApp {
             let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
             c.execute("BEGIN").await.unwrap();
             c.execute(
-                "LOCK TABLE users, devices, device_mappings, activations, tokens, token_use_counts
+                "LOCK TABLE users, devices, device_mappings, activations, tokens, token_use_counts, replicas
                  IN EXCLUSIVE MODE",
             )
             .await

@@ -9,4 +9,5 @@ mod device_maps;
 mod helpers;
 mod replicas;
 mod resolvers;
+mod storage;
 mod tokens;

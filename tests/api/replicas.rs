@@ -27,7 +27,13 @@ impl Drop for Replica {
 
 fn start_replica(app: &TestApp) -> Replica {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_imd"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--public-url", PUBLIC_URL])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--public-url",
+            PUBLIC_URL,
+        ])
         .arg("--data-dir")
         .arg(&app.settings.data_dir)
         .arg("--database-url")
@@ -97,24 +103,48 @@ async fn one_device_activated_64_times_across_3_replicas_is_one_device() {
     let Some((app, _r, bases)) = cluster(3).await else {
         return;
     };
-    app.map(&format!("{HEADER}a@corp.example.com,a,WS-1,serial-number,S1,,\n"))
-        .await;
+    app.map(&format!(
+        "{HEADER}a@corp.example.com,a,WS-1,serial-number,S1,,\n"
+    ))
+    .await;
     let token = app.token().await;
-    let results = spread(&app, &bases, vec![activation(&token, "S1", "WS-1", "a"); 64]).await;
+    let results = spread(
+        &app,
+        &bases,
+        vec![activation(&token, "S1", "WS-1", "a"); 64],
+    )
+    .await;
     assert!(results.iter().all(|(s, _)| ok(*s)), "{results:?}");
-    let created = results.iter().filter(|(s, _)| *s == StatusCode::CREATED).count();
+    let created = results
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::CREATED)
+        .count();
     assert_eq!(created, 1, "exactly one first activation");
-    let ids: std::collections::HashSet<_> =
-        results.iter().map(|(_, b)| b["device_id"].to_string()).collect();
-    let creds: std::collections::HashSet<_> =
-        results.iter().map(|(_, b)| b["device_credential"].to_string()).collect();
-    assert_eq!((ids.len(), creds.len()), (1, 1), "one device, one credential");
+    let ids: std::collections::HashSet<_> = results
+        .iter()
+        .map(|(_, b)| b["device_id"].to_string())
+        .collect();
+    let creds: std::collections::HashSet<_> = results
+        .iter()
+        .map(|(_, b)| b["device_credential"].to_string())
+        .collect();
+    assert_eq!(
+        (ids.len(), creds.len()),
+        (1, 1),
+        "one device, one credential"
+    );
     assert_eq!(app.list("/api/v1/admin/devices").await.len(), 1);
     assert_eq!(app.list("/api/v1/admin/users").await.len(), 1);
     let mappings = app.list("/api/v1/admin/device-mappings").await;
-    assert!(mappings[0]["consumed_at"].is_string(), "the mapping was consumed");
+    assert!(
+        mappings[0]["consumed_at"].is_string(),
+        "the mapping was consumed"
+    );
     let acts = app.list("/api/v1/admin/activations?limit=200").await;
-    assert_eq!(acts.iter().filter(|a| a["outcome"] == "activated").count(), 1);
+    assert_eq!(
+        acts.iter().filter(|a| a["outcome"] == "activated").count(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -124,7 +154,9 @@ async fn one_user_on_64_devices_across_2_replicas_is_one_user() {
     };
     let mut csv = String::from(HEADER);
     for i in 0..64 {
-        csv.push_str(&format!("same@corp.example.com,same,WS-{i},serial-number,S{i},,\n"));
+        csv.push_str(&format!(
+            "same@corp.example.com,same,WS-{i},serial-number,S{i},,\n"
+        ));
     }
     app.map(&csv).await;
     let token = app.token().await;
@@ -132,12 +164,20 @@ async fn one_user_on_64_devices_across_2_replicas_is_one_user() {
         .map(|i| activation(&token, &format!("S{i}"), &format!("WS-{i}"), "same"))
         .collect();
     let results = spread(&app, &bases, bodies).await;
-    assert!(results.iter().all(|(s, _)| *s == StatusCode::CREATED), "{results:?}");
-    let users: std::collections::HashSet<_> =
-        results.iter().map(|(_, b)| b["user_id"].to_string()).collect();
+    assert!(
+        results.iter().all(|(s, _)| *s == StatusCode::CREATED),
+        "{results:?}"
+    );
+    let users: std::collections::HashSet<_> = results
+        .iter()
+        .map(|(_, b)| b["user_id"].to_string())
+        .collect();
     assert_eq!(users.len(), 1);
     assert_eq!(
-        results.iter().filter(|(_, b)| b["user_created"] == true).count(),
+        results
+            .iter()
+            .filter(|(_, b)| b["user_created"] == true)
+            .count(),
         1,
         "exactly one activation created the user"
     );
@@ -152,17 +192,29 @@ async fn max_uses_is_exact_across_3_replicas() {
     };
     let mut csv = String::from(HEADER);
     for i in 0..64 {
-        csv.push_str(&format!("u{i}@corp.example.com,u{i},WS-{i},serial-number,S{i},,\n"));
+        csv.push_str(&format!(
+            "u{i}@corp.example.com,u{i},WS-{i},serial-number,S{i},,\n"
+        ));
     }
     app.map(&csv).await;
     let token = app
         .token_with(json!({"version": "v4", "name": "limited", "max_uses": 10}))
         .await;
     let bodies = (0..64)
-        .map(|i| activation(&token, &format!("S{i}"), &format!("WS-{i}"), &format!("u{i}")))
+        .map(|i| {
+            activation(
+                &token,
+                &format!("S{i}"),
+                &format!("WS-{i}"),
+                &format!("u{i}"),
+            )
+        })
         .collect();
     let results = spread(&app, &bases, bodies).await;
-    let created = results.iter().filter(|(s, _)| *s == StatusCode::CREATED).count();
+    let created = results
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::CREATED)
+        .count();
     let exhausted = results
         .iter()
         .filter(|(s, b)| *s == StatusCode::FORBIDDEN && b["error"]["code"] == "token_exhausted")
@@ -180,12 +232,21 @@ async fn unlimited_token_uses_are_counted_exactly_across_replicas() {
     };
     let mut csv = String::from(HEADER);
     for i in 0..64 {
-        csv.push_str(&format!("u{i}@corp.example.com,u{i},WS-{i},serial-number,S{i},,\n"));
+        csv.push_str(&format!(
+            "u{i}@corp.example.com,u{i},WS-{i},serial-number,S{i},,\n"
+        ));
     }
     app.map(&csv).await;
     let token = app.token().await;
     let bodies = (0..64)
-        .map(|i| activation(&token, &format!("S{i}"), &format!("WS-{i}"), &format!("u{i}")))
+        .map(|i| {
+            activation(
+                &token,
+                &format!("S{i}"),
+                &format!("WS-{i}"),
+                &format!("u{i}"),
+            )
+        })
         .collect();
     let results = spread(&app, &bases, bodies).await;
     assert!(results.iter().all(|(s, _)| *s == StatusCode::CREATED));
@@ -200,14 +261,19 @@ async fn a_mapping_is_consumed_once_by_64_machines_across_3_replicas() {
         return;
     };
     // One hostname mapping; 64 different machines (own serials) report that hostname at once.
-    app.map(&format!("{HEADER}h@corp.example.com,h,SHARED-PC,hostname,SHARED-PC,,\n"))
-        .await;
+    app.map(&format!(
+        "{HEADER}h@corp.example.com,h,SHARED-PC,hostname,SHARED-PC,,\n"
+    ))
+    .await;
     let token = app.token().await;
     let bodies = (0..64)
         .map(|i| activation(&token, &format!("SER{i}"), "SHARED-PC", "h"))
         .collect();
     let results = spread(&app, &bases, bodies).await;
-    let created = results.iter().filter(|(s, _)| *s == StatusCode::CREATED).count();
+    let created = results
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::CREATED)
+        .count();
     assert_eq!(created, 1, "{results:?}");
     let refused = results
         .iter()
@@ -235,7 +301,10 @@ async fn a_token_revoked_on_one_replica_is_refused_by_the_other_at_once() {
         .json()
         .await
         .unwrap();
-    let (id, token) = (minted["id"].as_str().unwrap(), minted["token"].as_str().unwrap());
+    let (id, token) = (
+        minted["id"].as_str().unwrap(),
+        minted["token"].as_str().unwrap(),
+    );
     let other = &bases[1];
     // The other replica has verified (and cached) this token already.
     let r = app
@@ -267,8 +336,10 @@ async fn a_key_rotated_by_another_process_verifies_at_once_on_every_replica() {
     let Some((app, _r, bases)) = cluster(2).await else {
         return;
     };
-    app.map(&format!("{HEADER}a@corp.example.com,a,WS-1,serial-number,S1,,\n"))
-        .await;
+    app.map(&format!(
+        "{HEADER}a@corp.example.com,a,WS-1,serial-number,S1,,\n"
+    ))
+    .await;
     let other = &bases[1];
     // The other replica has loaded its key ring (a first activation attempt does).
     let old = app.token().await;
@@ -290,14 +361,24 @@ async fn a_key_rotated_by_another_process_verifies_at_once_on_every_replica() {
         .env_remove("IMD_MASTER_KEY")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let kid = serde_json::from_slice::<Value>(&out.stdout).unwrap()["kid"]
         .as_str()
         .unwrap()
         .to_string();
     // ...this replica mints with it, and the other accepts the token within the same second.
     let token = app.token().await;
-    assert_eq!(imd_tokens::decode_unverified(&token).unwrap().kid.as_deref(), Some(kid.as_str()));
+    assert_eq!(
+        imd_tokens::decode_unverified(&token)
+            .unwrap()
+            .kid
+            .as_deref(),
+        Some(kid.as_str())
+    );
     let r = app
         .client
         .post(format!("{other}/api/v1/activations"))
@@ -305,7 +386,12 @@ async fn a_key_rotated_by_another_process_verifies_at_once_on_every_replica() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
 }
 
 #[tokio::test]
@@ -316,10 +402,18 @@ async fn the_last_admin_key_survives_concurrent_revocations_across_replicas() {
     let mut ids = Vec::new();
     for i in 0..5 {
         let r = app
-            .admin_post("/api/v1/admin/admin-keys", &json!({"name": format!("k{i}")}))
+            .admin_post(
+                "/api/v1/admin/admin-keys",
+                &json!({"name": format!("k{i}")}),
+            )
             .await;
         assert_eq!(r.status(), StatusCode::CREATED);
-        ids.push(r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string());
+        ids.push(
+            r.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
     }
     let mut all: Vec<String> = app
         .list("/api/v1/admin/admin-keys")
@@ -337,7 +431,15 @@ async fn the_last_admin_key_survives_concurrent_revocations_across_replicas() {
                 all[i % all.len()]
             );
             let (client, key) = (app.client.clone(), app.admin_key.clone());
-            tokio::spawn(async move { client.post(url).bearer_auth(key).send().await.unwrap().status() })
+            tokio::spawn(async move {
+                client
+                    .post(url)
+                    .bearer_auth(key)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            })
         })
         .collect();
     for t in tasks {
@@ -372,7 +474,10 @@ async fn both_backends_have_the_same_tables_and_columns() {
     })
     .await
     .unwrap();
-    let (a, b) = (sqlite.schema().await.unwrap(), pg.store.schema().await.unwrap());
+    let (a, b) = (
+        sqlite.schema().await.unwrap(),
+        pg.store.schema().await.unwrap(),
+    );
     assert!(a.len() >= 10, "{a:?}");
     assert_eq!(a, b);
 }

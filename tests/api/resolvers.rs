@@ -55,8 +55,14 @@ impl Resolver for TestResolver {
     ) -> BoxFuture<'a, Result<Prepared, ResolveError>> {
         self.lookups.fetch_add(1, Ordering::SeqCst);
         Box::pin(async move {
-            assert!(ctx.deadline > tokio::time::Instant::now(), "a deadline is given");
-            assert_eq!(ctx.claims.sub, ctx.org.id, "the verified claims name the organization");
+            assert!(
+                ctx.deadline > tokio::time::Instant::now(),
+                "a deadline is given"
+            );
+            assert_eq!(
+                ctx.claims.sub, ctx.org.id,
+                "the verified claims name the organization"
+            );
             let answer = match &*self.behaviour.lock().unwrap() {
                 Behaviour::Hang => None,
                 Behaviour::Fail => {
@@ -138,7 +144,12 @@ async fn a_hung_directory_neither_blocks_device_map_activations_nor_writes_anyth
     // ...while 20 v4 activations go through untouched, before the hung ones time out.
     for i in 0..20 {
         let (s, _) = app
-            .activate_ok(&activation(&v4, &format!("V4S{i}"), &format!("WS-{i}"), &format!("u{i}")))
+            .activate_ok(&activation(
+                &v4,
+                &format!("V4S{i}"),
+                &format!("WS-{i}"),
+                &format!("u{i}"),
+            ))
             .await;
         assert_eq!(s, StatusCode::CREATED);
     }
@@ -155,12 +166,19 @@ async fn a_hung_directory_neither_blocks_device_map_activations_nor_writes_anyth
         assert_eq!(body["error"]["retryable"], true);
         codes.push(c);
     }
-    assert!(codes.iter().all(|c| c == "directory_unavailable"), "{codes:?}");
+    assert!(
+        codes.iter().all(|c| c == "directory_unavailable"),
+        "{codes:?}"
+    );
     // Only two look-ups ran: the other four were refused at once, not queued.
     assert_eq!(resolver.lookups.load(Ordering::SeqCst), 2);
     let users = app.list("/api/v1/admin/users").await;
     let devices = app.list("/api/v1/admin/devices").await;
-    assert_eq!((users.len(), devices.len()), (20, 20), "nothing of the v2 attempts was written");
+    assert_eq!(
+        (users.len(), devices.len()),
+        (20, 20),
+        "nothing of the v2 attempts was written"
+    );
 }
 
 #[tokio::test]
@@ -169,7 +187,10 @@ async fn a_failing_directory_is_a_retryable_503_and_writes_nothing() {
     let app = app_with(resolver.clone()).await;
     let v2 = app.token_with(json!({"version": "v2", "name": "d"})).await;
     let (s, c, body) = error_code(app.activate(&activation(&v2, "S1", "PC-1", "jdoe")).await).await;
-    assert_eq!((s, c.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "directory_unavailable"));
+    assert_eq!(
+        (s, c.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "directory_unavailable")
+    );
     assert_eq!(body["error"]["retryable"], true);
     assert!(app.list("/api/v1/admin/users").await.is_empty());
     assert!(app.list("/api/v1/admin/devices").await.is_empty());
@@ -177,7 +198,11 @@ async fn a_failing_directory_is_a_retryable_503_and_writes_nothing() {
 
 #[tokio::test]
 async fn a_revoked_token_never_reaches_the_directory() {
-    let resolver = TestResolver::new(Behaviour::Answer(user("g-1", "jdoe@corp.example.com", "jdoe")));
+    let resolver = TestResolver::new(Behaviour::Answer(user(
+        "g-1",
+        "jdoe@corp.example.com",
+        "jdoe",
+    )));
     let app = app_with(resolver.clone()).await;
     let minted: Value = app
         .mint(&json!({"version": "v2", "name": "d"}))
@@ -198,10 +223,16 @@ async fn a_revoked_token_never_reaches_the_directory() {
 
 #[tokio::test]
 async fn directory_users_are_matched_by_their_immutable_id_first() {
-    let resolver = TestResolver::new(Behaviour::Answer(user("guid-7", "jdoe@corp.example.com", "jdoe")));
+    let resolver = TestResolver::new(Behaviour::Answer(user(
+        "guid-7",
+        "jdoe@corp.example.com",
+        "jdoe",
+    )));
     let app = app_with(resolver.clone()).await;
     let v2 = app.token_with(json!({"version": "v2", "name": "d"})).await;
-    let (s, first) = app.activate_ok(&activation(&v2, "S1", "PC-1", "jdoe")).await;
+    let (s, first) = app
+        .activate_ok(&activation(&v2, "S1", "PC-1", "jdoe"))
+        .await;
     assert_eq!(s, StatusCode::CREATED);
     assert_eq!(first["user_created"], true);
     // The person is renamed in the directory: same immutable id, new email and login.
@@ -211,7 +242,10 @@ async fn directory_users_are_matched_by_their_immutable_id_first() {
         .activate_ok(&activation(&v2, "S2", "PC-2", "jane.doe"))
         .await;
     assert_eq!(second["user_created"], false);
-    assert_eq!(second["user_id"], first["user_id"], "one user, found by external id");
+    assert_eq!(
+        second["user_id"], first["user_id"],
+        "one user, found by external id"
+    );
     let users = app.list("/api/v1/admin/users").await;
     assert_eq!(users.len(), 1);
     assert_eq!(users[0]["external_id"], "guid-7");
@@ -254,5 +288,8 @@ async fn a_version_without_a_resolver_cannot_be_minted() {
     let app = crate::helpers::spawn_app().await;
     let r = app.mint(&json!({"version": "v5", "name": "x"})).await;
     let (s, c, _) = error_code(r).await;
-    assert_eq!((s, c.as_str()), (StatusCode::BAD_REQUEST, "invalid_request"));
+    assert_eq!(
+        (s, c.as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
 }

@@ -98,10 +98,12 @@ pub(super) async fn org_and_token(
         None => {
             if !locks.is_empty() {
                 // No such organization: nothing to protect, but keep the lock order promise.
-                sqlx::query("SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::bigint[]) AS k")
-                    .bind(locks)
-                    .execute(&mut *conn)
-                    .await?;
+                sqlx::query(
+                    "SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::bigint[]) AS k",
+                )
+                .bind(locks)
+                .execute(&mut *conn)
+                .await?;
             }
             Ok((None, None))
         }
@@ -168,8 +170,18 @@ pub(super) async fn upsert_mappings(
             c.push(v);
         }
     }
-    let [ids, emails, email_norms, users, devices, kinds, idents, ident_norms, olds, restores] =
-        cols;
+    let [
+        ids,
+        emails,
+        email_norms,
+        users,
+        devices,
+        kinds,
+        idents,
+        ident_norms,
+        olds,
+        restores,
+    ] = cols;
     sqlx::query(
         "INSERT INTO device_mappings (id, org_id, email, email_norm, user_name, device_name, identifier_type,
                                       identifier, identifier_norm, old_device_name, restore_data, created_at,
@@ -306,7 +318,11 @@ impl WriteTx for PgTx {
         })
     }
 
-    fn insert_user<'a>(&'a mut self, u: &'a NewUser<'a>, now: i64) -> TxFuture<'a, Option<UserRow>> {
+    fn insert_user<'a>(
+        &'a mut self,
+        u: &'a NewUser<'a>,
+        now: i64,
+    ) -> TxFuture<'a, Option<UserRow>> {
         Box::pin(async move {
             // Without a conflict target DO NOTHING covers both unique rules (email, external id);
             // a concurrent insert of the same user makes this wait, then return nothing.

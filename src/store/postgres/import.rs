@@ -71,7 +71,9 @@ impl ImportTx for PgImport {
 
     fn commit(mut self: Box<Self>) -> Result<()> {
         if !self.open {
-            return Err(StoreError::Internal("no import transaction to commit".into()));
+            return Err(StoreError::Internal(
+                "no import transaction to commit".into(),
+            ));
         }
         self.exec("COMMIT")?;
         self.open = false;

@@ -14,8 +14,8 @@ use sqlx::{PgPool, Postgres};
 
 use crate::store::{
     ActivationRow, AdminKeyRow, DeviceRow, ImportTx, MappingFilter, NewToken, OrgRow,
-    OrgSettingsPatch, Result, Rotation, SigningKeyRow, StoreError, StoreOptions,
-    StoredMapping, TokenRow, TxJob, UserRow, check_not_newer, scrub,
+    OrgSettingsPatch, Result, Rotation, SigningKeyRow, StoreError, StoreOptions, StoredMapping,
+    TokenRow, TxJob, UserRow, check_not_newer, scrub,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -62,12 +62,11 @@ async fn connect(opts: &StoreOptions, role: &str, max: u32) -> Result<PgPool> {
 }
 
 async fn migrate(pool: &PgPool, apply: bool) -> Result<Vec<i64>> {
-    let applied: Vec<i64> = sqlx::query_scalar(
-        "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
-    )
-    .fetch_all(pool)
-    .await
-    .unwrap_or_default();
+    let applied: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+            .fetch_all(pool)
+            .await
+            .unwrap_or_default();
     check_not_newer(&applied, &MIGRATOR)?;
     let pending: Vec<i64> = MIGRATOR
         .iter()
@@ -117,7 +116,11 @@ impl PgStore {
 
     /// Serializes the writers of one organization's invariants (last admin key, rotation
     /// linked once, settings read-modify-write) until the transaction ends.
-    async fn lock_org(&self, tx: &mut sqlx::Transaction<'static, Postgres>, org: &str) -> Result<()> {
+    async fn lock_org(
+        &self,
+        tx: &mut sqlx::Transaction<'static, Postgres>,
+        org: &str,
+    ) -> Result<()> {
         sqlx::query("SELECT 1 FROM orgs WHERE id = $1 FOR NO KEY UPDATE")
             .bind(org)
             .execute(&mut **tx)
@@ -126,7 +129,11 @@ impl PgStore {
     }
 
     /// A named lock without a row to hang it on (the signing-key ring).
-    async fn lock_name(&self, tx: &mut sqlx::Transaction<'static, Postgres>, name: &str) -> Result<()> {
+    async fn lock_name(
+        &self,
+        tx: &mut sqlx::Transaction<'static, Postgres>,
+        name: &str,
+    ) -> Result<()> {
         let key = crate::store::LockKey::new("", "name", name).hash64();
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(key)

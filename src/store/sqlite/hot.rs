@@ -545,7 +545,9 @@ pub fn upsert_mapping(c: &Connection, org_id: &str, r: &MappingRow, now: i64) ->
 /// Pending mappings of an organization (the difference before and after an import is what it created).
 pub fn count_pending(c: &Connection, org_id: &str) -> Result<u64> {
     let n: i64 = c
-        .prepare_cached("SELECT COUNT(*) FROM device_mappings WHERE org_id = ?1 AND consumed_at IS NULL")?
+        .prepare_cached(
+            "SELECT COUNT(*) FROM device_mappings WHERE org_id = ?1 AND consumed_at IS NULL",
+        )?
         .query_row([org_id], |r| r.get(0))?;
     Ok(n as u64)
 }
@@ -593,7 +595,11 @@ impl WriteTx for SqliteTx<'_> {
     ) -> TxFuture<'a, Option<UserRow>> {
         ready(user_by_external_id(&*self.0, org_id, source, external_id))
     }
-    fn insert_user<'a>(&'a mut self, u: &'a NewUser<'a>, now: i64) -> TxFuture<'a, Option<UserRow>> {
+    fn insert_user<'a>(
+        &'a mut self,
+        u: &'a NewUser<'a>,
+        now: i64,
+    ) -> TxFuture<'a, Option<UserRow>> {
         ready(insert_user(&*self.0, u, now))
     }
     fn link_external_id<'a>(
@@ -683,6 +689,9 @@ impl WriteTx for SqliteTx<'_> {
         now: i64,
     ) -> TxFuture<'a, ()> {
         let c = &*self.0;
-        ready(rows.iter().try_for_each(|r| upsert_mapping(c, org_id, r, now)))
+        ready(
+            rows.iter()
+                .try_for_each(|r| upsert_mapping(c, org_id, r, now)),
+        )
     }
 }

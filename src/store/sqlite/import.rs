@@ -50,7 +50,9 @@ impl ImportTx for SqliteImport {
 
     fn commit(self: Box<Self>) -> Result<()> {
         if self.conn.is_autocommit() {
-            return Err(StoreError::Internal("no import transaction to commit".into()));
+            return Err(StoreError::Internal(
+                "no import transaction to commit".into(),
+            ));
         }
         Ok(self.conn.execute_batch("COMMIT")?)
     }

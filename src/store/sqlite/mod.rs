@@ -24,8 +24,8 @@ use sqlx::{Sqlite, SqlitePool};
 
 use crate::store::{
     ActivationRow, AdminKeyRow, DeviceRow, ImportTx, MappingFilter, NewToken, OrgRow,
-    OrgSettingsPatch, Result, Rotation, SigningKeyRow, StoreError, StoreOptions,
-    StoredMapping, TokenRow, TxJob, UserRow, check_not_newer,
+    OrgSettingsPatch, Result, Rotation, SigningKeyRow, StoreError, StoreOptions, StoredMapping,
+    TokenRow, TxJob, UserRow, check_not_newer,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -126,7 +126,11 @@ impl SqliteStore {
     }
 
     /// `BEGIN IMMEDIATE` already serializes every writer: no finer lock is needed.
-    async fn lock_org(&self, _tx: &mut sqlx::Transaction<'static, Sqlite>, _org: &str) -> Result<()> {
+    async fn lock_org(
+        &self,
+        _tx: &mut sqlx::Transaction<'static, Sqlite>,
+        _org: &str,
+    ) -> Result<()> {
         Ok(())
     }
 
@@ -189,8 +193,26 @@ impl SqliteStore {
                 .map_err(|e| StoreError::Internal(format!("creating the backup file: {e}")))?;
             let source = writer::open_sync(&src, busy)?;
             let mut dest = rusqlite::Connection::open(tmp.path())?;
-            rusqlite::backup::Backup::new(&source, &mut dest)?
-                .run_to_completion(-1, Duration::ZERO, None)?;
+            {
+                use rusqlite::backup::{Backup, StepResult};
+                let backup = Backup::new(&source, &mut dest)?;
+                // -1: every page in one step.
+                let deadline = std::time::Instant::now() + busy;
+                loop {
+                    match backup.step(-1)? {
+                        StepResult::Done => break,
+                        StepResult::More => {}
+                        _ if std::time::Instant::now() < deadline => {
+                            std::thread::sleep(Duration::from_millis(20))
+                        }
+                        _ => {
+                            return Err(StoreError::Unavailable(
+                                "the database stayed locked during the backup".into(),
+                            ));
+                        }
+                    }
+                }
+            }
             dest.execute_batch("PRAGMA journal_mode = DELETE")?;
             drop(dest);
             // The temp file is created 0600: the copy holds sealed keys and hashes.
@@ -237,4 +259,3 @@ impl SqliteStore {
     crate::store::mappings::mapping_sql!();
     crate::store::activations::activation_sql!();
 }
-
