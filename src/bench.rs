@@ -1,8 +1,10 @@
 //! `imd bench`: throughput and latency of activations against a `/healthz` baseline, the idempotent
-//! repeat path, and a large streamed device-map upload with the server's peak memory. The server
-//! runs as a separate process (this binary's `serve`, on a loopback port in a temporary data
-//! directory) so its memory can be read from /proc and its CPU told apart from the load
-//! generator's. Figures are printed next to the targets; missing a target is informational.
+//! repeat path, and a large streamed device-map upload with the server's peak memory, on SQLite
+//! and (with `--database-url`) on PostgreSQL with one replica and with `--replicas` replicas, in
+//! one run. Servers run as separate processes (this binary's `serve`, on loopback ports in a
+//! temporary data directory) so their memory can be read from /proc and their CPU (and
+//! PostgreSQL's, when it runs here) told apart from the load generator's. Figures are printed
+//! next to the targets; missing a target is informational.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -18,11 +20,13 @@ use serde_json::{Value, json};
 use crate::loadgen::{self, Fleet, PhaseStats, SimDevice, count};
 
 /// Targets the figures are held against.
-const TARGET_RATIO_PCT: f64 = 15.0;
+const TARGET_RATIO_PCT: f64 = 17.0;
 const TARGET_P99_MS: f64 = 50.0;
 const TARGET_UPLOAD_ROWS: usize = 1_000_000;
-const TARGET_UPLOAD_SECS: f64 = 15.0;
-const TARGET_RSS_MB: f64 = 300.0;
+const TARGET_UPLOAD_SECS: f64 = 12.0;
+const TARGET_RSS_MB: f64 = 200.0;
+/// PostgreSQL single replica against SQLite, activation rate in the same run.
+const TARGET_PG_RATIO: f64 = 0.4;
 
 /// Device numbers of the large upload start here, above any `--devices`, so its rows are new
 /// mappings rather than updates of the activation fleet's.
@@ -49,6 +53,24 @@ pub struct BenchArgs {
     /// Also print the figures as one JSON object at the end.
     #[arg(long)]
     pub json: bool,
+    /// A PostgreSQL server to measure too (any database on it; the bench creates a fresh
+    /// database of its own there and drops it afterwards). Without it only SQLite is measured.
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
+    /// Replicas of the multi-replica PostgreSQL run (the bench starts them and spreads its
+    /// load across them); a single-replica run is always made too.
+    #[arg(long, default_value_t = 2, value_parser = count(2, 8))]
+    pub replicas: usize,
+}
+
+/// One measured configuration: a backend and a number of `imd serve` processes.
+#[derive(Debug, Clone)]
+struct Setup {
+    label: String,
+    /// `None`: SQLite in the data directory.
+    database_url: Option<String>,
+    replicas: usize,
+    upload: bool,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -104,7 +126,7 @@ fn isolated(exe: &Path) -> std::process::Command {
     cmd
 }
 
-async fn create_org(exe: &Path, data: &Path) -> anyhow::Result<String> {
+async fn create_org(exe: &Path, data: &Path, db: Option<&str>) -> anyhow::Result<String> {
     let mut cmd = tokio::process::Command::from(isolated(exe));
     cmd.args([
         "org",
@@ -115,6 +137,7 @@ async fn create_org(exe: &Path, data: &Path) -> anyhow::Result<String> {
         "--data-dir",
     ])
     .arg(data)
+    .args(db.map(|u| ["--database-url", u]).into_iter().flatten())
     .stdin(Stdio::null())
     .kill_on_drop(true);
     let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
@@ -137,11 +160,15 @@ async fn create_org(exe: &Path, data: &Path) -> anyhow::Result<String> {
 async fn start_server(
     exe: &Path,
     data: &Path,
+    db: Option<&str>,
     log: &Path,
 ) -> anyhow::Result<(ServerProcess, SocketAddr)> {
     let mut cmd = isolated(exe);
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data)
+        .args(db.map(|u| ["--database-url", u]).into_iter().flatten())
+        // Replicas must agree on the issuer of the tokens they verify.
+        .args(["--public-url", "http://imd-bench.invalid"])
         // One address sends every request: the per-address failure limit would skew the run.
         .env("IMD_LIMITS__ACTIVATION_FAILURES_PER_MINUTE", "0")
         .env("IMD_LOG", "warn")
@@ -212,32 +239,76 @@ fn status_mb(pid: u32, key: &str) -> Option<f64> {
     Some(kb * 1024.0 / 1e6)
 }
 
-/// CPU use of the server and of this process (the load generator) over a phase, in % of one
-/// core.
+/// CPU ticks of every process on this machine named `postgres` (the database server, if it
+/// runs here), by pid.
+fn postgres_ticks() -> std::collections::HashMap<u32, u64> {
+    let mut out = std::collections::HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() == "postgres"
+            && let Some(t) = cpu_ticks(Some(pid))
+        {
+            out.insert(pid, t);
+        }
+    }
+    out
+}
+
+/// CPU use of the servers, of PostgreSQL (when measured) and of this process (the load
+/// generator) over a phase, in % of one core.
 struct CpuMark {
     at: Instant,
-    server: Option<u64>,
+    servers: Vec<(u32, Option<u64>)>,
+    postgres: Option<std::collections::HashMap<u32, u64>>,
     me: Option<u64>,
 }
 
+#[derive(Debug, Clone, Copy, Default)]
+struct CpuUse {
+    server: Option<f64>,
+    postgres: Option<f64>,
+    bench: Option<f64>,
+}
+
 impl CpuMark {
-    fn now(server_pid: u32) -> CpuMark {
+    fn now(pids: &[u32], postgres: bool) -> CpuMark {
         CpuMark {
             at: Instant::now(),
-            server: cpu_ticks(Some(server_pid)),
+            servers: pids.iter().map(|p| (*p, cpu_ticks(Some(*p)))).collect(),
+            postgres: postgres.then(postgres_ticks),
             me: cpu_ticks(None),
         }
     }
 
-    fn since(&self, server_pid: u32) -> (Option<f64>, Option<f64>) {
+    fn since(&self) -> CpuUse {
         let secs = self.at.elapsed().as_secs_f64().max(1e-9);
-        let pct = |before: Option<u64>, after: Option<u64>| {
-            Some(after?.saturating_sub(before?) as f64 / TICKS_PER_SEC / secs * 100.0)
-        };
-        (
-            pct(self.server, cpu_ticks(Some(server_pid))),
-            pct(self.me, cpu_ticks(None)),
-        )
+        let pct = |ticks: u64| ticks as f64 / TICKS_PER_SEC / secs * 100.0;
+        let mut server = Some(0u64);
+        for (pid, before) in &self.servers {
+            server = match (server, before, cpu_ticks(Some(*pid))) {
+                (Some(sum), Some(b), Some(a)) => Some(sum + a.saturating_sub(*b)),
+                _ => None,
+            };
+        }
+        let postgres = self.postgres.as_ref().map(|before| {
+            postgres_ticks()
+                .iter()
+                .map(|(pid, after)| after.saturating_sub(*before.get(pid).unwrap_or(&0)))
+                .sum::<u64>()
+        });
+        CpuUse {
+            server: server.map(pct),
+            postgres: postgres.map(pct),
+            bench: cpu_ticks(None)
+                .zip(self.me)
+                .map(|(a, b)| pct(a.saturating_sub(b))),
+        }
     }
 }
 
@@ -248,6 +319,7 @@ struct LoadFigures {
     label: String,
     stats: PhaseStats,
     server_cpu: Option<f64>,
+    postgres_cpu: Option<f64>,
     bench_cpu: Option<f64>,
 }
 
@@ -268,8 +340,17 @@ impl LoadFigures {
             "p99_ms": l.map(|l| loadgen::ms(l.p99)),
             "max_ms": l.map(|l| loadgen::ms(l.max)),
             "server_cpu_pct": self.server_cpu,
+            "postgres_cpu_pct": self.postgres_cpu,
             "bench_cpu_pct": self.bench_cpu,
+            "cpu_us_per_op": self.cpu_us_per_op(),
         })
+    }
+
+    /// Server (and PostgreSQL) CPU per completed operation, in microseconds.
+    fn cpu_us_per_op(&self) -> Option<f64> {
+        let per_s = self.stats.throughput();
+        let pct = self.server_cpu? + self.postgres_cpu.unwrap_or(0.0);
+        (per_s > 0.0).then(|| pct / 100.0 / per_s * 1e6)
     }
 }
 
@@ -577,42 +658,40 @@ fn note(text: impl std::fmt::Display) {
     eprintln!("bench: {text}");
 }
 
+/// `n` GETs spread round-robin over `urls` (one per replica).
 async fn get_phase(
     client: &reqwest::Client,
-    url: &str,
+    urls: &[String],
     n: usize,
     concurrency: usize,
     deadline: Instant,
 ) -> loadgen::Run<()> {
-    let (client, url): (reqwest::Client, Arc<str>) = (client.clone(), url.into());
-    loadgen::run(
-        n,
-        concurrency,
-        deadline,
-        &ProgressBar::hidden(),
-        move |_| {
-            let (client, url) = (client.clone(), url.clone());
-            async move { loadgen::get_ok(&client, &url).await }
-        },
-    )
+    let client = client.clone();
+    let urls: Arc<Vec<String>> = Arc::new(urls.to_vec());
+    loadgen::run(n, concurrency, deadline, &ProgressBar::hidden(), move |i| {
+        let (client, urls) = (client.clone(), urls.clone());
+        async move { loadgen::get_ok(&client, &urls[i % urls.len()]).await }
+    })
     .await
 }
 
+/// One activation per body, spread round-robin over `urls` (one per replica).
 async fn activation_phase(
     client: &reqwest::Client,
-    url: &Arc<str>,
+    urls: &Arc<Vec<Arc<str>>>,
     bodies: Arc<Vec<Bytes>>,
     concurrency: usize,
     deadline: Instant,
 ) -> loadgen::Run<loadgen::Activated> {
-    let (client, url) = (client.clone(), url.clone());
+    let (client, urls) = (client.clone(), urls.clone());
     loadgen::run(
         bodies.len(),
         concurrency,
         deadline,
         &ProgressBar::hidden(),
         move |i| {
-            let (client, url, body) = (client.clone(), url.clone(), bodies[i].clone());
+            let url = urls[i % urls.len()].clone();
+            let (client, body) = (client.clone(), bodies[i].clone());
             async move { loadgen::activate(&client, &url, body, deadline).await }
         },
     )
@@ -667,7 +746,7 @@ async fn file_body(
 
 async fn large_upload(
     ctx: &Ctx<'_>,
-    server: &mut ServerProcess,
+    servers: &mut [ServerProcess],
     rows: usize,
 ) -> anyhow::Result<UploadFigures> {
     let path = ctx.tmp.join("large-device-map.csv");
@@ -679,15 +758,15 @@ async fn large_upload(
         "large upload: {rows} rows, {:.1} MB written in {generate_secs:.1} s; uploading",
         bytes as f64 / 1e6
     ));
-    let pid = server.pid();
+    let pid = servers[0].pid();
     let peak_before_mb = status_mb(pid, "VmHWM");
     let sent = Arc::new(OnceLock::new());
     let body = file_body(&path, bytes, sent.clone()).await?;
-    let cpu = CpuMark::now(pid);
+    let cpu = CpuMark::now(&[pid], ctx.postgres);
     let t = Instant::now();
     let result = loadgen::upload_device_map(
         ctx.client,
-        ctx.base,
+        &ctx.bases[0],
         ctx.admin_key,
         body,
         Some(bytes),
@@ -696,8 +775,10 @@ async fn large_upload(
     .await;
     let secs = t.elapsed().as_secs_f64();
     let send_secs = sent.get().map(|at| at.duration_since(t).as_secs_f64());
-    let (server_cpu, bench_cpu) = cpu.since(pid);
-    server.check_alive()?;
+    let used = cpu.since();
+    for s in servers.iter_mut() {
+        s.check_alive()?;
+    }
     let _ = std::fs::remove_file(&path);
     let (report, mut error) = match result {
         Ok(r) => (Some(r), None),
@@ -716,8 +797,8 @@ async fn large_upload(
         generate_secs,
         report,
         error,
-        server_cpu,
-        bench_cpu,
+        server_cpu: used.server.map(|s| s + used.postgres.unwrap_or(0.0)),
+        bench_cpu: used.bench,
         peak_before_mb,
         peak_after_mb: status_mb(pid, "VmHWM"),
         rss_after_mb: status_mb(pid, "VmRSS"),
@@ -726,19 +807,15 @@ async fn large_upload(
 
 struct Ctx<'a> {
     client: &'a reqwest::Client,
-    base: &'a str,
+    bases: &'a [String],
     admin_key: &'a str,
     tmp: &'a Path,
     deadline: Instant,
+    postgres: bool,
 }
 
-fn load_figures<T>(
-    label: &str,
-    run: &loadgen::Run<T>,
-    cpu: CpuMark,
-    server_pid: u32,
-) -> LoadFigures {
-    let (server_cpu, bench_cpu) = cpu.since(server_pid);
+fn load_figures<T>(label: &str, run: &loadgen::Run<T>, cpu: CpuMark) -> LoadFigures {
+    let used = cpu.since();
     let stats = PhaseStats::of(run);
     note(format_args!(
         "{}: {} ok of {} in {:.2} s ({:.0}/s), errors: {}",
@@ -752,14 +829,17 @@ fn load_figures<T>(
     LoadFigures {
         label: label.into(),
         stats,
-        server_cpu,
-        bench_cpu,
+        server_cpu: used.server,
+        postgres_cpu: used.postgres,
+        bench_cpu: used.bench,
     }
 }
 
-/// Runs the phases in order, filling `fig`; stops early (recording why) at the deadline.
+/// Runs the phases of one setup in order, filling `fig`; stops early (recording why) at the
+/// deadline.
 async fn phases(
     args: &BenchArgs,
+    setup: &Setup,
     deadline: Instant,
     tmp: &Path,
     fig: &mut Figures,
@@ -767,21 +847,37 @@ async fn phases(
 ) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let data = tmp.join("data");
-    let admin_key = create_org(&exe, &data).await?;
-    let (mut server, addr) = start_server(&exe, &data, &tmp.join("server.log")).await?;
-    let pid = server.pid();
-    let base = format!("http://{addr}");
+    let db = setup.database_url.as_deref();
+    let admin_key = create_org(&exe, &data, db).await?;
+    let mut servers = Vec::new();
+    let mut bases = Vec::new();
+    for i in 0..setup.replicas {
+        let (server, addr) =
+            start_server(&exe, &data, db, &tmp.join(format!("server-{i}.log"))).await?;
+        servers.push(server);
+        bases.push(format!("http://{addr}"));
+    }
+    let pids: Vec<u32> = servers.iter().map(ServerProcess::pid).collect();
     header.push_str(&format!(
-        "\n  server: separate process, pid {pid}, {base}; load generator: this process"
+        "\n  {}: {} server process(es), pids {pids:?}, {}; load generator: this process",
+        setup.label,
+        setup.replicas,
+        bases.join(" ")
     ));
-    note(format_args!("server pid {pid} listening on {base}"));
+    note(format_args!(
+        "{}: servers {pids:?} on {}",
+        setup.label,
+        bases.join(" ")
+    ));
     let client = loadgen::http_client(args.concurrency)?;
+    let postgres = setup.database_url.is_some();
     let ctx = Ctx {
         client: &client,
-        base: &base,
+        bases: &bases,
         admin_key: &admin_key,
         tmp,
         deadline,
+        postgres,
     };
     let (n, c) = (args.devices, args.concurrency);
     let out_of_time = |fig: &mut Figures, next: &str| {
@@ -794,9 +890,15 @@ async fn phases(
         }
         late
     };
+    let check = |servers: &mut Vec<ServerProcess>| -> anyhow::Result<()> {
+        for s in servers.iter_mut() {
+            s.check_alive()?;
+        }
+        Ok(())
+    };
 
     // Unmeasured warm-up: every worker gets its pooled connection before the clock starts.
-    let healthz = format!("{base}/healthz");
+    let healthz: Vec<String> = bases.iter().map(|b| format!("{b}/healthz")).collect();
     let warm = get_phase(&client, &healthz, (c * 8).min(n.max(c)), c, deadline).await;
     if let Some(f) = warm.samples.iter().find_map(|s| s.result.as_ref().err()) {
         anyhow::bail!(
@@ -806,18 +908,18 @@ async fn phases(
         );
     }
 
-    let cpu = CpuMark::now(pid);
+    let cpu = CpuMark::now(&pids, postgres);
     let run = get_phase(&client, &healthz, n, c, deadline).await;
-    fig.baseline = Some(load_figures("baseline GET /healthz", &run, cpu, pid));
-    server.check_alive()?;
+    fig.baseline = Some(load_figures("baseline GET /healthz", &run, cpu));
+    check(&mut servers)?;
     if out_of_time(fig, "the device map upload") {
         return Ok(());
     }
 
-    let (token, _) = loadgen::mint_v4_token(&client, &base, &admin_key, "bench").await?;
+    let (token, _) = loadgen::mint_v4_token(&client, &bases[0], &admin_key, "bench").await?;
     let fleet = Fleet::plain(n)?;
     let (report, csv_len, took) =
-        loadgen::upload_fleet(&client, &base, &admin_key, &fleet, deadline).await?;
+        loadgen::upload_fleet(&client, &bases[0], &admin_key, &fleet, deadline).await?;
     let secs = took.as_secs_f64();
     if report["created"].as_u64() != Some(n as u64) {
         anyhow::bail!("the device map was not applied as expected: {report}");
@@ -836,11 +938,16 @@ async fn phases(
         .iter()
         .map(|d| d.activation_body(&token))
         .collect();
-    let url: Arc<str> = format!("{base}/api/v1/activations").into();
-    let cpu = CpuMark::now(pid);
-    let run = activation_phase(&client, &url, Arc::new(bodies.clone()), c, deadline).await;
-    fig.activations = Some(load_figures("activations (new)", &run, cpu, pid));
-    server.check_alive()?;
+    let urls: Arc<Vec<Arc<str>>> = Arc::new(
+        bases
+            .iter()
+            .map(|b| format!("{b}/api/v1/activations").into())
+            .collect(),
+    );
+    let cpu = CpuMark::now(&pids, postgres);
+    let run = activation_phase(&client, &urls, Arc::new(bodies.clone()), c, deadline).await;
+    fig.activations = Some(load_figures("activations (new)", &run, cpu));
+    check(&mut servers)?;
     if out_of_time(fig, "the repeat activations") {
         return Ok(());
     }
@@ -856,9 +963,9 @@ async fn phases(
         .step_by(4)
         .collect();
     let repeat_bodies: Vec<Bytes> = first.iter().map(|(i, _)| bodies[*i].clone()).collect();
-    let cpu = CpuMark::now(pid);
-    let run = activation_phase(&client, &url, Arc::new(repeat_bodies), c, deadline).await;
-    let mut repeats = load_figures("activations (repeat)", &run, cpu, pid);
+    let cpu = CpuMark::now(&pids, postgres);
+    let run = activation_phase(&client, &urls, Arc::new(repeat_bodies), c, deadline).await;
+    let mut repeats = load_figures("activations (repeat)", &run, cpu);
     let not_idempotent = run
         .samples
         .iter()
@@ -876,13 +983,13 @@ async fn phases(
             .insert("not_idempotent".into(), not_idempotent);
     }
     fig.repeats = Some(repeats);
-    server.check_alive()?;
+    check(&mut servers)?;
 
-    if args.upload_rows > 0 {
+    if args.upload_rows > 0 && setup.upload {
         if out_of_time(fig, "the large upload") {
             return Ok(());
         }
-        fig.upload = Some(large_upload(&ctx, &mut server, args.upload_rows).await?);
+        fig.upload = Some(large_upload(&ctx, &mut servers, args.upload_rows).await?);
         if let Some(e) = fig.upload.as_ref().and_then(|u| u.error.clone()) {
             fig.incomplete = Some(format!("the large upload failed: {e}"));
         }
@@ -890,30 +997,87 @@ async fn phases(
     Ok(())
 }
 
-pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    let limit = Duration::from_secs(args.duration_limit_secs);
-    let deadline = Instant::now() + limit;
-    let tmp = tempfile::Builder::new().prefix("imd-bench-").tempdir()?;
-    let mut header = format!(
-        "imd bench: {} devices, concurrency {}, large upload {} rows, time limit {} s\n  {} \
-         build, {} CPUs",
-        args.devices,
-        args.concurrency,
-        args.upload_rows,
-        args.duration_limit_secs,
-        build(),
-        cores()
-    );
-    if cfg!(debug_assertions) {
-        header.push_str(" (a debug build: measure with `cargo build --release`)");
+/// A fresh database on the PostgreSQL server `url` names, dropped with the guard.
+struct BenchDatabase {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl BenchDatabase {
+    async fn create(url: &str) -> anyhow::Result<BenchDatabase> {
+        use sqlx::{Connection, Executor};
+        let name = format!(
+            "imd_bench_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        let mut c = sqlx::PgConnection::connect(url).await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot connect to {}: {}",
+                crate::store::redact_url(url),
+                crate::store::redact_url(&e.to_string())
+            )
+        })?;
+        c.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await?;
+        let _ = c.close().await;
+        let (base, query) = match url.split_once('?') {
+            Some((b, q)) => (b, format!("?{q}")),
+            None => (url, String::new()),
+        };
+        let prefix = base.rsplit_once('/').map_or(base, |(p, _)| p);
+        Ok(BenchDatabase {
+            admin: url.to_string(),
+            url: format!("{prefix}/{name}{query}"),
+            name,
+        })
     }
+
+    async fn drop_now(self) {
+        use sqlx::{Connection, Executor};
+        if let Ok(mut c) = sqlx::PgConnection::connect(&self.admin).await {
+            let _ = c
+                .execute(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    self.name
+                )))
+                .await;
+        }
+    }
+}
+
+/// Runs one setup in a temporary directory of its own (and a database of its own).
+async fn run_setup(args: &BenchArgs, setup: &Setup, limit: Duration) -> (Figures, String) {
+    let deadline = Instant::now() + limit;
     let mut fig = Figures::default();
+    let mut header = String::new();
+    let tmp = match tempfile::Builder::new().prefix("imd-bench-").tempdir() {
+        Ok(t) => t,
+        Err(e) => {
+            fig.incomplete = Some(format!("no temporary directory: {e}"));
+            return (fig, header);
+        }
+    };
+    let mut setup = setup.clone();
+    let db = match &setup.database_url {
+        Some(url) => match BenchDatabase::create(url).await {
+            Ok(db) => {
+                setup.database_url = Some(db.url.clone());
+                Some(db)
+            }
+            Err(e) => {
+                fig.incomplete = Some(format!("{e:#}"));
+                return (fig, header);
+            }
+        },
+        None => None,
+    };
     // The phases stop themselves at the deadline; this is the backstop for a request that does
-    // not, and dropping the phases' future kills the server (see ServerProcess).
+    // not, and dropping the phases' future kills the servers (see ServerProcess).
     let grace = Duration::from_secs(10);
     let outcome = tokio::time::timeout(
         limit + grace,
-        phases(&args, deadline, tmp.path(), &mut fig, &mut header),
+        phases(args, &setup, deadline, tmp.path(), &mut fig, &mut header),
     )
     .await;
     let failed = match outcome {
@@ -940,14 +1104,135 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             cut.label.trim()
         ));
     }
-    fig.print(&args, &header);
+    if let Some(db) = db {
+        db.drop_now().await;
+    }
+    (fig, header)
+}
+
+/// The backends side by side, with the cross-backend targets.
+fn print_comparison(results: &[(Setup, Figures)]) {
+    println!();
+    println!("== comparison ==");
+    println!(
+        "{:<28} {:>9} {:>8} {:>8} {:>8} {:>7} {:>12} {:>10} {:>9}",
+        "setup",
+        "act/s",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "errors",
+        "CPU us/act",
+        "vs /healthz",
+        "upload s"
+    );
+    for (setup, f) in results {
+        let a = f.activations.as_ref();
+        let l = a.and_then(|a| a.stats.latency);
+        let ms = |pick: fn(&loadgen::Latency) -> Duration| {
+            fmt_opt(l.as_ref().map(|l| loadgen::ms(pick(l))), "", 2)
+        };
+        println!(
+            "{:<28} {:>9} {:>8} {:>8} {:>8} {:>7} {:>12} {:>10} {:>9}",
+            setup.label,
+            a.map_or("-".into(), |a| format!("{:.0}", a.stats.throughput())),
+            ms(|l| l.p50),
+            ms(|l| l.p95),
+            ms(|l| l.p99),
+            a.map_or("-".into(), |a| a.stats.error_count().to_string()),
+            fmt_opt(a.and_then(LoadFigures::cpu_us_per_op), "", 0),
+            fmt_opt(f.ratio_pct(), "%", 1),
+            fmt_opt(
+                f.upload
+                    .as_ref()
+                    .filter(|u| u.error.is_none())
+                    .map(|u| u.secs),
+                "",
+                2
+            ),
+        );
+    }
+    let rate = |i: usize| {
+        results
+            .get(i)
+            .and_then(|(_, f)| f.activations.as_ref())
+            .map(|a| a.stats.throughput())
+    };
+    if let (Some(sqlite), Some(pg)) = (rate(0), rate(1)) {
+        let r = pg / sqlite.max(1e-9);
+        println!();
+        println!(
+            "PostgreSQL single replica / SQLite activation rate: {r:.2} (target >= {TARGET_PG_RATIO:.2}) {}",
+            pass(r >= TARGET_PG_RATIO)
+        );
+    }
+    if let (Some(one), Some(many)) = (rate(1), rate(2)) {
+        println!(
+            "PostgreSQL {} replicas / 1 replica: {:.2}",
+            results[2].0.replicas,
+            many / one.max(1e-9)
+        );
+    }
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let limit = Duration::from_secs(args.duration_limit_secs);
+    let mut setups = vec![Setup {
+        label: "SQLite, 1 server".into(),
+        database_url: None,
+        replicas: 1,
+        upload: true,
+    }];
+    if let Some(url) = &args.database_url {
+        setups.push(Setup {
+            label: "PostgreSQL, 1 replica".into(),
+            database_url: Some(url.clone()),
+            replicas: 1,
+            upload: true,
+        });
+        setups.push(Setup {
+            label: format!("PostgreSQL, {} replicas", args.replicas),
+            database_url: Some(url.clone()),
+            replicas: args.replicas,
+            upload: false,
+        });
+    }
+    let mut results = Vec::new();
+    let mut incomplete = false;
+    for setup in &setups {
+        let (fig, detail) = run_setup(&args, setup, limit).await;
+        let mut header = format!(
+            "imd bench, {}: {} devices, concurrency {}, large upload {} rows, time limit {} s\n  {} \
+             build, {} CPUs{detail}",
+            setup.label,
+            args.devices,
+            args.concurrency,
+            if setup.upload { args.upload_rows } else { 0 },
+            args.duration_limit_secs,
+            build(),
+            cores()
+        );
+        if cfg!(debug_assertions) {
+            header.push_str(" (a debug build: measure with `cargo build --release`)");
+        }
+        fig.print(&args, &header);
+        incomplete |= fig.incomplete.is_some();
+        results.push((setup.clone(), fig));
+    }
+    print_comparison(&results);
     if args.json {
-        println!("{}", fig.json(&args));
+        let all: Vec<Value> = results
+            .iter()
+            .map(|(s, f)| {
+                let mut v = f.json(&args);
+                v["setup"] = json!(s.label);
+                v["replicas"] = json!(s.replicas);
+                v
+            })
+            .collect();
+        println!("{}", json!({ "setups": all }));
     }
-    if let Some(why) = failed {
-        eprintln!("error: {why}");
-    }
-    Ok(if fig.incomplete.is_some() {
+    Ok(if incomplete {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
