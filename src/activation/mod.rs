@@ -28,7 +28,8 @@ use crate::resolve::{
     UserSpec,
 };
 use crate::store::{
-    ActivationRecord, DeviceReport, DeviceRow, LockKey, NewDevice, NewUser, OrgRow, Reassignment,
+    ActivationRecord, DeviceReport, DeviceRow, DeviceWrite, LockKey, NewDevice, NewUser, OrgRow,
+    Reassignment,
     Store, StoreError, TokenRow, TxJob, UserRow, UserStatus, WriteTx, new_id,
 };
 use crate::tokens::TokenService;
@@ -426,7 +427,7 @@ impl Binder {
             }
         };
         let r = &outcome.response;
-        tx.insert_activation(&ActivationRecord {
+        let record = ActivationRecord {
             org_id: Some(org.id.clone()),
             token_id: Some(token.id.clone()),
             created_at: now,
@@ -448,11 +449,14 @@ impl Binder {
                 .replaced_device_id
                 .as_ref()
                 .map(|id| format!("replaced device {id}")),
-        })
-        .await?;
-        // Last: on PostgreSQL the token row is the hottest row, so its lock is held for as
-        // short a time as possible. `max_uses` is enforced by this conditional increment.
-        if take_use && !tx.take_token_use(&token, now).await? {
+        };
+        // The token use last: on PostgreSQL the token row is the hottest row, so its lock is
+        // held for as short a time as possible. `max_uses` is enforced by the conditional
+        // increment; revocation and expiry were checked in this transaction.
+        if !tx
+            .finish_activation(&record, take_use.then_some(&token), now)
+            .await?
+        {
             return Err(ActivationError::TokenExhausted);
         }
         Ok(outcome)
@@ -566,44 +570,42 @@ impl Binder {
         let generation = existing.map_or(1, |d| d.credential_gen + 1);
         let credential_hash =
             sha256_hex(&self.credentials.device_credential(&device_id, generation));
-        match existing {
+        let (reassignment, insert);
+        let reported = report(req);
+        let write = match existing {
             // The new user's client gets a new credential generation: the old one stops working.
             // The install key stays: it belongs to the machine's agent, not to the user.
             Some(d) => {
-                tx.reassign_device(
-                    &Reassignment {
-                        device: d,
-                        user_id: &user.id,
-                        name: &name,
-                        credential_hash: &credential_hash,
-                        token_id: &token.id,
-                        restore_data: restore.as_deref(),
-                        replaces: replaced.as_deref(),
-                    },
-                    now,
-                )
-                .await?
+                reassignment = Reassignment {
+                    device: d,
+                    user_id: &user.id,
+                    name: &name,
+                    credential_hash: &credential_hash,
+                    token_id: &token.id,
+                    restore_data: restore.as_deref(),
+                    replaces: replaced.as_deref(),
+                };
+                DeviceWrite::Reassign(&reassignment)
             }
             None => {
-                tx.insert_device(
-                    &NewDevice {
-                        id: &device_id,
-                        org_id: &org.id,
-                        user_id: &user.id,
-                        name: &name,
-                        report: &report(req),
-                        install_key_hash,
-                        credential_hash: &credential_hash,
-                        token_id: &token.id,
-                        restore_data: restore.as_deref(),
-                        replaces: replaced.as_deref(),
-                    },
-                    now,
-                )
-                .await?
+                insert = NewDevice {
+                    id: &device_id,
+                    org_id: &org.id,
+                    user_id: &user.id,
+                    name: &name,
+                    report: &reported,
+                    install_key_hash,
+                    credential_hash: &credential_hash,
+                    token_id: &token.id,
+                    restore_data: restore.as_deref(),
+                    replaces: replaced.as_deref(),
+                };
+                DeviceWrite::Insert(&insert)
             }
+        };
+        if !tx.bind_device(write, b.mapping_id.as_deref(), now).await? {
+            return Err(mapping_race(&b));
         }
-        consume_mapping(tx, &b, &device_id, now).await?;
         let outcome = ActivationOutcome {
             created: true,
             response: self.response(
@@ -704,42 +706,34 @@ async fn ensure_user(
     spec: &UserSpec,
     now: i64,
 ) -> Result<(UserRow, bool), ActivationError> {
-    let email_norm = spec.email.normalized();
-    for attempt in 0..2 {
+    let new = NewUser {
+        org_id,
+        email: spec.email.as_str(),
+        email_norm: spec.email.normalized(),
+        user_name: &spec.user_name,
+        external_id: spec.external_id.as_deref(),
+        source: spec.source,
+        profile: &spec.profile,
+        storage_region: &spec.storage_region,
+        quota_bytes: spec.quota_bytes,
+    };
+    for _ in 0..2 {
         if let Some(ext) = &spec.external_id
             && let Some(u) = tx.user_by_external_id(org_id, spec.source, ext).await?
         {
             return Ok((u, false));
         }
-        if let Some(u) = tx.user_by_email(org_id, email_norm).await? {
-            if let Some(ext) = &spec.external_id
+        if let Some((u, created)) = tx.user_by_email_or_insert(&new, now).await? {
+            if !created
+                && let Some(ext) = &spec.external_id
                 && u.external_id.is_none()
             {
                 tx.link_external_id(&u.id, ext, now).await?;
             }
-            return Ok((u, false));
+            return Ok((u, created));
         }
-        if attempt == 0
-            && let Some(u) = tx
-                .insert_user(
-                    &NewUser {
-                        org_id,
-                        email: spec.email.as_str(),
-                        email_norm,
-                        user_name: &spec.user_name,
-                        external_id: spec.external_id.as_deref(),
-                        source: spec.source,
-                        profile: &spec.profile,
-                        storage_region: &spec.storage_region,
-                        quota_bytes: spec.quota_bytes,
-                    },
-                    now,
-                )
-                .await?
-        {
-            return Ok((u, true));
-        }
-        // Not inserted: a concurrent activation created this user a moment ago; read it.
+        // Not inserted and not found by email: a concurrent activation created this user
+        // under its external id a moment ago; look again.
     }
     Err(ActivationError::Contention(
         "the user was created and removed concurrently".into(),
@@ -755,10 +749,15 @@ async fn consume_mapping(
     if let Some(m) = &b.mapping_id
         && !tx.consume_mapping(m, device_id, now).await?
     {
-        // Consumed by a concurrent activation since this transaction read it: start over.
-        return Err(ActivationError::Contention(format!(
-            "mapping {m} was consumed concurrently"
-        )));
+        return Err(mapping_race(b));
     }
     Ok(())
+}
+
+/// Consumed by a concurrent activation since this transaction read it: start over.
+fn mapping_race(b: &Binding) -> ActivationError {
+    ActivationError::Contention(format!(
+        "mapping {} was consumed concurrently",
+        b.mapping_id.as_deref().unwrap_or("-")
+    ))
 }

@@ -273,6 +273,64 @@ pub trait WriteTx: Send {
     /// Notes that a token was presented (at most once a minute per token on PostgreSQL).
     fn touch_token<'a>(&'a mut self, token: &'a TokenRow, now: i64) -> TxFuture<'a, ()>;
     fn insert_activation<'a>(&'a mut self, r: &'a ActivationRecord) -> TxFuture<'a, ()>;
+    /// The user with this email, inserted if missing: `(user, created)`; `None` if the insert
+    /// lost to a concurrent one that the caller should look up again (by external id, say).
+    fn user_by_email_or_insert<'a>(
+        &'a mut self,
+        u: &'a NewUser<'a>,
+        now: i64,
+    ) -> TxFuture<'a, Option<(UserRow, bool)>> {
+        Box::pin(async move {
+            if let Some(found) = self.user_by_email(u.org_id, u.email_norm).await? {
+                return Ok(Some((found, false)));
+            }
+            if let Some(created) = self.insert_user(u, now).await? {
+                return Ok(Some((created, true)));
+            }
+            Ok(self.user_by_email(u.org_id, u.email_norm).await?.map(|u| (u, false)))
+        })
+    }
+    /// Writes a new binding's device (a new row or a reassignment) and consumes its mapping;
+    /// `false` if the mapping was consumed already (nothing is to be kept then).
+    fn bind_device<'a>(
+        &'a mut self,
+        write: DeviceWrite<'a>,
+        mapping_id: Option<&'a str>,
+        now: i64,
+    ) -> TxFuture<'a, bool> {
+        Box::pin(async move {
+            let device_id = match &write {
+                DeviceWrite::Insert(d) => {
+                    self.insert_device(d, now).await?;
+                    d.id
+                }
+                DeviceWrite::Reassign(r) => {
+                    self.reassign_device(r, now).await?;
+                    r.device.id.as_str()
+                }
+            };
+            match mapping_id {
+                Some(m) => self.consume_mapping(m, device_id, now).await,
+                None => Ok(true),
+            }
+        })
+    }
+    /// Records the activation and, with `take_use`, counts a token use last; `false`: no uses
+    /// left (nothing is to be kept then).
+    fn finish_activation<'a>(
+        &'a mut self,
+        record: &'a ActivationRecord,
+        take_use: Option<&'a TokenRow>,
+        now: i64,
+    ) -> TxFuture<'a, bool> {
+        Box::pin(async move {
+            self.insert_activation(record).await?;
+            match take_use {
+                Some(t) => self.take_token_use(t, now).await,
+                None => Ok(true),
+            }
+        })
+    }
     /// Why a mapping's `oldDeviceName` is unusable, if it is: it must name an active device of
     /// the mapped user when that user already exists.
     fn old_device_problem<'a>(
@@ -287,6 +345,12 @@ pub trait WriteTx: Send {
         rows: &'a [MappingRow],
         now: i64,
     ) -> TxFuture<'a, ()>;
+}
+
+/// How a new binding writes its device.
+pub enum DeviceWrite<'a> {
+    Insert(&'a NewDevice<'a>),
+    Reassign(&'a Reassignment<'a>),
 }
 
 /// Work that decides and writes in one transaction. It may run more than once (PostgreSQL

@@ -41,7 +41,6 @@ fn connect_options(opts: &StoreOptions, role: &str) -> Result<PgConnectOptions> 
             ("lock_timeout", lock_ms.as_str()),
             ("statement_timeout", "120s"),
             ("idle_in_transaction_session_timeout", "60s"),
-            ("plan_cache_mode", "force_custom_plan"),
         ]))
 }
 
