@@ -29,8 +29,7 @@ use crate::resolve::{
 };
 use crate::store::{
     ActivationRecord, DeviceReport, DeviceRow, DeviceWrite, LockKey, NewDevice, NewUser, OrgRow,
-    Reassignment,
-    Store, StoreError, TokenRow, TxJob, UserRow, UserStatus, WriteTx, new_id,
+    Reassignment, Store, StoreError, TokenRow, TxJob, UserRow, UserStatus, WriteTx, new_id,
 };
 use crate::tokens::TokenService;
 use request::ActivationRequest;

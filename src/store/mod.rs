@@ -287,7 +287,10 @@ pub trait WriteTx: Send {
             if let Some(created) = self.insert_user(u, now).await? {
                 return Ok(Some((created, true)));
             }
-            Ok(self.user_by_email(u.org_id, u.email_norm).await?.map(|u| (u, false)))
+            Ok(self
+                .user_by_email(u.org_id, u.email_norm)
+                .await?
+                .map(|u| (u, false)))
         })
     }
     /// Writes a new binding's device (a new row or a reassignment) and consumes its mapping;

@@ -94,6 +94,22 @@ async fn spread(app: &TestApp, bases: &[String], bodies: Vec<Value>) -> Vec<(Sta
     out
 }
 
+/// Maps `n` devices (serial `S{i}`, host `WS-{i}`) to `user(i)`; returns one activation body per
+/// device for `token`.
+async fn map_fleet(app: &TestApp, token: &str, n: usize, user: fn(usize) -> String) -> Vec<Value> {
+    let mut csv = String::from(HEADER);
+    for i in 0..n {
+        let u = user(i);
+        csv.push_str(&format!(
+            "{u}@corp.example.com,{u},WS-{i},serial-number,S{i},,\n"
+        ));
+    }
+    app.map(&csv).await;
+    (0..n)
+        .map(|i| activation(token, &format!("S{i}"), &format!("WS-{i}"), &user(i)))
+        .collect()
+}
+
 fn ok(s: StatusCode) -> bool {
     s == StatusCode::CREATED || s == StatusCode::OK
 }
@@ -152,17 +168,8 @@ async fn one_user_on_64_devices_across_2_replicas_is_one_user() {
     let Some((app, _r, bases)) = cluster(2).await else {
         return;
     };
-    let mut csv = String::from(HEADER);
-    for i in 0..64 {
-        csv.push_str(&format!(
-            "same@corp.example.com,same,WS-{i},serial-number,S{i},,\n"
-        ));
-    }
-    app.map(&csv).await;
     let token = app.token().await;
-    let bodies = (0..64)
-        .map(|i| activation(&token, &format!("S{i}"), &format!("WS-{i}"), "same"))
-        .collect();
+    let bodies = map_fleet(&app, &token, 64, |_| "same".into()).await;
     let results = spread(&app, &bases, bodies).await;
     assert!(
         results.iter().all(|(s, _)| *s == StatusCode::CREATED),
@@ -190,26 +197,10 @@ async fn max_uses_is_exact_across_3_replicas() {
     let Some((app, _r, bases)) = cluster(3).await else {
         return;
     };
-    let mut csv = String::from(HEADER);
-    for i in 0..64 {
-        csv.push_str(&format!(
-            "u{i}@corp.example.com,u{i},WS-{i},serial-number,S{i},,\n"
-        ));
-    }
-    app.map(&csv).await;
     let token = app
         .token_with(json!({"version": "v4", "name": "limited", "max_uses": 10}))
         .await;
-    let bodies = (0..64)
-        .map(|i| {
-            activation(
-                &token,
-                &format!("S{i}"),
-                &format!("WS-{i}"),
-                &format!("u{i}"),
-            )
-        })
-        .collect();
+    let bodies = map_fleet(&app, &token, 64, |i| format!("u{i}")).await;
     let results = spread(&app, &bases, bodies).await;
     let created = results
         .iter()
@@ -230,24 +221,8 @@ async fn unlimited_token_uses_are_counted_exactly_across_replicas() {
     let Some((app, _r, bases)) = cluster(2).await else {
         return;
     };
-    let mut csv = String::from(HEADER);
-    for i in 0..64 {
-        csv.push_str(&format!(
-            "u{i}@corp.example.com,u{i},WS-{i},serial-number,S{i},,\n"
-        ));
-    }
-    app.map(&csv).await;
     let token = app.token().await;
-    let bodies = (0..64)
-        .map(|i| {
-            activation(
-                &token,
-                &format!("S{i}"),
-                &format!("WS-{i}"),
-                &format!("u{i}"),
-            )
-        })
-        .collect();
+    let bodies = map_fleet(&app, &token, 64, |i| format!("u{i}")).await;
     let results = spread(&app, &bases, bodies).await;
     assert!(results.iter().all(|(s, _)| *s == StatusCode::CREATED));
     let tokens = app.list("/api/v1/admin/tokens").await;
