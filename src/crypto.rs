@@ -66,16 +66,23 @@ impl MasterKey {
                 if let Some(dir) = path.parent() {
                     std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
                 }
-                let mut opts = std::fs::OpenOptions::new();
-                opts.write(true).create_new(true);
-                #[cfg(unix)]
-                {
-                    use std::os::unix::fs::OpenOptionsExt;
-                    opts.mode(0o600);
+                // Written in full to a private temporary file, then linked into place without
+                // overwriting: replicas starting together on one data directory all end up with
+                // the one key that won, and nobody ever reads a half-written file.
+                let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+                let mut tmp = tempfile::Builder::new()
+                    .prefix(".master-key-")
+                    .tempfile_in(dir.unwrap_or(Path::new(".")))
+                    .map_err(|e| err(e.to_string()))?;
+                writeln!(tmp, "{}", STANDARD.encode(key)).map_err(|e| err(e.to_string()))?;
+                tmp.as_file().sync_all().map_err(|e| err(e.to_string()))?;
+                match std::fs::hard_link(tmp.path(), path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        return Self::load_or_create(path);
+                    }
+                    Err(e) => return Err(err(e.to_string())),
                 }
-                let mut f = opts.open(path).map_err(|e| err(e.to_string()))?;
-                writeln!(f, "{}", STANDARD.encode(key)).map_err(|e| err(e.to_string()))?;
-                f.sync_all().map_err(|e| err(e.to_string()))?;
                 Ok(MasterKey(key))
             }
             Err(e) => Err(err(e.to_string())),

@@ -456,3 +456,56 @@ async fn both_backends_have_the_same_tables_and_columns() {
     assert!(a.len() >= 10, "{a:?}");
     assert_eq!(a, b);
 }
+
+#[tokio::test]
+async fn replicas_starting_together_create_one_first_signing_key() {
+    // Three servers start at once on a database nobody has used: on SQLite (three processes on
+    // one file) as on PostgreSQL, exactly one of them creates the first signing key.
+    let dir = tempfile::tempdir().unwrap();
+    crate::helpers::prepare_database(dir.path()).await;
+    let settings = crate::helpers::settings_for(dir.path(), &[]);
+    let url = settings.database_url();
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_imd"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--public-url",
+                PUBLIC_URL,
+            ])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .arg("--database-url")
+            .arg(&url)
+            .env("IMD_LOG", "warn")
+            .env_remove("IMD_MASTER_KEY")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // No master key file yet either: the three race to create it and must end up sharing one.
+    let mut children: Vec<Replica> = (0..3)
+        .map(|_| Replica {
+            child: spawn(),
+            base: String::new(),
+        })
+        .collect();
+    for r in &mut children {
+        let mut line = String::new();
+        std::io::BufReader::new(r.child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("imd listening on"), "{line:?}");
+    }
+    let store = imd::store::Store::open(&imd::startup::store_options(&settings, "check"))
+        .await
+        .unwrap();
+    let keys = store.signing_keys().await.unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert!(keys[0].retired_at.is_none());
+    // Every one of them can open the key with the master key on disk.
+    let master = imd::crypto::MasterKey::load_or_create(&settings.master_key_path()).unwrap();
+    master.open(&keys[0].kid, &keys[0].private_key_enc).unwrap();
+}

@@ -61,6 +61,29 @@ fn connect_options(opts: &StoreOptions) -> Result<SqliteConnectOptions> {
     Ok(base)
 }
 
+/// Holds an exclusive lock on `<database>.migrate-lock` while migrating, so processes that open
+/// one database file at once (a restart overlapping the old process, offline commands) take
+/// turns instead of both applying a migration.
+async fn migrate_locked(pool: &SqlitePool, db: &Path, apply: bool) -> Result<Vec<i64>> {
+    let mut lock_path = db.as_os_str().to_owned();
+    lock_path.push(".migrate-lock");
+    let lock = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)?;
+        f.lock()?;
+        Ok(f)
+    })
+    .await
+    .map_err(|e| StoreError::Internal(e.to_string()))?
+    .map_err(|e| StoreError::Unavailable(format!("cannot take the migration lock: {e}")))?;
+    let r = migrate(pool, apply).await;
+    drop(lock);
+    r
+}
+
 async fn migrate(pool: &SqlitePool, apply: bool) -> Result<Vec<i64>> {
     let applied: Vec<i64> = sqlx::query_scalar(
         "SELECT version FROM _sqlx_migrations WHERE success = TRUE ORDER BY version",
@@ -93,7 +116,7 @@ impl SqliteStore {
             .acquire_timeout(opts.acquire_timeout)
             .connect_with(base.clone())
             .await?;
-        migrate(&write, opts.migrate).await?;
+        migrate_locked(&write, base.get_filename(), opts.migrate).await?;
         let read = SqlitePoolOptions::new()
             .max_connections(opts.max_connections)
             .acquire_timeout(opts.acquire_timeout)
@@ -111,11 +134,12 @@ impl SqliteStore {
     }
 
     pub(super) async fn migrate_only(opts: &StoreOptions) -> Result<Vec<i64>> {
+        let options = connect_options(opts)?;
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
-            .connect_with(connect_options(opts)?)
+            .connect_with(options.clone())
             .await?;
-        let applied = migrate(&pool, true).await;
+        let applied = migrate_locked(&pool, options.get_filename(), true).await;
         pool.close().await;
         applied
     }
