@@ -1006,42 +1006,21 @@ struct BenchDatabase {
 
 impl BenchDatabase {
     async fn create(url: &str) -> anyhow::Result<BenchDatabase> {
-        use sqlx::{Connection, Executor};
         let name = format!(
             "imd_bench_{}",
             &uuid::Uuid::new_v4().simple().to_string()[..12]
         );
-        let mut c = sqlx::PgConnection::connect(url).await.map_err(|e| {
-            anyhow::anyhow!(
-                "cannot connect to {}: {}",
-                crate::store::redact_url(url),
-                crate::store::redact_url(&e.to_string())
-            )
-        })?;
-        c.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .await?;
-        let _ = c.close().await;
-        let (base, query) = match url.split_once('?') {
-            Some((b, q)) => (b, format!("?{q}")),
-            None => (url, String::new()),
-        };
-        let prefix = base.rsplit_once('/').map_or(base, |(p, _)| p);
+        let db_url = crate::store::create_postgres_database(url, &name).await?;
         Ok(BenchDatabase {
             admin: url.to_string(),
-            url: format!("{prefix}/{name}{query}"),
+            url: db_url,
             name,
         })
     }
 
     async fn drop_now(self) {
-        use sqlx::{Connection, Executor};
-        if let Ok(mut c) = sqlx::PgConnection::connect(&self.admin).await {
-            let _ = c
-                .execute(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                    self.name
-                )))
-                .await;
+        if let Err(e) = crate::store::drop_postgres_database(&self.admin, &self.name).await {
+            note(format_args!("could not drop {}: {e}", self.name));
         }
     }
 }

@@ -652,6 +652,17 @@ impl Store {
     }
 }
 
+/// Tooling (the benchmark): a new, empty PostgreSQL database on the server `admin_url` points
+/// at; returns its URL. `name`: lowercase letters, digits and `_`.
+pub async fn create_postgres_database(admin_url: &str, name: &str) -> Result<String> {
+    postgres::create_database(admin_url, name).await
+}
+
+/// Drops a database `create_postgres_database` made.
+pub async fn drop_postgres_database(admin_url: &str, name: &str) -> Result<()> {
+    postgres::drop_database(admin_url, name).await
+}
+
 /// A new time-ordered id (UUIDv7), so ordering by id is ordering by creation.
 pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()

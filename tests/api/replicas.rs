@@ -374,8 +374,10 @@ async fn the_last_admin_key_survives_concurrent_revocations_across_replicas() {
     let Some((app, _r, bases)) = cluster(3).await else {
         return;
     };
-    let mut ids = Vec::new();
-    for i in 0..5 {
+    // Forty live keys; each revokes itself, all at once, spread over the replicas. Without a
+    // lock two revocations could both see "two live keys" and leave none.
+    let mut keys = vec![(String::new(), app.admin_key.clone())];
+    for i in 0..39 {
         let r = app
             .admin_post(
                 "/api/v1/admin/admin-keys",
@@ -383,33 +385,31 @@ async fn the_last_admin_key_survives_concurrent_revocations_across_replicas() {
             )
             .await;
         assert_eq!(r.status(), StatusCode::CREATED);
-        ids.push(
-            r.json::<Value>().await.unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
+        let v: Value = r.json().await.unwrap();
+        keys.push((
+            v["id"].as_str().unwrap().to_string(),
+            v["key"].as_str().unwrap().to_string(),
+        ));
     }
-    let mut all: Vec<String> = app
-        .list("/api/v1/admin/admin-keys")
-        .await
+    let listed = app.list("/api/v1/admin/admin-keys").await;
+    keys[0].0 = listed
         .iter()
         .map(|k| k["id"].as_str().unwrap().to_string())
-        .collect();
-    all.sort();
-    // Revoke every key at once, from every replica, several times over.
-    let tasks: Vec<_> = (0..24)
-        .map(|i| {
+        .find(|id| !keys.iter().any(|(k, _)| k == id))
+        .unwrap();
+    let tasks: Vec<_> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, (id, secret))| {
             let url = format!(
-                "{}/api/v1/admin/admin-keys/{}/revoke",
-                bases[i % bases.len()],
-                all[i % all.len()]
+                "{}/api/v1/admin/admin-keys/{id}/revoke",
+                bases[i % bases.len()]
             );
-            let (client, key) = (app.client.clone(), app.admin_key.clone());
+            let (client, secret) = (app.client.clone(), secret.clone());
             tokio::spawn(async move {
                 client
                     .post(url)
-                    .bearer_auth(key)
+                    .bearer_auth(secret)
                     .send()
                     .await
                     .unwrap()
@@ -417,18 +417,24 @@ async fn the_last_admin_key_survives_concurrent_revocations_across_replicas() {
             })
         })
         .collect();
+    let mut statuses = Vec::new();
     for t in tasks {
-        t.await.unwrap();
+        statuses.push(t.await.unwrap());
     }
-    let store = &app.store;
-    let live = store
+    let live = app
+        .store
         .list_admin_keys(&app.org_id)
         .await
         .unwrap()
         .into_iter()
         .filter(|k| k.revoked_at.is_none())
         .count();
-    assert_eq!(live, 1, "exactly one admin key is left");
+    assert_eq!(live, 1, "exactly one admin key is left: {statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| s.is_success()).count(),
+        39,
+        "{statuses:?}"
+    );
 }
 
 #[tokio::test]

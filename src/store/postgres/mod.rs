@@ -232,3 +232,54 @@ impl PgStore {
     crate::store::mappings::mapping_sql!();
     crate::store::activations::activation_sql!();
 }
+
+/// A new, empty database on the server `admin_url` points at (tooling: the benchmark); returns its
+/// URL. `name` must be a plain identifier.
+pub(super) async fn create_database(admin_url: &str, name: &str) -> Result<String> {
+    use sqlx::{Connection, Executor};
+    check_identifier(name)?;
+    let mut c = sqlx::PgConnection::connect(admin_url).await.map_err(|e| {
+        StoreError::Unavailable(format!(
+            "cannot connect to {}: {}",
+            crate::store::redact_url(admin_url),
+            scrub(&e.to_string(), admin_url)
+        ))
+    })?;
+    c.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await?;
+    let _ = c.close().await;
+    let (base, query) = match admin_url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (admin_url, String::new()),
+    };
+    let prefix = base.rsplit_once('/').map_or(base, |(p, _)| p);
+    Ok(format!("{prefix}/{name}{query}"))
+}
+
+/// Drops a database `create_database` made, closing its sessions.
+pub(super) async fn drop_database(admin_url: &str, name: &str) -> Result<()> {
+    use sqlx::{Connection, Executor};
+    check_identifier(name)?;
+    let mut c = sqlx::PgConnection::connect(admin_url).await?;
+    c.execute(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .await?;
+    let _ = c.close().await;
+    Ok(())
+}
+
+fn check_identifier(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Internal(format!(
+            "{name:?} is not a plain database name"
+        )))
+    }
+}
