@@ -26,7 +26,12 @@ pub struct AuditSink {
 impl AuditSink {
     /// Starts the writer task; it ends after every sender is dropped and the queue is drained.
     pub fn start(store: Store) -> (AuditSink, tokio::task::JoinHandle<()>) {
-        let (tx, mut rx) = mpsc::channel::<ActivationRecord>(QUEUE);
+        Self::start_with(store, QUEUE)
+    }
+
+    /// `start` with a queue of `capacity` records (tests use a tiny one).
+    pub fn start_with(store: Store, capacity: usize) -> (AuditSink, tokio::task::JoinHandle<()>) {
+        let (tx, mut rx) = mpsc::channel::<ActivationRecord>(capacity.max(1));
         let handle = tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
             while rx.recv_many(&mut batch, BATCH).await > 0 {

@@ -317,3 +317,53 @@ async fn concurrent_rotations_of_one_token_link_exactly_one_successor() {
     let successor = tokens.iter().find(|t| t["id"] != id.as_str()).unwrap();
     assert_eq!(successor["rotated_from"], id.as_str());
 }
+
+#[tokio::test]
+async fn a_full_audit_queue_drops_and_counts_instead_of_blocking() {
+    use imd::activation::audit::AuditSink;
+    use imd::store::ActivationRecord;
+    let app = spawn_app_with(&[
+        ("database.busy_timeout_ms", "100"),
+        ("database.acquire_timeout_ms", "200"),
+    ])
+    .await;
+    let (sink, _task) = AuditSink::start_with(app.store.clone(), 1);
+    let record = |i: usize| ActivationRecord {
+        org_id: Some(app.org_id.clone()),
+        created_at: 1,
+        outcome: "device_not_mapped".into(),
+        status: 403,
+        message: Some(format!("queued {i}")),
+        ..Default::default()
+    };
+    // The database takes no writes: the writer task holds one batch and retries it, the queue
+    // (one record) fills, and every further record waits at most 250 ms before it is dropped.
+    let locker = app.lock_writes().await;
+    let started = std::time::Instant::now();
+    for i in 0..6 {
+        sink.record(record(i)).await;
+    }
+    let waited = started.elapsed();
+    assert!(sink.dropped() >= 3, "dropped {}", sink.dropped());
+    assert!(
+        waited < std::time::Duration::from_secs(6),
+        "six records never waited without bound ({waited:?})"
+    );
+    locker.release().await;
+    // What was queued is written once the database is back.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let rows = app
+            .list("/api/v1/admin/activations?outcome=device_not_mapped")
+            .await;
+        if rows.len() as u64 + sink.dropped() == 6 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} written",
+            rows.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
