@@ -181,7 +181,7 @@ async fn run_inner(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Backup { out, store } => {
             store_flags(&store, &mut flags);
             let s = settings(file, &flags)?;
-            let db = startup::open_store(&s).await?;
+            let db = startup::open_store_unmigrated(&s).await?;
             let started = std::time::Instant::now();
             db.backup(&out).await?;
             db.close().await;

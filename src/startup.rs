@@ -60,6 +60,14 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     Ok(Store::open(&store_options(settings, &replica_id())).await?)
 }
 
+/// Opens the configured database as it is: refuses one that needs migrations (`imd backup`
+/// must copy the database a running server uses, never upgrade it first).
+pub async fn open_store_unmigrated(settings: &Settings) -> anyhow::Result<Store> {
+    let mut opts = store_options(settings, &replica_id());
+    opts.migrate = false;
+    Ok(Store::open(&opts).await?)
+}
+
 /// The master key: `IMD_MASTER_KEY` (base64, for replicas sharing one database) or the key file.
 pub fn master_key(settings: &Settings) -> anyhow::Result<MasterKey> {
     if let Ok(k) = std::env::var("IMD_MASTER_KEY") {

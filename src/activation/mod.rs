@@ -29,7 +29,8 @@ use crate::resolve::{
 };
 use crate::store::{
     ActivationRecord, DeviceReport, DeviceRow, DeviceWrite, LockKey, NewDevice, NewUser, OrgRow,
-    Reassignment, Store, StoreError, TokenRow, TxJob, UserRow, UserStatus, WriteTx, new_id,
+    Reassignment, Store, StoreError, TokenRow, TxJob, UseOutcome, UserRow, UserStatus, WriteTx,
+    new_id,
 };
 use crate::tokens::TokenService;
 use request::ActivationRequest;
@@ -452,13 +453,14 @@ impl Binder {
         // The token use last: on PostgreSQL the token row is the hottest row, so its lock is
         // held for as short a time as possible. `max_uses` is enforced by the conditional
         // increment; revocation and expiry were checked in this transaction.
-        if !tx
+        match tx
             .finish_activation(&record, take_use.then_some(&token), now)
             .await?
         {
-            return Err(ActivationError::TokenExhausted);
+            UseOutcome::Taken => Ok(outcome),
+            UseOutcome::Exhausted => Err(ActivationError::TokenExhausted),
+            UseOutcome::Revoked => Err(ActivationError::TokenRevoked),
         }
-        Ok(outcome)
     }
 
     /// The same device again, same user: nothing new, the same credential back. `rename` is the
@@ -475,8 +477,15 @@ impl Binder {
         install_key_hash: Option<&str>,
         now: i64,
     ) -> Result<ActivationOutcome, ActivationError> {
-        tx.refresh_device(d, &report(req), rename, install_key_hash, now)
-            .await?;
+        if !tx
+            .refresh_device(d, &report(req), rename, install_key_hash, now)
+            .await?
+        {
+            return Err(ActivationError::Contention(format!(
+                "device {} changed concurrently",
+                d.id
+            )));
+        }
         tx.touch_token(token, now).await?;
         Ok(ActivationOutcome {
             created: false,
@@ -556,7 +565,13 @@ impl Binder {
             .await?
         {
             Some(old) => {
-                tx.mark_replaced(&old.id, &device_id).await?;
+                if !tx.mark_replaced(&old.id, &device_id).await? {
+                    // Replaced by a concurrent activation: start over (it is no longer active).
+                    return Err(ActivationError::Contention(format!(
+                        "device {} was replaced concurrently",
+                        old.id
+                    )));
+                }
                 Some(old.id)
             }
             None => None,
@@ -602,7 +617,11 @@ impl Binder {
                 DeviceWrite::Insert(&insert)
             }
         };
-        if !tx.bind_device(write, b.mapping_id.as_deref(), now).await? {
+        let mapping = b
+            .mapping_id
+            .as_deref()
+            .map(|m| (m, b.user.email.normalized()));
+        if !tx.bind_device(write, mapping, now).await? {
             return Err(mapping_race(&b));
         }
         let outcome = ActivationOutcome {
@@ -746,7 +765,9 @@ async fn consume_mapping(
     now: i64,
 ) -> Result<(), ActivationError> {
     if let Some(m) = &b.mapping_id
-        && !tx.consume_mapping(m, device_id, now).await?
+        && !tx
+            .consume_mapping(m, b.user.email.normalized(), device_id, now)
+            .await?
     {
         return Err(mapping_race(b));
     }

@@ -155,8 +155,8 @@ fn run(
     if writing {
         tx.begin_write()?;
     }
-    let before = tx.count_pending(org_id)?;
     let mut applied = 0u64;
+    let mut created = 0u64;
     let mut good: Vec<MappingRow> = Vec::with_capacity(HANDOFF_BATCH);
     for batch in recv {
         for (item, raw) in batch {
@@ -202,7 +202,7 @@ fn run(
         }
         // One write per hand-off batch (a multi-row statement on PostgreSQL).
         if writing && !good.is_empty() {
-            tx.upsert(org_id, &good, now)?;
+            created += tx.upsert(org_id, &good, now)?;
             applied += good.len() as u64;
             good.clear();
         }
@@ -231,7 +231,6 @@ fn run(
         tx.rollback()?;
         return Ok(report);
     }
-    let created = tx.count_pending(org_id)? - before;
     tx.commit()?;
     report.applied = true;
     report.created = created;

@@ -474,7 +474,10 @@ pub async fn token_bundle(
             "this token has expired; mint or rotate a new one",
         ));
     }
-    let token = state.tokens.token_string(&row)?;
+    let token = state
+        .tokens
+        .token_string_fresh(&row, state.clock.now())
+        .await?;
     let defaults = BundleOptions::default();
     let q = q.into_inner();
     let opts = BundleOptions {

@@ -127,7 +127,7 @@ fn url_password(url: &str) -> Option<String> {
     userinfo.split_once(':').map(|(_, p)| p.to_string())
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StoreOptions {
     pub url: String,
     pub max_connections: u32,
@@ -138,6 +138,17 @@ pub struct StoreOptions {
     pub replica_id: String,
     /// Apply pending migrations (`false`: refuse to start on an unmigrated database).
     pub migrate: bool,
+}
+
+impl std::fmt::Debug for StoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreOptions")
+            .field("url", &redact_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("replica_id", &self.replica_id)
+            .field("migrate", &self.migrate)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Which backend a `Store` runs on.
@@ -258,13 +269,16 @@ pub trait WriteTx: Send {
         name: Option<&'a str>,
         install_key_hash: Option<&'a str>,
         now: i64,
-    ) -> TxFuture<'a, ()>;
-    /// Moves a device to another user with a new credential generation.
-    fn reassign_device<'a>(&'a mut self, r: &'a Reassignment<'a>, now: i64) -> TxFuture<'a, ()>;
-    /// Marks a pending mapping consumed by a device; `false` if it was consumed already.
+    ) -> TxFuture<'a, bool>;
+    /// Moves a device to another user with a new credential generation; `false` if the device
+    /// is no longer as it was read (revoked, moved, re-keyed meanwhile).
+    fn reassign_device<'a>(&'a mut self, r: &'a Reassignment<'a>, now: i64) -> TxFuture<'a, bool>;
+    /// Marks a pending mapping consumed by a device; `false` if it was consumed already or now
+    /// names another user than the one read (`email_norm`).
     fn consume_mapping<'a>(
         &'a mut self,
         mapping_id: &'a str,
+        email_norm: &'a str,
         device_id: &'a str,
         now: i64,
     ) -> TxFuture<'a, bool>;
@@ -293,12 +307,13 @@ pub trait WriteTx: Send {
                 .map(|u| (u, false)))
         })
     }
-    /// Writes a new binding's device (a new row or a reassignment) and consumes its mapping;
-    /// `false` if the mapping was consumed already (nothing is to be kept then).
+    /// Writes a new binding's device (a new row or a reassignment) and consumes its mapping
+    /// (`(id, email_norm read)`); `false` if either write found its row changed since it was
+    /// read (nothing is to be kept then).
     fn bind_device<'a>(
         &'a mut self,
         write: DeviceWrite<'a>,
-        mapping_id: Option<&'a str>,
+        mapping: Option<(&'a str, &'a str)>,
         now: i64,
     ) -> TxFuture<'a, bool> {
         Box::pin(async move {
@@ -308,29 +323,32 @@ pub trait WriteTx: Send {
                     d.id
                 }
                 DeviceWrite::Reassign(r) => {
-                    self.reassign_device(r, now).await?;
+                    if !self.reassign_device(r, now).await? {
+                        return Ok(false);
+                    }
                     r.device.id.as_str()
                 }
             };
-            match mapping_id {
-                Some(m) => self.consume_mapping(m, device_id, now).await,
+            match mapping {
+                Some((m, email)) => self.consume_mapping(m, email, device_id, now).await,
                 None => Ok(true),
             }
         })
     }
-    /// Records the activation and, with `take_use`, counts a token use last; `false`: no uses
-    /// left (nothing is to be kept then).
+    /// Records the activation and, with `take_use`, counts a token use last.
     fn finish_activation<'a>(
         &'a mut self,
         record: &'a ActivationRecord,
         take_use: Option<&'a TokenRow>,
         now: i64,
-    ) -> TxFuture<'a, bool> {
+    ) -> TxFuture<'a, UseOutcome> {
         Box::pin(async move {
             self.insert_activation(record).await?;
             match take_use {
-                Some(t) => self.take_token_use(t, now).await,
-                None => Ok(true),
+                // One writer: revocation was checked in this same transaction, so a refused use
+                // means none are left.
+                Some(t) if !self.take_token_use(t, now).await? => Ok(UseOutcome::Exhausted),
+                _ => Ok(UseOutcome::Taken),
             }
         })
     }
@@ -348,6 +366,16 @@ pub trait WriteTx: Send {
         rows: &'a [MappingRow],
         now: i64,
     ) -> TxFuture<'a, ()>;
+}
+
+/// What taking a token use found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UseOutcome {
+    Taken,
+    /// `max_uses` reached.
+    Exhausted,
+    /// Revoked since the transaction read the token row.
+    Revoked,
 }
 
 /// How a new binding writes its device.
@@ -377,8 +405,8 @@ pub trait ImportTx: Send {
     /// Gives up the write transaction (all-or-nothing upload with a bad row); reads go on.
     fn rollback(&mut self) -> Result<()>;
     fn old_device_problem(&mut self, org_id: &str, row: &MappingRow) -> Result<Option<String>>;
-    fn upsert(&mut self, org_id: &str, rows: &[MappingRow], now: i64) -> Result<()>;
-    fn count_pending(&mut self, org_id: &str) -> Result<u64>;
+    /// Inserts or updates (by identifier) the pending mappings: how many were new.
+    fn upsert(&mut self, org_id: &str, rows: &[MappingRow], now: i64) -> Result<u64>;
     fn commit(self: Box<Self>) -> Result<()>;
 }
 
@@ -708,9 +736,10 @@ impl From<sqlx::Error> for StoreError {
                     "40001" | "40P01" => StoreError::Retry(e.to_string()),
                     // lock_not_available (lock_timeout), query_canceled (statement_timeout),
                     // too many connections, shutting down, read-only (a standby after failover).
-                    "55P03" | "57014" | "53300" | "57P01" | "57P02" | "57P03" | "25006" => {
-                        StoreError::Unavailable(e.to_string())
-                    }
+                    // 0A000 here: "cached plan must not change result type" after a migration
+                    // changed a table under a running replica (retryable; see deployment.md).
+                    "55P03" | "57014" | "53300" | "57P01" | "57P02" | "57P03" | "25006"
+                    | "0A000" => StoreError::Unavailable(e.to_string()),
                     c if c.starts_with("08") => StoreError::Unavailable(e.to_string()),
                     // SQLite: SQLITE_BUSY (5), SQLITE_LOCKED (6) and their extended codes.
                     c => match c.parse::<i32>() {

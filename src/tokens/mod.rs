@@ -249,6 +249,18 @@ impl TokenService {
         Ok(Some((rotation, token)))
     }
 
+    /// `token_string`, reloading the key ring first if it lacks the row's key (another replica or
+    /// `imd keys rotate` added it since this process loaded the ring).
+    pub async fn token_string_fresh(&self, row: &TokenRow, now: i64) -> Result<String, KeyError> {
+        match self.token_string(row) {
+            Err(KeyError::MissingKey(_)) => {
+                self.reload(now, true).await?;
+                self.token_string(row)
+            }
+            other => other,
+        }
+    }
+
     /// The token string for a stored row. Ed25519 signatures are deterministic, so this is the
     /// exact string handed out at minting, re-derivable later without ever storing it.
     pub fn token_string(&self, row: &TokenRow) -> Result<String, KeyError> {
@@ -296,11 +308,15 @@ impl TokenService {
                 // exists in the database is never refused. One primary-key look-up decides, so
                 // made-up kids cost a cheap read, not a ring reload.
                 match self.store.signing_key_exists(&kid).await {
-                    Ok(true) => {
-                        if let Err(e) = self.reload(now, true).await {
-                            tracing::warn!(error = %e, "reloading signing keys failed");
+                    Ok(true) => match self.reload(now, true).await {
+                        Ok(()) => {}
+                        // The key exists; failing to load it is ours to retry, not a refusal.
+                        Err(KeyError::Store(e)) => return Err(VerifyError::Store(e)),
+                        Err(e) => {
+                            tracing::error!(error = %e, "reloading signing keys failed");
+                            return Err(VerifyError::Store(StoreError::Internal(e.to_string())));
                         }
-                    }
+                    },
                     Ok(false) => return Err(TokenError::UnknownKey(Some(kid)).into()),
                     // Cannot tell: a retryable error, not a refusal.
                     Err(e) => return Err(VerifyError::Store(e)),

@@ -16,7 +16,8 @@ use sqlx::{FromRow, PgConnection, Postgres, Row};
 use crate::domain::{DeviceIdentifiers, MappingRow};
 use crate::store::{
     ActivationRecord, DeviceReport, DeviceRow, DeviceWrite, LockKey, NewDevice, NewUser, OrgRow,
-    Reassignment, StoredMapping, TokenRow, TxFuture, UserRow, WriteTx, name_norm, new_id,
+    Reassignment, StoredMapping, TokenRow, TxFuture, UseOutcome, UserRow, WriteTx, name_norm,
+    new_id,
 };
 
 /// Use counters of tokens without `max_uses` spread over this many rows.
@@ -143,14 +144,15 @@ pub(super) async fn old_device_problem(
 
 /// One multi-row upsert per batch (`unnest` of column arrays): a round trip per 1,000 rows
 /// instead of per row. The parser rejects duplicate identifiers, so no row appears twice.
+/// Returns how many rows were new (`xmax = 0`: no previous version of the row).
 pub(super) async fn upsert_mappings(
     conn: &mut PgConnection,
     org_id: &str,
     rows: &[MappingRow],
     now: i64,
-) -> crate::store::Result<()> {
+) -> crate::store::Result<u64> {
     if rows.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     let mut cols: [Vec<Option<String>>; 10] = Default::default();
     for r in rows {
@@ -182,7 +184,7 @@ pub(super) async fn upsert_mappings(
         olds,
         restores,
     ] = cols;
-    sqlx::query(
+    let inserted = sqlx::query(
         "INSERT INTO device_mappings (id, org_id, email, email_norm, user_name, device_name, identifier_type,
                                       identifier, identifier_norm, old_device_name, restore_data, created_at,
                                       updated_at)
@@ -195,7 +197,8 @@ pub(super) async fn upsert_mappings(
            email = excluded.email, email_norm = excluded.email_norm, user_name = excluded.user_name,
            device_name = excluded.device_name, identifier = excluded.identifier,
            old_device_name = excluded.old_device_name, restore_data = excluded.restore_data,
-           updated_at = excluded.updated_at",
+           updated_at = excluded.updated_at
+         RETURNING (xmax = 0)",
     )
     .bind(org_id)
     .bind(ids)
@@ -209,22 +212,9 @@ pub(super) async fn upsert_mappings(
     .bind(olds)
     .bind(restores)
     .bind(now)
-    .execute(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
-    Ok(())
-}
-
-pub(super) async fn count_pending(
-    conn: &mut PgConnection,
-    org_id: &str,
-) -> crate::store::Result<u64> {
-    let n: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM device_mappings WHERE org_id = $1 AND consumed_at IS NULL",
-    )
-    .bind(org_id)
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(n as u64)
+    Ok(inserted.iter().filter(|r| r.get::<bool, _>(0)).count() as u64)
 }
 
 impl WriteTx for PgTx {
@@ -508,9 +498,9 @@ impl WriteTx for PgTx {
         name: Option<&'a str>,
         install_key_hash: Option<&'a str>,
         now: i64,
-    ) -> TxFuture<'a, ()> {
+    ) -> TxFuture<'a, bool> {
         Box::pin(async move {
-            sqlx::query(
+            let r = sqlx::query(
                 "UPDATE devices SET hostname = COALESCE($3, hostname), hostname_norm = COALESCE($4, hostname_norm),
                         serial = COALESCE(serial, $5), serial_norm = COALESCE(serial_norm, $6),
                         uuid = COALESCE(uuid, $7), uuid_norm = COALESCE(uuid_norm, $8),
@@ -518,7 +508,7 @@ impl WriteTx for PgTx {
                         client_version = COALESCE($11, client_version),
                         name = COALESCE($12, name), name_norm = COALESCE($13, name_norm),
                         install_key_hash = COALESCE(install_key_hash, $14), last_activated_at = $15
-                 WHERE id = $1 AND user_id = $2",
+                 WHERE id = $1 AND user_id = $2 AND status = 'active'",
             )
             .bind(&d.id)
             .bind(&d.user_id)
@@ -537,17 +527,19 @@ impl WriteTx for PgTx {
             .bind(now)
             .execute(self.conn())
             .await?;
-            Ok(())
+            Ok(r.rows_affected() == 1)
         })
     }
 
-    fn reassign_device<'a>(&'a mut self, r: &'a Reassignment<'a>, now: i64) -> TxFuture<'a, ()> {
+    fn reassign_device<'a>(&'a mut self, r: &'a Reassignment<'a>, now: i64) -> TxFuture<'a, bool> {
         Box::pin(async move {
-            sqlx::query(
+            // Guarded by what was read: a device revoked, moved or re-keyed meanwhile (by an
+            // admin, or an activation reporting another of its identifiers) is not overwritten.
+            let res = sqlx::query(
                 "UPDATE devices SET user_id = $2, name = $3, name_norm = $4, credential_gen = credential_gen + 1,
                         credential_hash = $5, token_id = $6, restore_data = $7, replaces = $8,
                         last_activated_at = $9
-                 WHERE id = $1",
+                 WHERE id = $1 AND status = 'active' AND user_id = $10 AND credential_gen = $11",
             )
             .bind(&r.device.id)
             .bind(r.user_id)
@@ -558,26 +550,32 @@ impl WriteTx for PgTx {
             .bind(r.restore_data)
             .bind(r.replaces)
             .bind(now)
+            .bind(&r.device.user_id)
+            .bind(r.device.credential_gen)
             .execute(self.conn())
             .await?;
-            Ok(())
+            Ok(res.rows_affected() == 1)
         })
     }
 
     fn consume_mapping<'a>(
         &'a mut self,
         mapping_id: &'a str,
+        email_norm: &'a str,
         device_id: &'a str,
         now: i64,
     ) -> TxFuture<'a, bool> {
         Box::pin(async move {
+            // A re-upload that moved the mapping to another user meanwhile is not consumed for
+            // the user read (the retry reads the new one).
             let r = sqlx::query(
                 "UPDATE device_mappings SET consumed_at = $3, device_id = $2
-                 WHERE id = $1 AND consumed_at IS NULL",
+                 WHERE id = $1 AND consumed_at IS NULL AND email_norm = $4",
             )
             .bind(mapping_id)
             .bind(device_id)
             .bind(now)
+            .bind(email_norm)
             .execute(self.conn())
             .await?;
             Ok(r.rows_affected() == 1)
@@ -681,7 +679,10 @@ impl WriteTx for PgTx {
         rows: &'a [MappingRow],
         now: i64,
     ) -> TxFuture<'a, ()> {
-        Box::pin(upsert_mappings(self.conn(), org_id, rows, now))
+        Box::pin(async move {
+            upsert_mappings(self.conn(), org_id, rows, now).await?;
+            Ok(())
+        })
     }
 
     fn user_by_email_or_insert<'a>(
@@ -732,15 +733,17 @@ impl WriteTx for PgTx {
     fn bind_device<'a>(
         &'a mut self,
         write: DeviceWrite<'a>,
-        mapping_id: Option<&'a str>,
+        mapping: Option<(&'a str, &'a str)>,
         now: i64,
     ) -> TxFuture<'a, bool> {
         Box::pin(async move {
-            let (d, mapping) = match (write, mapping_id) {
+            let (d, (mapping, email_norm)) = match (write, mapping) {
                 (DeviceWrite::Reassign(r), m) => {
-                    self.reassign_device(r, now).await?;
+                    if !self.reassign_device(r, now).await? {
+                        return Ok(false);
+                    }
                     return match m {
-                        Some(m) => self.consume_mapping(m, &r.device.id, now).await,
+                        Some((m, email)) => self.consume_mapping(m, email, &r.device.id, now).await,
                         None => Ok(true),
                     };
                 }
@@ -763,7 +766,8 @@ impl WriteTx for PgTx {
                    RETURNING id),
                  m AS (
                    UPDATE device_mappings SET consumed_at = $20, device_id = $1
-                   WHERE id = $21 AND consumed_at IS NULL AND EXISTS (SELECT 1 FROM d)
+                   WHERE id = $21 AND consumed_at IS NULL AND email_norm = $22
+                     AND EXISTS (SELECT 1 FROM d)
                    RETURNING 1)
                  SELECT count(*) FROM m",
             )
@@ -788,6 +792,7 @@ impl WriteTx for PgTx {
             .bind(d.replaces)
             .bind(now)
             .bind(mapping)
+            .bind(email_norm)
             .fetch_one(self.conn())
             .await?;
             Ok(consumed == 1)
@@ -799,16 +804,16 @@ impl WriteTx for PgTx {
         r: &'a ActivationRecord,
         take_use: Option<&'a TokenRow>,
         now: i64,
-    ) -> TxFuture<'a, bool> {
+    ) -> TxFuture<'a, UseOutcome> {
         Box::pin(async move {
             let Some(token) = take_use else {
                 self.insert_activation(r).await?;
-                return Ok(true);
+                return Ok(UseOutcome::Taken);
             };
             // The audit row and the use in one statement; the use's row lock comes last and is
             // held only until the commit that follows.
             let q = if token.max_uses.is_some() {
-                sqlx::query_scalar::<_, i64>(
+                sqlx::query_as::<_, (i64, Option<bool>)>(
                     "WITH a AS (
                        INSERT INTO activations (id, org_id, token_id, created_at, outcome, status,
                                                 device_id, user_id, hostname, serial, uuid, login,
@@ -818,28 +823,32 @@ impl WriteTx for PgTx {
                        UPDATE tokens SET uses = uses + 1, last_used_at = $15
                        WHERE id = $3 AND revoked_at IS NULL AND uses < max_uses
                        RETURNING 1)
-                     SELECT count(*) FROM u",
+                     SELECT (SELECT count(*) FROM u),
+                            (SELECT revoked_at IS NOT NULL FROM tokens WHERE id = $3)",
                 )
             } else {
-                sqlx::query_scalar::<_, i64>(
+                sqlx::query_as::<_, (i64, Option<bool>)>(
                     "WITH a AS (
                        INSERT INTO activations (id, org_id, token_id, created_at, outcome, status,
                                                 device_id, user_id, hostname, serial, uuid, login,
                                                 remote_ip, message)
                        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)),
+                     live AS (SELECT 1 FROM tokens WHERE id = $3 AND revoked_at IS NULL),
                      u AS (
-                       INSERT INTO token_use_counts (token_id, shard, uses) VALUES ($3, $16, 1)
+                       INSERT INTO token_use_counts (token_id, shard, uses)
+                       SELECT $3, $16, 1 FROM live
                        ON CONFLICT (token_id, shard) DO UPDATE SET uses = token_use_counts.uses + 1
                        RETURNING 1),
                      t AS (
                        UPDATE tokens SET last_used_at = $15
                        WHERE id = $3 AND (last_used_at IS NULL OR last_used_at < $15 - $17)
                        RETURNING 1)
-                     SELECT (SELECT count(*) FROM u) + 0 * (SELECT count(*) FROM t)",
+                     SELECT (SELECT count(*) FROM u) + 0 * (SELECT count(*) FROM t),
+                            NOT EXISTS (SELECT 1 FROM live)",
                 )
             };
             let shard = i64::from(uuid::Uuid::new_v4().as_bytes()[0]) % USE_SHARDS;
-            let taken = q
+            let (taken, revoked) = q
                 .bind(new_id())
                 .bind(r.org_id.as_deref())
                 .bind(token.id.as_str())
@@ -859,7 +868,13 @@ impl WriteTx for PgTx {
                 .bind(TOUCH_EVERY)
                 .fetch_one(self.conn())
                 .await?;
-            Ok(taken == 1)
+            // This statement's snapshot is newer than the token row the job read before its
+            // locks: a revocation committed meanwhile is seen here.
+            Ok(match (taken, revoked) {
+                (1, _) => UseOutcome::Taken,
+                (_, Some(true)) => UseOutcome::Revoked,
+                _ => UseOutcome::Exhausted,
+            })
         })
     }
 }

@@ -58,15 +58,10 @@ impl ImportTx for PgImport {
             .block_on(hot::old_device_problem(conn, org_id, row))
     }
 
-    fn upsert(&mut self, org_id: &str, rows: &[MappingRow], now: i64) -> Result<()> {
+    fn upsert(&mut self, org_id: &str, rows: &[MappingRow], now: i64) -> Result<u64> {
         let conn = &mut *self.conn;
         self.handle
             .block_on(hot::upsert_mappings(conn, org_id, rows, now))
-    }
-
-    fn count_pending(&mut self, org_id: &str) -> Result<u64> {
-        let conn = &mut *self.conn;
-        self.handle.block_on(hot::count_pending(conn, org_id))
     }
 
     fn commit(mut self: Box<Self>) -> Result<()> {

@@ -421,8 +421,8 @@ pub fn refresh(
     name: Option<&str>,
     install_key_hash: Option<&str>,
     now: i64,
-) -> Result<()> {
-    c.prepare_cached(
+) -> Result<bool> {
+    let n = c.prepare_cached(
         "UPDATE devices SET hostname = COALESCE(?3, hostname), hostname_norm = COALESCE(?4, hostname_norm),
                 serial = COALESCE(serial, ?5), serial_norm = COALESCE(serial_norm, ?6),
                 uuid = COALESCE(uuid, ?7), uuid_norm = COALESCE(uuid_norm, ?8),
@@ -430,7 +430,7 @@ pub fn refresh(
                 client_version = COALESCE(?11, client_version),
                 name = COALESCE(?12, name), name_norm = COALESCE(?13, name_norm),
                 install_key_hash = COALESCE(install_key_hash, ?14), last_activated_at = ?15
-         WHERE id = ?1 AND user_id = ?2",
+         WHERE id = ?1 AND user_id = ?2 AND status = 'active'",
     )?
     .execute(params![
         d.id,
@@ -449,15 +449,15 @@ pub fn refresh(
         install_key_hash,
         now
     ])?;
-    Ok(())
+    Ok(n == 1)
 }
 
 /// Moves a device to another user with a new credential generation.
-pub fn reassign(c: &Connection, r: &Reassignment<'_>, now: i64) -> Result<()> {
-    c.prepare_cached(
+pub fn reassign(c: &Connection, r: &Reassignment<'_>, now: i64) -> Result<bool> {
+    let n = c.prepare_cached(
         "UPDATE devices SET user_id = ?2, name = ?3, name_norm = ?4, credential_gen = credential_gen + 1,
                 credential_hash = ?5, token_id = ?6, restore_data = ?7, replaces = ?8, last_activated_at = ?9
-         WHERE id = ?1",
+         WHERE id = ?1 AND status = 'active' AND user_id = ?10 AND credential_gen = ?11",
     )?
     .execute(params![
         r.device.id,
@@ -468,22 +468,26 @@ pub fn reassign(c: &Connection, r: &Reassignment<'_>, now: i64) -> Result<()> {
         r.token_id,
         r.restore_data,
         r.replaces,
-        now
+        now,
+        r.device.user_id,
+        r.device.credential_gen
     ])?;
-    Ok(())
+    Ok(n == 1)
 }
 
 pub fn consume_mapping(
     c: &Connection,
     mapping_id: &str,
+    email_norm: &str,
     device_id: &str,
     now: i64,
 ) -> Result<bool> {
     let n = c
         .prepare_cached(
-            "UPDATE device_mappings SET consumed_at = ?3, device_id = ?2 WHERE id = ?1 AND consumed_at IS NULL",
+            "UPDATE device_mappings SET consumed_at = ?3, device_id = ?2
+             WHERE id = ?1 AND consumed_at IS NULL AND email_norm = ?4",
         )?
-        .execute(params![mapping_id, device_id, now])?;
+        .execute(params![mapping_id, device_id, now, email_norm])?;
     Ok(n == 1)
 }
 
@@ -512,9 +516,10 @@ pub fn insert_activation(c: &Connection, r: &ActivationRecord) -> Result<()> {
     Ok(())
 }
 
-/// Inserts or updates (by identifier) one pending mapping.
-pub fn upsert_mapping(c: &Connection, org_id: &str, r: &MappingRow, now: i64) -> Result<()> {
-    c.prepare_cached(
+/// Inserts or updates (by identifier) one pending mapping: `true` if it is new.
+pub fn upsert_mapping(c: &Connection, org_id: &str, r: &MappingRow, now: i64) -> Result<bool> {
+    // The id is new only when the row was inserted (an update keeps the old one).
+    Ok(c.prepare_cached(
         "INSERT INTO device_mappings (id, org_id, email, email_norm, user_name, device_name, identifier_type,
                                       identifier, identifier_norm, old_device_name, restore_data, created_at,
                                       updated_at)
@@ -523,9 +528,10 @@ pub fn upsert_mapping(c: &Connection, org_id: &str, r: &MappingRow, now: i64) ->
            email = excluded.email, email_norm = excluded.email_norm, user_name = excluded.user_name,
            device_name = excluded.device_name, identifier = excluded.identifier,
            old_device_name = excluded.old_device_name, restore_data = excluded.restore_data,
-           updated_at = excluded.updated_at",
+           updated_at = excluded.updated_at
+         RETURNING id = ?1",
     )?
-    .execute(params![
+    .query_row(params![
         new_id(),
         org_id,
         r.email.as_str(),
@@ -538,18 +544,7 @@ pub fn upsert_mapping(c: &Connection, org_id: &str, r: &MappingRow, now: i64) ->
         r.old_device_name,
         r.restore_data.map(|x| x.as_str()),
         now
-    ])?;
-    Ok(())
-}
-
-/// Pending mappings of an organization (the difference before and after an import is what it created).
-pub fn count_pending(c: &Connection, org_id: &str) -> Result<u64> {
-    let n: i64 = c
-        .prepare_cached(
-            "SELECT COUNT(*) FROM device_mappings WHERE org_id = ?1 AND consumed_at IS NULL",
-        )?
-        .query_row([org_id], |r| r.get(0))?;
-    Ok(n as u64)
+    ], |row| row.get(0))?)
 }
 
 /// The writer's connection seen as a `WriteTx`. Every step completes synchronously.
@@ -652,19 +647,22 @@ impl WriteTx for SqliteTx<'_> {
         name: Option<&'a str>,
         install_key_hash: Option<&'a str>,
         now: i64,
-    ) -> TxFuture<'a, ()> {
+    ) -> TxFuture<'a, bool> {
         ready(refresh(&*self.0, d, report, name, install_key_hash, now))
     }
-    fn reassign_device<'a>(&'a mut self, r: &'a Reassignment<'a>, now: i64) -> TxFuture<'a, ()> {
+    fn reassign_device<'a>(&'a mut self, r: &'a Reassignment<'a>, now: i64) -> TxFuture<'a, bool> {
         ready(reassign(&*self.0, r, now))
     }
     fn consume_mapping<'a>(
         &'a mut self,
         mapping_id: &'a str,
+        email_norm: &'a str,
         device_id: &'a str,
         now: i64,
     ) -> TxFuture<'a, bool> {
-        ready(consume_mapping(&*self.0, mapping_id, device_id, now))
+        ready(consume_mapping(
+            &*self.0, mapping_id, email_norm, device_id, now,
+        ))
     }
     fn take_token_use<'a>(&'a mut self, token: &'a TokenRow, now: i64) -> TxFuture<'a, bool> {
         ready(consume_use(&*self.0, &token.id, now))
@@ -691,7 +689,7 @@ impl WriteTx for SqliteTx<'_> {
         let c = &*self.0;
         ready(
             rows.iter()
-                .try_for_each(|r| upsert_mapping(c, org_id, r, now)),
+                .try_for_each(|r| upsert_mapping(c, org_id, r, now).map(|_| ())),
         )
     }
 }

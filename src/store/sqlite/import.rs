@@ -39,13 +39,12 @@ impl ImportTx for SqliteImport {
         hot::old_device_problem(&self.conn, org_id, row)
     }
 
-    fn upsert(&mut self, org_id: &str, rows: &[MappingRow], now: i64) -> Result<()> {
-        rows.iter()
-            .try_for_each(|r| hot::upsert_mapping(&self.conn, org_id, r, now))
-    }
-
-    fn count_pending(&mut self, org_id: &str) -> Result<u64> {
-        hot::count_pending(&self.conn, org_id)
+    fn upsert(&mut self, org_id: &str, rows: &[MappingRow], now: i64) -> Result<u64> {
+        let mut created = 0;
+        for r in rows {
+            created += u64::from(hot::upsert_mapping(&self.conn, org_id, r, now)?);
+        }
+        Ok(created)
     }
 
     fn commit(self: Box<Self>) -> Result<()> {

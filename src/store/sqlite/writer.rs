@@ -43,7 +43,17 @@ impl From<rusqlite::Error> for StoreError {
         match &e {
             rusqlite::Error::QueryReturnedNoRows => StoreError::NotFound,
             rusqlite::Error::SqliteFailure(f, _) => match f.code {
-                ErrorCode::ConstraintViolation => StoreError::Conflict,
+                // Only uniqueness is a lost race (retryable); a NOT NULL, CHECK or foreign-key
+                // failure is a bug and stays an internal error.
+                ErrorCode::ConstraintViolation
+                    if matches!(
+                        f.extended_code,
+                        rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                            | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+                    ) =>
+                {
+                    StoreError::Conflict
+                }
                 ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => {
                     StoreError::Unavailable(e.to_string())
                 }
@@ -152,6 +162,11 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
         }
         if let Err(e) = batch(&mut conn, jobs) {
             tracing::warn!(error = %e, "write batch failed; its callers get a retryable error");
+        }
+        // Never start the next batch inside a transaction a failed ROLLBACK left open: every
+        // later BEGIN would fail and the writer would answer 503 until restarted.
+        if !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
         }
     }
 }
