@@ -438,6 +438,52 @@ async fn the_last_admin_key_survives_concurrent_revocations_across_replicas() {
 }
 
 #[tokio::test]
+async fn an_old_device_named_by_two_new_machines_at_once_is_replaced_once() {
+    let Some((app, _r, bases)) = cluster(3).await else {
+        return;
+    };
+    // 16 users, each with an old laptop; then two new machines per user, both mapped with
+    // oldDeviceName = the old laptop, activated at once across the replicas. The identity
+    // locks do not serialize them (different serials), the replacement guard must.
+    let users = 16;
+    let token = app.token().await;
+    let old_bodies = map_fleet(&app, &token, users, |i| format!("u{i}")).await;
+    let mut old_ids = Vec::new();
+    for b in &old_bodies {
+        let (_, v) = app.activate_ok(b).await;
+        old_ids.push(v["device_id"].as_str().unwrap().to_string());
+    }
+    let mut csv = String::from(HEADER);
+    let mut bodies = Vec::new();
+    for i in 0..users {
+        for k in 0..2 {
+            csv.push_str(&format!(
+                "u{i}@corp.example.com,u{i},NEW-{i}-{k},serial-number,N{i}X{k},WS-{i},\n"
+            ));
+            bodies.push(activation(
+                &token,
+                &format!("N{i}X{k}"),
+                &format!("NEW-{i}-{k}"),
+                &format!("u{i}"),
+            ));
+        }
+    }
+    app.map(&csv).await;
+    let results = spread(&app, &bases, bodies).await;
+    assert!(
+        results.iter().all(|(s, _)| *s == StatusCode::CREATED),
+        "{results:?}"
+    );
+    for (i, old) in old_ids.iter().enumerate() {
+        let claims = results[2 * i..2 * i + 2]
+            .iter()
+            .filter(|(_, b)| b["replaced_device_id"] == old.as_str())
+            .count();
+        assert_eq!(claims, 1, "user u{i}: {:?}", &results[2 * i..2 * i + 2]);
+    }
+}
+
+#[tokio::test]
 async fn both_backends_have_the_same_tables_and_columns() {
     if !on_postgres() {
         eprintln!("compares the PostgreSQL schema with SQLite's: runs when TEST_PG_URL is set");
