@@ -761,13 +761,31 @@ impl From<sqlx::migrate::MigrateError> for StoreError {
     }
 }
 
-/// Refuses a database that a newer imd migrated (its highest applied version is unknown here).
-fn check_not_newer(applied: &[i64], migrator: &sqlx::migrate::Migrator) -> Result<()> {
+/// The migrations this binary would apply to a database with `applied`. Refuses a database
+/// that a newer imd migrated (its highest applied version is unknown here), and one that needs
+/// migrations when `apply` is off.
+fn pending_migrations(
+    applied: &[i64],
+    migrator: &sqlx::migrate::Migrator,
+    apply: bool,
+) -> Result<Vec<i64>> {
     let known = migrator.iter().map(|m| m.version).max().unwrap_or(0);
-    match applied.iter().copied().max() {
-        Some(found) if found > known => Err(StoreError::TooNew { found, known }),
-        _ => Ok(()),
+    if let Some(found) = applied.iter().copied().max()
+        && found > known
+    {
+        return Err(StoreError::TooNew { found, known });
     }
+    let pending: Vec<i64> = migrator
+        .iter()
+        .map(|m| m.version)
+        .filter(|v| !applied.contains(v))
+        .collect();
+    if !pending.is_empty() && !apply {
+        return Err(StoreError::Migrate(format!(
+            "the database needs migrations {pending:?}: run `imd migrate`"
+        )));
+    }
+    Ok(pending)
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use sqlx::{PgPool, Postgres};
 use crate::store::{
     ActivationRow, AdminKeyRow, DeviceRow, ImportTx, MappingFilter, NewToken, OrgRow,
     OrgSettingsPatch, Result, Rotation, SigningKeyRow, StoreError, StoreOptions, StoredMapping,
-    TokenRow, TxJob, UserRow, check_not_newer, scrub,
+    TokenRow, TxJob, UserRow, pending_migrations, scrub,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -67,18 +67,8 @@ async fn migrate(pool: &PgPool, apply: bool) -> Result<Vec<i64>> {
             .fetch_all(pool)
             .await
             .unwrap_or_default();
-    check_not_newer(&applied, &MIGRATOR)?;
-    let pending: Vec<i64> = MIGRATOR
-        .iter()
-        .map(|m| m.version)
-        .filter(|v| !applied.contains(v))
-        .collect();
+    let pending = pending_migrations(&applied, &MIGRATOR, apply)?;
     if !pending.is_empty() {
-        if !apply {
-            return Err(StoreError::Migrate(format!(
-                "the database needs migrations {pending:?}: run `imd migrate`"
-            )));
-        }
         // sqlx holds an advisory lock while migrating: replicas starting together take turns.
         MIGRATOR.run(pool).await?;
     }

@@ -25,7 +25,7 @@ use sqlx::{Sqlite, SqlitePool};
 use crate::store::{
     ActivationRow, AdminKeyRow, DeviceRow, ImportTx, MappingFilter, NewToken, OrgRow,
     OrgSettingsPatch, Result, Rotation, SigningKeyRow, StoreError, StoreOptions, StoredMapping,
-    TokenRow, TxJob, UserRow, check_not_newer,
+    TokenRow, TxJob, UserRow, pending_migrations,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -91,18 +91,8 @@ async fn migrate(pool: &SqlitePool, apply: bool) -> Result<Vec<i64>> {
     .fetch_all(pool)
     .await
     .unwrap_or_default();
-    check_not_newer(&applied, &MIGRATOR)?;
-    let pending: Vec<i64> = MIGRATOR
-        .iter()
-        .map(|m| m.version)
-        .filter(|v| !applied.contains(v))
-        .collect();
+    let pending = pending_migrations(&applied, &MIGRATOR, apply)?;
     if !pending.is_empty() {
-        if !apply {
-            return Err(StoreError::Migrate(format!(
-                "the database needs migrations {pending:?}: run `imd migrate`"
-            )));
-        }
         MIGRATOR.run(pool).await?;
     }
     Ok(pending)
