@@ -12,7 +12,6 @@
 
 pub mod audit;
 pub mod limiter;
-pub mod request;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +22,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use crate::crypto::{CredentialKey, ct_eq, sha256_hex};
+use crate::domain::request::ActivationRequest;
 use crate::resolve::{
     Binding, Budget, LookupContext, Prepared, Resolution, ResolveContext, ResolveError, Resolver,
     UserSpec,
@@ -33,7 +33,6 @@ use crate::store::{
     new_id,
 };
 use crate::tokens::TokenService;
-use request::ActivationRequest;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ActivationError {

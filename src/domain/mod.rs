@@ -1,10 +1,12 @@
 //! Domain values shared by the activation API and the device map: validated
 //! email addresses, device identifiers and their normalization, restore
-//! options. Pure functions only: no I/O, no clock, no storage.
+//! options, device mappings, and the parsed activation request. Pure functions
+//! only: no I/O, no clock, no storage.
 
 mod email;
 mod identifiers;
 mod mapping;
+pub mod request;
 
 use serde::{Deserialize, Serialize};
 

@@ -10,8 +10,8 @@ use serde_json::json;
 use super::auth::DeviceAuth;
 use super::media;
 use super::{ApiError, AppState, Code};
-use crate::activation::request::{ActivationRequest, RawActivation};
 use crate::activation::{ActivationError, AttemptContext};
+use crate::domain::request::{ActivationRequest, RawActivation};
 use crate::store::ActivationRecord;
 
 /// Reads a body up to `limit` bytes; more is `payload_too_large` (checked against the declared

@@ -17,7 +17,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use imd_tokens::Claims;
 
-use crate::activation::request::ActivationRequest;
+use crate::domain::request::ActivationRequest;
 use crate::domain::{Email, RestoreData};
 use crate::store::{DeviceRow, OrgRow, StoreError, TokenRow, WriteTx};
 

@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use crate::domain::{DeviceIdentifiers, normalize_email};
+use super::{DeviceIdentifiers, normalize_email};
 
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 const MAX_FIELD_LEN: usize = 255;
