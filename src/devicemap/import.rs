@@ -156,7 +156,6 @@ fn run(
         tx.begin_write()?;
     }
     let mut applied = 0u64;
-    let mut created = 0u64;
     let mut good: Vec<MappingRow> = Vec::with_capacity(HANDOFF_BATCH);
     for batch in recv {
         for (item, raw) in batch {
@@ -202,7 +201,7 @@ fn run(
         }
         // One write per hand-off batch (a multi-row statement on PostgreSQL).
         if writing && !good.is_empty() {
-            created += tx.upsert(org_id, &good, now)?;
+            tx.upsert(org_id, &good, now)?;
             applied += good.len() as u64;
             good.clear();
         }
@@ -231,6 +230,7 @@ fn run(
         tx.rollback()?;
         return Ok(report);
     }
+    let created = tx.created(org_id)?.min(applied);
     tx.commit()?;
     report.applied = true;
     report.created = created;

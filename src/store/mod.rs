@@ -405,8 +405,10 @@ pub trait ImportTx: Send {
     /// Gives up the write transaction (all-or-nothing upload with a bad row); reads go on.
     fn rollback(&mut self) -> Result<()>;
     fn old_device_problem(&mut self, org_id: &str, row: &MappingRow) -> Result<Option<String>>;
-    /// Inserts or updates (by identifier) the pending mappings: how many were new.
-    fn upsert(&mut self, org_id: &str, rows: &[MappingRow], now: i64) -> Result<u64>;
+    /// Inserts or updates (by identifier) the pending mappings.
+    fn upsert(&mut self, org_id: &str, rows: &[MappingRow], now: i64) -> Result<()>;
+    /// How many of the mappings upserted so far were new (not updates).
+    fn created(&mut self, org_id: &str) -> Result<u64>;
     fn commit(self: Box<Self>) -> Result<()>;
 }
 

@@ -14,6 +14,9 @@ pub(super) struct PgImport {
     conn: PoolConnection<Postgres>,
     handle: Handle,
     open: bool,
+    /// New rows among those upserted (concurrent activations consume mappings meanwhile, so
+    /// before/after counts would not add up).
+    created: u64,
 }
 
 impl PgImport {
@@ -22,6 +25,7 @@ impl PgImport {
             conn,
             handle,
             open: false,
+            created: 0,
         }
     }
 
@@ -46,6 +50,7 @@ impl ImportTx for PgImport {
             self.exec("ROLLBACK")?;
             self.open = false;
         }
+        self.created = 0;
         Ok(())
     }
 
@@ -58,10 +63,16 @@ impl ImportTx for PgImport {
             .block_on(hot::old_device_problem(conn, org_id, row))
     }
 
-    fn upsert(&mut self, org_id: &str, rows: &[MappingRow], now: i64) -> Result<u64> {
+    fn upsert(&mut self, org_id: &str, rows: &[MappingRow], now: i64) -> Result<()> {
         let conn = &mut *self.conn;
-        self.handle
-            .block_on(hot::upsert_mappings(conn, org_id, rows, now))
+        self.created += self
+            .handle
+            .block_on(hot::upsert_mappings(conn, org_id, rows, now))?;
+        Ok(())
+    }
+
+    fn created(&mut self, _org_id: &str) -> Result<u64> {
+        Ok(self.created)
     }
 
     fn commit(mut self: Box<Self>) -> Result<()> {

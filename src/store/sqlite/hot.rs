@@ -516,10 +516,9 @@ pub fn insert_activation(c: &Connection, r: &ActivationRecord) -> Result<()> {
     Ok(())
 }
 
-/// Inserts or updates (by identifier) one pending mapping: `true` if it is new.
-pub fn upsert_mapping(c: &Connection, org_id: &str, r: &MappingRow, now: i64) -> Result<bool> {
-    // The id is new only when the row was inserted (an update keeps the old one).
-    Ok(c.prepare_cached(
+/// Inserts or updates (by identifier) one pending mapping.
+pub fn upsert_mapping(c: &Connection, org_id: &str, r: &MappingRow, now: i64) -> Result<()> {
+    c.prepare_cached(
         "INSERT INTO device_mappings (id, org_id, email, email_norm, user_name, device_name, identifier_type,
                                       identifier, identifier_norm, old_device_name, restore_data, created_at,
                                       updated_at)
@@ -528,10 +527,9 @@ pub fn upsert_mapping(c: &Connection, org_id: &str, r: &MappingRow, now: i64) ->
            email = excluded.email, email_norm = excluded.email_norm, user_name = excluded.user_name,
            device_name = excluded.device_name, identifier = excluded.identifier,
            old_device_name = excluded.old_device_name, restore_data = excluded.restore_data,
-           updated_at = excluded.updated_at
-         RETURNING id = ?1",
+           updated_at = excluded.updated_at",
     )?
-    .query_row(params![
+    .execute(params![
         new_id(),
         org_id,
         r.email.as_str(),
@@ -544,7 +542,19 @@ pub fn upsert_mapping(c: &Connection, org_id: &str, r: &MappingRow, now: i64) ->
         r.old_device_name,
         r.restore_data.map(|x| x.as_str()),
         now
-    ], |row| row.get(0))?)
+    ])?;
+    Ok(())
+}
+
+/// Pending mappings of an organization. Under SQLite's write lock nobody else changes them, so
+/// the difference before and after an import is exactly what it created.
+pub fn count_pending(c: &Connection, org_id: &str) -> Result<u64> {
+    let n: i64 = c
+        .prepare_cached(
+            "SELECT COUNT(*) FROM device_mappings WHERE org_id = ?1 AND consumed_at IS NULL",
+        )?
+        .query_row([org_id], |r| r.get(0))?;
+    Ok(n as u64)
 }
 
 /// The writer's connection seen as a `WriteTx`. Every step completes synchronously.
@@ -689,7 +699,7 @@ impl WriteTx for SqliteTx<'_> {
         let c = &*self.0;
         ready(
             rows.iter()
-                .try_for_each(|r| upsert_mapping(c, org_id, r, now).map(|_| ())),
+                .try_for_each(|r| upsert_mapping(c, org_id, r, now)),
         )
     }
 }

@@ -13,13 +13,15 @@ use crate::store::{ImportTx, Result, StoreError};
 
 pub(super) struct SqliteImport {
     conn: Connection,
+    /// Pending mappings when the write transaction began.
+    before: Option<u64>,
 }
 
 impl SqliteImport {
     pub(super) fn open(path: &Path, busy_timeout: Duration) -> Result<SqliteImport> {
         let conn = writer::open_sync(path, busy_timeout)?;
         conn.execute_batch("PRAGMA cache_size = -65536")?;
-        Ok(SqliteImport { conn })
+        Ok(SqliteImport { conn, before: None })
     }
 }
 
@@ -29,6 +31,7 @@ impl ImportTx for SqliteImport {
     }
 
     fn rollback(&mut self) -> Result<()> {
+        self.before = None;
         if !self.conn.is_autocommit() {
             self.conn.execute_batch("ROLLBACK")?;
         }
@@ -39,12 +42,19 @@ impl ImportTx for SqliteImport {
         hot::old_device_problem(&self.conn, org_id, row)
     }
 
-    fn upsert(&mut self, org_id: &str, rows: &[MappingRow], now: i64) -> Result<u64> {
-        let mut created = 0;
-        for r in rows {
-            created += u64::from(hot::upsert_mapping(&self.conn, org_id, r, now)?);
+    fn upsert(&mut self, org_id: &str, rows: &[MappingRow], now: i64) -> Result<()> {
+        if self.before.is_none() {
+            self.before = Some(hot::count_pending(&self.conn, org_id)?);
         }
-        Ok(created)
+        rows.iter()
+            .try_for_each(|r| hot::upsert_mapping(&self.conn, org_id, r, now))
+    }
+
+    fn created(&mut self, org_id: &str) -> Result<u64> {
+        let Some(before) = self.before else {
+            return Ok(0);
+        };
+        Ok(hot::count_pending(&self.conn, org_id)?.saturating_sub(before))
     }
 
     fn commit(self: Box<Self>) -> Result<()> {
