@@ -273,6 +273,12 @@ impl Settings {
                 "database.max_connections must be at least 1".into(),
             ));
         }
+        if self.resolvers.network_timeout_ms == 0 || self.resolvers.network_max_in_flight == 0 {
+            return Err(ConfigError::Invalid(
+                "resolvers.network_timeout_ms and resolvers.network_max_in_flight must be at least 1"
+                    .into(),
+            ));
+        }
         Ok(())
     }
 
@@ -364,6 +370,27 @@ mod tests {
         .unwrap();
         assert_eq!(s.listen, "127.0.0.1:3");
         assert_eq!(s.limits.device_map_bytes, 10);
+    }
+
+    #[test]
+    fn resolver_budgets_must_be_positive_and_database_urls_print_without_passwords() {
+        for (k, v) in [
+            ("IMD_RESOLVERS__NETWORK_TIMEOUT_MS", "0"),
+            ("IMD_RESOLVERS__NETWORK_MAX_IN_FLIGHT", "0"),
+        ] {
+            let e = load(Some(Path::new("/dev/null")), env(&[(k, v)]), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("resolvers."), "{e}");
+        }
+        let s = load(
+            Some(Path::new("/dev/null")),
+            env(&[("IMD_DATABASE_URL", "postgres://imd:Sup3rSecret@db/imd")]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.database_url(), "postgres://imd:Sup3rSecret@db/imd");
+        assert!(!format!("{s:?}").contains("Sup3rSecret"));
     }
 
     #[test]

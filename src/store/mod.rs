@@ -7,7 +7,7 @@
 //!
 //! The layers above ask in domain terms: `Store` methods for reads and admin writes, `TxJob` +
 //! `WriteTx` for work that must decide and write in one transaction (an activation), `ImportTx`
-//! for bulk device-map imports. Admin SQL is written once (`portable!` bodies in the row
+//! for bulk device-map imports. Admin SQL is written once (`*_sql!` macro bodies in the row
 //! modules) and compiled for both backends; SQL that differs lives in the backend's folder.
 
 pub mod activations;
@@ -224,10 +224,6 @@ pub trait WriteTx: Send {
         source: &'a str,
         external_id: &'a str,
     ) -> TxFuture<'a, Option<UserRow>>;
-    /// Inserts the user unless one with this email or (source, external id) exists:
-    /// `Some(row)` if this call created it.
-    fn insert_user<'a>(&'a mut self, u: &'a NewUser<'a>, now: i64)
-    -> TxFuture<'a, Option<UserRow>>;
     /// Records the directory's immutable id on a user found by email.
     fn link_external_id<'a>(
         &'a mut self,
@@ -282,31 +278,17 @@ pub trait WriteTx: Send {
         device_id: &'a str,
         now: i64,
     ) -> TxFuture<'a, bool>;
-    /// Counts one use of the token unless it is revoked or exhausted; `false`: none left.
-    fn take_token_use<'a>(&'a mut self, token: &'a TokenRow, now: i64) -> TxFuture<'a, bool>;
     /// Notes that a token was presented (at most once a minute per token on PostgreSQL).
     fn touch_token<'a>(&'a mut self, token: &'a TokenRow, now: i64) -> TxFuture<'a, ()>;
     fn insert_activation<'a>(&'a mut self, r: &'a ActivationRecord) -> TxFuture<'a, ()>;
-    /// The user with this email, inserted if missing: `(user, created)`; `None` if the insert
-    /// lost to a concurrent one that the caller should look up again (by external id, say).
+    /// The user with this email, inserted if missing (`ON CONFLICT DO NOTHING` over both
+    /// unique rules): `(user, created)`; `None` if the insert lost to a concurrent one under
+    /// another rule, which the caller should look up again (by external id).
     fn user_by_email_or_insert<'a>(
         &'a mut self,
         u: &'a NewUser<'a>,
         now: i64,
-    ) -> TxFuture<'a, Option<(UserRow, bool)>> {
-        Box::pin(async move {
-            if let Some(found) = self.user_by_email(u.org_id, u.email_norm).await? {
-                return Ok(Some((found, false)));
-            }
-            if let Some(created) = self.insert_user(u, now).await? {
-                return Ok(Some((created, true)));
-            }
-            Ok(self
-                .user_by_email(u.org_id, u.email_norm)
-                .await?
-                .map(|u| (u, false)))
-        })
-    }
+    ) -> TxFuture<'a, Option<(UserRow, bool)>>;
     /// Writes a new binding's device (a new row or a reassignment) and consumes its mapping
     /// (`(id, email_norm read)`); `false` if either write found its row changed since it was
     /// read (nothing is to be kept then).
@@ -335,23 +317,14 @@ pub trait WriteTx: Send {
             }
         })
     }
-    /// Records the activation and, with `take_use`, counts a token use last.
+    /// Records the activation and, with `take_use`, counts a token use last (unless the token
+    /// is revoked or, with `max_uses`, used up).
     fn finish_activation<'a>(
         &'a mut self,
         record: &'a ActivationRecord,
         take_use: Option<&'a TokenRow>,
         now: i64,
-    ) -> TxFuture<'a, UseOutcome> {
-        Box::pin(async move {
-            self.insert_activation(record).await?;
-            match take_use {
-                // One writer: revocation was checked in this same transaction, so a refused use
-                // means none are left.
-                Some(t) if !self.take_token_use(t, now).await? => Ok(UseOutcome::Exhausted),
-                _ => Ok(UseOutcome::Taken),
-            }
-        })
-    }
+    ) -> TxFuture<'a, UseOutcome>;
     /// Why a mapping's `oldDeviceName` is unusable, if it is: it must name an active device of
     /// the mapped user when that user already exists.
     fn old_device_problem<'a>(

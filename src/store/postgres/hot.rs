@@ -313,36 +313,6 @@ impl WriteTx for PgTx {
         })
     }
 
-    fn insert_user<'a>(
-        &'a mut self,
-        u: &'a NewUser<'a>,
-        now: i64,
-    ) -> TxFuture<'a, Option<UserRow>> {
-        Box::pin(async move {
-            // Without a conflict target DO NOTHING covers both unique rules (email, external id);
-            // a concurrent insert of the same user makes this wait, then return nothing.
-            Ok(sqlx::query_as::<_, UserRow>(
-                "INSERT INTO users (id, org_id, email, email_norm, user_name, external_id, source, profile,
-                                    storage_region, quota_bytes, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)
-                 ON CONFLICT DO NOTHING RETURNING *",
-            )
-            .bind(new_id())
-            .bind(u.org_id)
-            .bind(u.email)
-            .bind(u.email_norm)
-            .bind(u.user_name)
-            .bind(u.external_id)
-            .bind(u.source)
-            .bind(u.profile)
-            .bind(u.storage_region)
-            .bind(u.quota_bytes)
-            .bind(now)
-            .fetch_optional(self.conn())
-            .await?)
-        })
-    }
-
     fn link_external_id<'a>(
         &'a mut self,
         user_id: &'a str,
@@ -579,44 +549,6 @@ impl WriteTx for PgTx {
             .execute(self.conn())
             .await?;
             Ok(r.rows_affected() == 1)
-        })
-    }
-
-    fn take_token_use<'a>(&'a mut self, token: &'a TokenRow, now: i64) -> TxFuture<'a, bool> {
-        Box::pin(async move {
-            if token.max_uses.is_some() {
-                // Exact: waiters re-check `uses < max_uses` against the newest row version.
-                let r = sqlx::query(
-                    "UPDATE tokens SET uses = uses + 1, last_used_at = $2
-                     WHERE id = $1 AND revoked_at IS NULL AND uses < max_uses",
-                )
-                .bind(&token.id)
-                .bind(now)
-                .execute(self.conn())
-                .await?;
-                return Ok(r.rows_affected() == 1);
-            }
-            // No limit to enforce: count on one of a few shard rows, so a roll-out of thousands
-            // of machines on one token does not queue on one row lock.
-            let shard = i64::from(uuid::Uuid::new_v4().as_bytes()[0]) % USE_SHARDS;
-            sqlx::query(
-                "WITH counted AS (
-                   INSERT INTO token_use_counts (token_id, shard, uses) VALUES ($1, $2, 1)
-                   ON CONFLICT (token_id, shard) DO UPDATE SET uses = token_use_counts.uses + 1
-                   RETURNING 1),
-                 touched AS (
-                   UPDATE tokens SET last_used_at = $3
-                   WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $3 - $4)
-                   RETURNING 1)
-                 SELECT (SELECT count(*) FROM counted), (SELECT count(*) FROM touched)",
-            )
-            .bind(&token.id)
-            .bind(shard)
-            .bind(now)
-            .bind(TOUCH_EVERY)
-            .execute(self.conn())
-            .await?;
-            Ok(true)
         })
     }
 

@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use crate::domain::{DeviceIdentifiers, MappingRow};
 use crate::store::{
     ActivationRecord, DeviceReport, DeviceRow, LockKey, NewDevice, NewUser, OrgRow, Reassignment,
-    Result, StoredMapping, TokenRow, TxFuture, UserRow, WriteTx, name_norm, new_id,
+    Result, StoredMapping, TokenRow, TxFuture, UseOutcome, UserRow, WriteTx, name_norm, new_id,
 };
 
 // Explicit column lists, read by position: looking columns up by name costs a string
@@ -169,7 +169,7 @@ pub fn user(c: &Connection, org_id: &str, id: &str) -> Result<Option<UserRow>> {
     .optional()?)
 }
 
-/// The identity rules; see `devices::find_active` for the same rules on the async side.
+/// The identity rules (docs/device-identity.md); `postgres/hot.rs` has them as one statement.
 pub fn find_active(
     c: &Connection,
     org_id: &str,
@@ -600,12 +600,18 @@ impl WriteTx for SqliteTx<'_> {
     ) -> TxFuture<'a, Option<UserRow>> {
         ready(user_by_external_id(&*self.0, org_id, source, external_id))
     }
-    fn insert_user<'a>(
+    fn user_by_email_or_insert<'a>(
         &'a mut self,
         u: &'a NewUser<'a>,
         now: i64,
-    ) -> TxFuture<'a, Option<UserRow>> {
-        ready(insert_user(&*self.0, u, now))
+    ) -> TxFuture<'a, Option<(UserRow, bool)>> {
+        let c = &*self.0;
+        ready((|| {
+            if let Some(found) = user_by_email(c, u.org_id, u.email_norm)? {
+                return Ok(Some((found, false)));
+            }
+            Ok(insert_user(c, u, now)?.map(|created| (created, true)))
+        })())
     }
     fn link_external_id<'a>(
         &'a mut self,
@@ -674,14 +680,28 @@ impl WriteTx for SqliteTx<'_> {
             &*self.0, mapping_id, email_norm, device_id, now,
         ))
     }
-    fn take_token_use<'a>(&'a mut self, token: &'a TokenRow, now: i64) -> TxFuture<'a, bool> {
-        ready(consume_use(&*self.0, &token.id, now))
-    }
     fn touch_token<'a>(&'a mut self, token: &'a TokenRow, now: i64) -> TxFuture<'a, ()> {
         ready(touch_token(&*self.0, &token.id, now))
     }
     fn insert_activation<'a>(&'a mut self, r: &'a ActivationRecord) -> TxFuture<'a, ()> {
         ready(insert_activation(&*self.0, r))
+    }
+    fn finish_activation<'a>(
+        &'a mut self,
+        r: &'a ActivationRecord,
+        take_use: Option<&'a TokenRow>,
+        now: i64,
+    ) -> TxFuture<'a, UseOutcome> {
+        let c = &*self.0;
+        ready((|| {
+            insert_activation(c, r)?;
+            Ok(match take_use {
+                // One writer: revocation was checked in this same transaction, so a refused
+                // use means none are left.
+                Some(t) if !consume_use(c, &t.id, now)? => UseOutcome::Exhausted,
+                _ => UseOutcome::Taken,
+            })
+        })())
     }
     fn old_device_problem<'a>(
         &'a mut self,
