@@ -4,4 +4,6 @@
 //! host. Nothing here imports the service's layers: the wire types in `proto` are the only
 //! thing both sides share.
 
+pub mod channel;
 pub mod proto;
+pub mod state;
