@@ -23,9 +23,10 @@ use tokio::sync::Semaphore;
 
 use crate::crypto::{CredentialKey, ct_eq, sha256_hex};
 use crate::domain::request::ActivationRequest;
+use crate::resolve::ldap::{Decision, LoginName};
 use crate::resolve::{
-    Binding, Budget, LookupContext, Prepared, Resolution, ResolveContext, ResolveError, Resolver,
-    UserSpec,
+    Binding, Budget, LdapResolver, LookupContext, Prepared, Resolution, ResolveContext,
+    ResolveError, Resolver, UserSpec,
 };
 use crate::store::{
     ActivationRecord, DeviceReport, DeviceRow, DeviceWrite, LockKey, NewDevice, NewUser, OrgRow,
@@ -58,6 +59,16 @@ pub enum ActivationError {
     UserDeleted,
     #[error("directory unavailable: {0}")]
     DirectoryUnavailable(String),
+    #[error("{0}")]
+    UserNotFound(String),
+    #[error("{0}")]
+    UserDisabled(String),
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    #[error("{0}")]
+    ConnectorUnavailable(String),
+    #[error("directory error: {0}")]
+    DirectoryError(String),
     #[error("service temporarily unavailable: {0}")]
     Unavailable(String),
     /// Lost a race with a concurrent writer (retried inside the store; a 503 if it persists).
@@ -86,6 +97,12 @@ impl From<ResolveError> for ActivationError {
             ResolveError::UserNotMapped(m) => ActivationError::UserNotMapped(m),
             ResolveError::Store(s) => s.into(),
             ResolveError::Unavailable(m) => ActivationError::DirectoryUnavailable(m),
+            ResolveError::InvalidRequest(m) => ActivationError::InvalidRequest(m),
+            ResolveError::UserNotFound(m) => ActivationError::UserNotFound(m),
+            ResolveError::UserDisabled(m) => ActivationError::UserDisabled(m),
+            ResolveError::InvalidCredentials => ActivationError::InvalidCredentials,
+            ResolveError::ConnectorUnavailable(m) => ActivationError::ConnectorUnavailable(m),
+            ResolveError::Directory(m) => ActivationError::DirectoryError(m),
         }
     }
 }
@@ -123,6 +140,11 @@ impl ActivationError {
             ActivationError::UserPreserved => "user_preserved",
             ActivationError::UserDeleted => "user_deleted",
             ActivationError::DirectoryUnavailable(_) => "directory_unavailable",
+            ActivationError::UserNotFound(_) => "user_not_found",
+            ActivationError::UserDisabled(_) => "user_disabled",
+            ActivationError::InvalidCredentials => "invalid_credentials",
+            ActivationError::ConnectorUnavailable(_) => "connector_unavailable",
+            ActivationError::DirectoryError(_) => "directory_error",
             ActivationError::Unavailable(_) | ActivationError::Contention(_) => "unavailable",
             ActivationError::Internal(_) => "internal",
         }
@@ -169,6 +191,15 @@ pub struct Activator {
     tokens: Arc<TokenService>,
     binder: Binder,
     resolvers: HashMap<ImdVersion, Slot>,
+    /// IMD v2's resolver, for password activations and web logins.
+    ldap: Option<Arc<LdapResolver>>,
+    network_budget: Budget,
+}
+
+/// Password activations have no deployment token; they are recorded against this per-organization
+/// token row (never signed, so it cannot be presented). Revoking it turns password activation off.
+pub fn password_token_id(org_id: &str) -> String {
+    format!("pwd-{org_id}")
 }
 
 /// The database half of an activation: runs inside the write transaction, so it owns everything
@@ -203,7 +234,116 @@ impl Activator {
             tokens,
             binder: Binder { credentials },
             resolvers,
+            ldap: None,
+            network_budget,
         }
+    }
+
+    /// Enables IMD v2 (and password activation / web login) with this resolver.
+    pub fn with_ldap(mut self, ldap: Arc<LdapResolver>) -> Self {
+        let permits = Arc::new(Semaphore::new(self.network_budget.max_in_flight.max(1)));
+        self.resolvers.insert(
+            ImdVersion::V2,
+            Slot {
+                resolver: ldap.clone(),
+                permits: Some((self.network_budget, permits)),
+            },
+        );
+        self.ldap = Some(ldap);
+        self
+    }
+
+    fn ldap(&self) -> Result<&Arc<LdapResolver>, ActivationError> {
+        self.ldap.as_ref().ok_or_else(|| {
+            ActivationError::InvalidRequest("AD/LDAP is not enabled on this service".into())
+        })
+    }
+
+    /// Verifies a directory password through the connector (web login): the user and its
+    /// mapping. Nothing is written; the password is neither kept nor logged.
+    #[tracing::instrument(skip_all, fields(org_id = %org.id))]
+    pub async fn verify_password(
+        &self,
+        org: &OrgRow,
+        name: &LoginName,
+        password: &str,
+    ) -> Result<Decision, ActivationError> {
+        let deadline = tokio::time::Instant::now() + self.network_budget.timeout;
+        Ok(self
+            .ldap()?
+            .verify_password(org, name, password, deadline)
+            .await?)
+    }
+
+    /// A manual activation with directory credentials instead of a token: bind as the user,
+    /// then the same pipeline as a v2 activation.
+    #[tracing::instrument(skip_all, fields(org_id = %org.id))]
+    pub async fn activate_with_password(
+        &self,
+        org: &OrgRow,
+        name: &LoginName,
+        password: &str,
+        req: &ActivationRequest,
+        remote_ip: Option<&str>,
+        now: i64,
+        ctx: &mut AttemptContext,
+    ) -> Result<ActivationOutcome, ActivationError> {
+        let ldap = self.ldap()?.clone();
+        ctx.org_id = Some(org.id.clone());
+        let token = self.password_token(org, now).await?;
+        ctx.token_id = Some(token.id.clone());
+        if token.revoked_at.is_some() {
+            return Err(ActivationError::TokenRevoked);
+        }
+        let decision = self.verify_password(org, name, password).await?;
+        self.store
+            .write(ActivationJob {
+                binder: self.binder.clone(),
+                resolver: ldap,
+                locks: lock_keys(&org.id, req),
+                org_id: org.id.clone(),
+                token_id: token.id.clone(),
+                req: req.clone(),
+                remote_ip: remote_ip.map(str::to_string),
+                prepared: Prepared::User(decision.user),
+                now,
+            })
+            .await
+    }
+
+    /// The organization's password-activation token row, created on first use.
+    async fn password_token(&self, org: &OrgRow, now: i64) -> Result<TokenRow, ActivationError> {
+        let id = password_token_id(&org.id);
+        for _ in 0..2 {
+            match self.store.token(&org.id, &id).await {
+                Ok(t) => return Ok(t),
+                Err(StoreError::NotFound) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let kid = self.tokens.current_kid().ok_or_else(|| {
+                ActivationError::Internal("no signing key is loaded".into())
+            })?;
+            let new = crate::store::NewToken {
+                id: &id,
+                org_id: &org.id,
+                version: ImdVersion::V2.as_str(),
+                name: "password activation (directory credentials)",
+                kid: &kid,
+                issuer: self.tokens.issuer(),
+                issued_at: now,
+                expires_at: None,
+                max_uses: None,
+            };
+            match self.store.insert_token(&new).await {
+                Ok(t) => return Ok(t),
+                // Created concurrently: read it.
+                Err(StoreError::Conflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ActivationError::Contention(
+            "the password-activation token was created concurrently".into(),
+        ))
     }
 
     /// Whether tokens of this IMD version can activate here (a resolver is configured).
@@ -385,6 +525,10 @@ impl Binder {
                 &job.prepared,
             )
             .await?;
+        let note = match &resolution {
+            Resolution::Bind(b) => b.note.clone(),
+            Resolution::Keep => None,
+        };
         let (outcome, take_use) = match (&existing, resolution) {
             (Some(d), Resolution::Keep) => {
                 let user = tx.user(&org.id, &d.user_id).await?.ok_or_else(|| {
@@ -444,10 +588,15 @@ impl Binder {
             uuid: req.uuid.clone(),
             login: req.user.display(),
             remote_ip: job.remote_ip.clone(),
-            message: r
-                .replaced_device_id
-                .as_ref()
-                .map(|id| format!("replaced device {id}")),
+            message: [
+                r.replaced_device_id
+                    .as_ref()
+                    .map(|id| format!("replaced device {id}")),
+                note,
+            ]
+            .into_iter()
+            .flatten()
+            .reduce(|a, b| format!("{a}; {b}")),
         };
         // The token use last: on PostgreSQL the token row is the hottest row, so its lock is
         // held for as short a time as possible. `max_uses` is enforced by the conditional
@@ -733,6 +882,8 @@ async fn ensure_user(
         profile: &spec.profile,
         storage_region: &spec.storage_region,
         quota_bytes: spec.quota_bytes,
+        attrs: spec.attrs.as_ref(),
+        mapping_id: spec.mapping_id.as_deref(),
     };
     for _ in 0..2 {
         if let Some(ext) = &spec.external_id

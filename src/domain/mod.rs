@@ -3,6 +3,7 @@
 //! options, device mappings, and the parsed activation request. Pure functions
 //! only: no I/O, no clock, no storage.
 
+pub mod directory;
 mod email;
 mod identifiers;
 mod mapping;

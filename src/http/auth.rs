@@ -12,7 +12,7 @@ use super::{ApiError, AppState, Code};
 use crate::crypto::sha256_hex;
 use crate::store::DeviceRow;
 
-fn bearer(req: &HttpRequest) -> Result<String, ApiError> {
+pub fn bearer(req: &HttpRequest) -> Result<String, ApiError> {
     let h = req
         .headers()
         .get(AUTHORIZATION)

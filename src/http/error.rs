@@ -28,6 +28,13 @@ pub enum Code {
     UserPreserved,
     UserDeleted,
     DirectoryUnavailable,
+    ConnectorUnavailable,
+    UserNotFound,
+    UserDisabled,
+    InvalidCredentials,
+    DirectoryError,
+    ProtocolVersionUnsupported,
+    ConnectorCredentialInvalid,
     Conflict,
     DeviceMapInvalid,
     PayloadTooLarge,
@@ -54,6 +61,13 @@ impl Code {
             Code::UserPreserved => "user_preserved",
             Code::UserDeleted => "user_deleted",
             Code::DirectoryUnavailable => "directory_unavailable",
+            Code::ConnectorUnavailable => "connector_unavailable",
+            Code::UserNotFound => "user_not_found",
+            Code::UserDisabled => "user_disabled",
+            Code::InvalidCredentials => "invalid_credentials",
+            Code::DirectoryError => "directory_error",
+            Code::ProtocolVersionUnsupported => "protocol_version_unsupported",
+            Code::ConnectorCredentialInvalid => "connector_credential_invalid",
             Code::Conflict => "conflict",
             Code::DeviceMapInvalid => "device_map_invalid",
             Code::PayloadTooLarge => "payload_too_large",
@@ -66,9 +80,15 @@ impl Code {
     pub fn status(self) -> StatusCode {
         match self {
             Code::InvalidRequest => StatusCode::BAD_REQUEST,
-            Code::Unauthorized | Code::TokenInvalid | Code::TokenExpired | Code::TokenRevoked => {
-                StatusCode::UNAUTHORIZED
-            }
+            Code::Unauthorized
+            | Code::TokenInvalid
+            | Code::TokenExpired
+            | Code::TokenRevoked
+            | Code::InvalidCredentials
+            | Code::ConnectorCredentialInvalid => StatusCode::UNAUTHORIZED,
+            Code::UserNotFound | Code::UserDisabled => StatusCode::FORBIDDEN,
+            Code::DirectoryError => StatusCode::BAD_GATEWAY,
+            Code::ProtocolVersionUnsupported => StatusCode::UPGRADE_REQUIRED,
             Code::TokenExhausted
             | Code::UserNotMapped
             | Code::DeviceNotMapped
@@ -81,7 +101,9 @@ impl Code {
             Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Code::DeviceMapInvalid => StatusCode::UNPROCESSABLE_ENTITY,
             Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            Code::Unavailable | Code::DirectoryUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Code::Unavailable | Code::DirectoryUnavailable | Code::ConnectorUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -90,7 +112,11 @@ impl Code {
     pub fn retryable(self) -> bool {
         matches!(
             self,
-            Code::RateLimited | Code::Unavailable | Code::DirectoryUnavailable | Code::Internal
+            Code::RateLimited
+                | Code::Unavailable
+                | Code::DirectoryUnavailable
+                | Code::ConnectorUnavailable
+                | Code::Internal
         )
     }
 }
@@ -113,7 +139,7 @@ impl ApiError {
     pub fn new(code: Code, message: impl Into<String>) -> Self {
         let retry_after = match code {
             Code::Unavailable => Some(1),
-            Code::DirectoryUnavailable => Some(5),
+            Code::DirectoryUnavailable | Code::ConnectorUnavailable => Some(5),
             Code::Internal => Some(5),
             _ => None,
         };
@@ -216,6 +242,22 @@ impl From<ActivationError> for ApiError {
                 tracing::warn!(cause = %m, "directory unavailable");
                 Code::DirectoryUnavailable
             }
+            ActivationError::UserNotFound(_) => Code::UserNotFound,
+            ActivationError::UserDisabled(_) => Code::UserDisabled,
+            ActivationError::InvalidCredentials => {
+                return ApiError::new(
+                    Code::InvalidCredentials,
+                    "the login or the password is wrong",
+                );
+            }
+            ActivationError::ConnectorUnavailable(m) => {
+                tracing::warn!(cause = %m, "connector unavailable");
+                return ApiError::new(
+                    Code::ConnectorUnavailable,
+                    format!("the directory connector could not answer: {m}; nothing was written, retry later"),
+                );
+            }
+            ActivationError::DirectoryError(_) => Code::DirectoryError,
             ActivationError::Unavailable(m) | ActivationError::Contention(m) => {
                 tracing::warn!(cause = %m, "activation unavailable");
                 return ApiError::new(Code::Unavailable, "the service is busy; retry shortly");

@@ -56,6 +56,8 @@ impl Resolver for DeviceMapResolver {
                     profile: ctx.org.default_profile.clone(),
                     storage_region: ctx.org.default_storage_region.clone(),
                     quota_bytes: ctx.org.default_quota_bytes,
+                    attrs: None,
+                    mapping_id: None,
                 },
                 device_name: Some(m.device_name),
                 mapping_id: Some(m.id),
@@ -64,6 +66,7 @@ impl Resolver for DeviceMapResolver {
                     .restore_data
                     .as_deref()
                     .and_then(|r| RestoreData::parse(r).ok()),
+                note: None,
             })))
         })
     }

@@ -9,14 +9,17 @@
 //!   that consumes it is what makes concurrent activations of one device converge).
 
 mod device_map;
+pub mod ldap;
 
 pub use device_map::DeviceMapResolver;
+pub use ldap::LdapResolver;
 
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use imd_tokens::Claims;
 
+use crate::domain::directory::DirectoryAttrs;
 use crate::domain::request::ActivationRequest;
 use crate::domain::{Email, RestoreData};
 use crate::store::{DeviceRow, OrgRow, StoreError, TokenRow, WriteTx};
@@ -33,6 +36,22 @@ pub enum ResolveError {
     /// resolver's in-flight limit reached, its timeout passed).
     #[error("directory unavailable: {0}")]
     Unavailable(String),
+    /// The request names the user in a way this resolver cannot use.
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("{0}")]
+    UserNotFound(String),
+    #[error("{0}")]
+    UserDisabled(String),
+    /// Wrong password (or no such user: the directory does not tell them apart).
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    /// No connector connected, or none answered within the deadline.
+    #[error("{0}")]
+    ConnectorUnavailable(String),
+    /// The directory refused the question (a bad mapping filter, an ambiguous login).
+    #[error("directory error: {0}")]
+    Directory(String),
 }
 
 /// A user as a directory reports it (the network phase's finding).
@@ -44,6 +63,21 @@ pub struct DirectoryUser {
     pub user_name: String,
     /// Disabled in the directory: the activation is refused.
     pub enabled: bool,
+    /// Attributes imported with the user (v2).
+    pub attrs: Option<DirectoryAttrs>,
+    /// What the winning mapping assigns; the organization's defaults otherwise.
+    pub assignment: Option<Assignment>,
+    /// Recorded in the audit trail with the activation.
+    pub note: Option<String>,
+}
+
+/// A directory mapping's assignment for users it creates.
+#[derive(Debug, Clone)]
+pub struct Assignment {
+    pub mapping_id: String,
+    pub profile: String,
+    pub storage_region: String,
+    pub quota_bytes: Option<i64>,
 }
 
 /// What the network phase hands to the in-transaction phase.
@@ -65,6 +99,8 @@ pub struct UserSpec {
     pub profile: String,
     pub storage_region: String,
     pub quota_bytes: Option<i64>,
+    pub attrs: Option<DirectoryAttrs>,
+    pub mapping_id: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -75,6 +111,8 @@ pub struct Binding {
     pub mapping_id: Option<String>,
     pub old_device_name: Option<String>,
     pub restore_data: Option<RestoreData>,
+    /// For the audit trail (e.g. activated from the stored user during an outage).
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -148,23 +186,40 @@ pub fn bind_directory_user(
     source: &'static str,
 ) -> Result<Resolution, ResolveError> {
     if !u.enabled {
-        return Err(ResolveError::UserNotMapped(
+        return Err(ResolveError::UserDisabled(
             "this user is disabled in the directory".into(),
         ));
     }
+    let (profile, storage_region, quota_bytes, mapping_id) = match &u.assignment {
+        Some(a) => (
+            a.profile.clone(),
+            a.storage_region.clone(),
+            a.quota_bytes,
+            Some(a.mapping_id.clone()),
+        ),
+        None => (
+            org.default_profile.clone(),
+            org.default_storage_region.clone(),
+            org.default_quota_bytes,
+            None,
+        ),
+    };
     Ok(Resolution::Bind(Box::new(Binding {
         user: UserSpec {
             email: u.email.clone(),
             user_name: u.user_name.clone(),
             external_id: Some(u.external_id.clone()),
             source,
-            profile: org.default_profile.clone(),
-            storage_region: org.default_storage_region.clone(),
-            quota_bytes: org.default_quota_bytes,
+            profile,
+            storage_region,
+            quota_bytes,
+            attrs: u.attrs.clone(),
+            mapping_id,
         },
         device_name: None,
         mapping_id: None,
         old_device_name: None,
         restore_data: None,
+        note: u.note.clone(),
     })))
 }

@@ -563,6 +563,18 @@ impl Store {
     pub async fn user(&self, org_id: &str, id: &str) -> Result<UserRow> {
         on!(self, s => s.user(org_id, id).await)
     }
+    pub async fn user_by_login(&self, org_id: &str, source: &str, login_norm: &str) -> Result<Option<UserRow>> {
+        on!(self, s => s.user_by_login(org_id, source, login_norm).await)
+    }
+
+    pub async fn user_by_external_id(&self, org_id: &str, source: &str, external_id: &str) -> Result<Option<UserRow>> {
+        on!(self, s => s.user_by_external_id(org_id, source, external_id).await)
+    }
+
+    pub async fn user_by_upn(&self, org_id: &str, source: &str, upn: &str) -> Result<Option<UserRow>> {
+        on!(self, s => s.user_by_upn(org_id, source, upn).await)
+    }
+
     pub async fn user_by_email(&self, org_id: &str, email_norm: &str) -> Result<Option<UserRow>> {
         on!(self, s => s.user_by_email(org_id, email_norm).await)
     }
@@ -667,6 +679,16 @@ pub async fn drop_postgres_database(admin_url: &str, name: &str) -> Result<()> {
 }
 
 /// A new time-ordered id (UUIDv7), so ordering by id is ordering by creation.
+/// How a directory login is stored for look-ups (`users.login_norm`): as `login_key` does.
+pub fn login_norm(login: &str) -> String {
+    crate::domain::request::login_key(login)
+}
+
+/// Group DNs as stored in `users.groups`.
+pub fn groups_json(groups: &[String]) -> String {
+    serde_json::to_string(groups).unwrap_or_else(|_| "[]".into())
+}
+
 pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }

@@ -70,6 +70,9 @@ pub struct NewUser<'a> {
     pub profile: &'a str,
     pub storage_region: &'a str,
     pub quota_bytes: Option<i64>,
+    /// Directory attributes imported with a directory user (v2).
+    pub attrs: Option<&'a crate::domain::directory::DirectoryAttrs>,
+    pub mapping_id: Option<&'a str>,
 }
 
 /// The SQL, written once and compiled for each backend (`impl` blocks in `sqlite/` and
@@ -91,6 +94,40 @@ macro_rules! user_sql {
         )
         .bind(org_id)
         .bind(email_norm)
+        .fetch_optional(&self.read)
+        .await?)
+    }
+
+    /// A directory user by its login (`login_norm`, see `store::login_norm`).
+    pub async fn user_by_login(&self, org_id: &str, source: &str, login_norm: &str) -> crate::store::Result<Option<UserRow>> {
+        Ok(sqlx::query_as::<_, UserRow>(
+            "SELECT * FROM users WHERE org_id = $1 AND source = $2 AND login_norm = $3 LIMIT 1",
+        )
+        .bind(org_id)
+        .bind(source)
+        .bind(login_norm)
+        .fetch_optional(&self.read)
+        .await?)
+    }
+
+    pub async fn user_by_external_id(&self, org_id: &str, source: &str, external_id: &str) -> crate::store::Result<Option<UserRow>> {
+        Ok(sqlx::query_as::<_, UserRow>(
+            "SELECT * FROM users WHERE org_id = $1 AND source = $2 AND external_id = $3",
+        )
+        .bind(org_id)
+        .bind(source)
+        .bind(external_id)
+        .fetch_optional(&self.read)
+        .await?)
+    }
+
+    pub async fn user_by_upn(&self, org_id: &str, source: &str, upn: &str) -> crate::store::Result<Option<UserRow>> {
+        Ok(sqlx::query_as::<_, UserRow>(
+            "SELECT * FROM users WHERE org_id = $1 AND source = $2 AND lower(upn) = lower($3) LIMIT 1",
+        )
+        .bind(org_id)
+        .bind(source)
+        .bind(upn)
         .fetch_optional(&self.read)
         .await?)
     }

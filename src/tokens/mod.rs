@@ -149,6 +149,11 @@ impl TokenService {
         &self.issuer
     }
 
+    /// The kid new tokens are signed with.
+    pub fn current_kid(&self) -> Option<String> {
+        self.ring.read().expect("ring lock").current.clone()
+    }
+
     /// Re-reads the key ring (another process may have rotated). At most once per second, so
     /// tokens with made-up kids cannot turn into a database flood.
     async fn reload(&self, now: i64, force: bool) -> Result<(), KeyError> {

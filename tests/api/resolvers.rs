@@ -113,6 +113,9 @@ fn user(ext: &str, email: &str, login: &str) -> DirectoryUser {
         email: Email::parse(email).unwrap(),
         user_name: login.into(),
         enabled: true,
+        attrs: None,
+        assignment: None,
+        note: None,
     }
 }
 

@@ -629,8 +629,11 @@ impl WriteTx for PgTx {
             let row = sqlx::query(
                 "WITH ins AS (
                    INSERT INTO users (id, org_id, email, email_norm, user_name, external_id, source,
-                                      profile, storage_region, quota_bytes, created_at, updated_at)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)
+                                      profile, storage_region, quota_bytes, created_at, updated_at,
+                                      login, login_norm, upn, dn, department, country, groups,
+                                      mapping_id)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13, $14, $15,
+                           $16, $17, $18, $19)
                    ON CONFLICT DO NOTHING RETURNING *)
                  SELECT *, TRUE AS created FROM ins
                  UNION ALL
@@ -649,6 +652,14 @@ impl WriteTx for PgTx {
             .bind(u.storage_region)
             .bind(u.quota_bytes)
             .bind(now)
+            .bind(u.attrs.and_then(|a| a.login.as_deref()))
+            .bind(u.attrs.and_then(|a| a.login.as_deref()).map(crate::store::login_norm))
+            .bind(u.attrs.and_then(|a| a.upn.as_deref()))
+            .bind(u.attrs.and_then(|a| a.dn.as_deref()))
+            .bind(u.attrs.and_then(|a| a.department.as_deref()))
+            .bind(u.attrs.and_then(|a| a.country.as_deref()))
+            .bind(u.attrs.map(|a| crate::store::groups_json(&a.groups)))
+            .bind(u.mapping_id)
             .fetch_optional(self.conn())
             .await?;
             if let Some(r) = row {

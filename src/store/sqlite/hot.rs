@@ -305,10 +305,13 @@ pub fn user_by_external_id(
 
 /// Inserts the user unless the email or (source, external id) is taken: `Some` if inserted.
 pub fn insert_user(c: &Connection, u: &NewUser<'_>, now: i64) -> Result<Option<UserRow>> {
+    let a = u.attrs;
     Ok(c.prepare_cached(concat!(
         "INSERT INTO users (id, org_id, email, email_norm, user_name, external_id, source, profile,
-                            storage_region, quota_bytes, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)
+                            storage_region, quota_bytes, created_at, updated_at, login, login_norm,
+                            upn, dn, department, country, groups, mapping_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                 ?18, ?19)
          ON CONFLICT DO NOTHING
          RETURNING ",
         user_cols!()
@@ -325,7 +328,15 @@ pub fn insert_user(c: &Connection, u: &NewUser<'_>, now: i64) -> Result<Option<U
             u.profile,
             u.storage_region,
             u.quota_bytes,
-            now
+            now,
+            a.and_then(|a| a.login.as_deref()),
+            a.and_then(|a| a.login.as_deref()).map(crate::store::login_norm),
+            a.and_then(|a| a.upn.as_deref()),
+            a.and_then(|a| a.dn.as_deref()),
+            a.and_then(|a| a.department.as_deref()),
+            a.and_then(|a| a.country.as_deref()),
+            a.map(|a| crate::store::groups_json(&a.groups)),
+            u.mapping_id,
         ],
         user_row,
     )

@@ -1,0 +1,471 @@
+//! IMD v2: the user is resolved through the organization's AD/LDAP connector. The network
+//! phase asks a connected connector for the signed-in user (concurrent look-ups of one user
+//! share one round trip), checks that it exists, is enabled, has an email (or the winning
+//! mapping falls back to its UPN) and falls under an AD/LDAP mapping — the first in priority
+//! order whose base DN, OU, group (nested membership counts) and filter all match — and hands
+//! the user with the mapping's profile, storage region and quota to the transaction. With no
+//! connector answering, an organization set to `allow_known_users` may activate a user imd
+//! already stored from the directory; otherwise nothing is written.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
+use tokio::time::Instant;
+
+use super::{
+    Binding, DirectoryUser, LookupContext, Prepared, Resolution, ResolveContext, ResolveError,
+    Resolver, UserSpec,
+};
+use crate::connector::proto::{DirUser, OpErrorCode, OpResult, Operation, PasswordVerdict};
+use crate::directory::{CallError, Hub};
+use crate::domain::directory::DirectoryAttrs;
+use crate::domain::ldap::Dn;
+use crate::domain::request::login_key;
+use crate::domain::{Email, normalize_email};
+use crate::store::{LdapMappingRow, OrgRow, Store, WriteTx};
+
+pub const SOURCE: &str = "ldap";
+
+/// The signed-in user as the client names it: a login (optionally `DOMAIN\login`) with an
+/// optional domain, or a UPN.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LoginName {
+    pub login: Option<String>,
+    pub domain: Option<String>,
+    pub upn: Option<String>,
+}
+
+const MAX_NAME: usize = 256;
+
+impl LoginName {
+    pub fn parse(
+        login: Option<&str>,
+        domain: Option<&str>,
+        upn: Option<&str>,
+    ) -> Result<LoginName, String> {
+        let clean = |what: &str, v: Option<&str>| -> Result<Option<String>, String> {
+            let Some(v) = v.map(str::trim).filter(|v| !v.is_empty()) else {
+                return Ok(None);
+            };
+            if v.chars().count() > MAX_NAME {
+                return Err(format!("{what} is longer than {MAX_NAME} characters"));
+            }
+            if v.chars().any(char::is_control) {
+                return Err(format!("{what} contains control characters"));
+            }
+            Ok(Some(v.to_string()))
+        };
+        let mut login = clean("login", login)?;
+        let mut domain = clean("domain", domain)?;
+        let mut upn = clean("upn", upn)?;
+        // `CORP\jdoe` carries its domain; `jdoe@corp.example.com` in the login field is a UPN.
+        if let Some(l) = login.clone() {
+            if let Some((d, l)) = l.split_once('\\') {
+                if d.is_empty() || l.is_empty() || l.contains('\\') {
+                    return Err("login: expected DOMAIN\\name".into());
+                }
+                if domain.is_none() {
+                    domain = Some(d.to_string());
+                }
+                login = Some(l.to_string());
+            } else if l.contains('@') && upn.is_none() {
+                upn = Some(l);
+                login = None;
+            }
+        }
+        if login.is_none() && upn.is_none() {
+            return Err("user.login (with user.domain) or user.upn is required for IMD v2".into());
+        }
+        Ok(LoginName { login, domain, upn })
+    }
+
+    /// The look-up key of concurrent requests for the same user (case-insensitive).
+    fn key(&self) -> String {
+        let n = |v: &Option<String>| v.as_deref().map(normalize_email).unwrap_or_default();
+        format!("{}\u{1}{}\u{1}{}", n(&self.login), n(&self.domain), n(&self.upn))
+    }
+
+    pub fn display(&self) -> String {
+        match (&self.domain, &self.login, &self.upn) {
+            (Some(d), Some(l), _) => format!("{d}\\{l}"),
+            (None, Some(l), _) => l.clone(),
+            (_, None, Some(u)) => u.clone(),
+            _ => String::new(),
+        }
+    }
+}
+
+type SharedLookup = Shared<BoxFuture<'static, Result<OpResult, CallError>>>;
+
+pub struct LdapResolver {
+    hub: Arc<Hub>,
+    store: Store,
+    inflight: Arc<Mutex<HashMap<String, SharedLookup>>>,
+}
+
+/// The outcome of checking a directory user against the mappings.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub user: DirectoryUser,
+    pub mapping_name: String,
+}
+
+impl LdapResolver {
+    pub fn new(hub: Arc<Hub>, store: Store) -> LdapResolver {
+        LdapResolver {
+            hub,
+            store,
+            inflight: Arc::default(),
+        }
+    }
+
+    /// One round trip per user however many activations ask at once: the first asks, the
+    /// others wait for the same answer.
+    async fn lookup_user(
+        &self,
+        org_id: &str,
+        name: &LoginName,
+        filters: Vec<String>,
+        deadline: Instant,
+    ) -> Result<OpResult, CallError> {
+        let key = format!("{org_id}\u{2}{}\u{2}{}", name.key(), filters.join("\u{3}"));
+        let fut = {
+            let mut map = self.inflight.lock().unwrap();
+            match map.get(&key) {
+                Some(f) => f.clone(),
+                None => {
+                    let hub = self.hub.clone();
+                    let op = Operation::LookupUser {
+                        login: name.login.clone(),
+                        domain: name.domain.clone(),
+                        upn: name.upn.clone(),
+                        filters,
+                    };
+                    let org = org_id.to_string();
+                    let (map2, key2) = (self.inflight.clone(), key.clone());
+                    let f: BoxFuture<'static, Result<OpResult, CallError>> = Box::pin(async move {
+                        let r = hub.call(&org, op, deadline).await;
+                        map2.lock().unwrap().remove(&key2);
+                        r
+                    });
+                    let f = f.shared();
+                    map.insert(key, f.clone());
+                    f
+                }
+            }
+        };
+        fut.await
+    }
+
+    /// Finds the user in the directory and decides its mapping (the network phase of v2
+    /// activations, and of password activations after the bind).
+    pub async fn find(
+        &self,
+        org: &OrgRow,
+        name: &LoginName,
+        deadline: Instant,
+    ) -> Result<Decision, ResolveError> {
+        let mappings = self.store.ldap_mappings(&org.id).await?;
+        if mappings.is_empty() {
+            return Err(ResolveError::UserNotMapped(
+                "no AD/LDAP mappings are configured: create one with POST /api/v1/admin/ldap-mappings".into(),
+            ));
+        }
+        let (filters, index) = filter_list(&mappings);
+        let found = self.lookup_user(&org.id, name, filters, deadline).await;
+        let user = match found {
+            Ok(OpResult::User { user: Some(u) }) => u,
+            Ok(OpResult::User { user: None }) => {
+                return Err(ResolveError::UserNotFound(format!(
+                    "no user {} in the directory (looked up by {}); check the login, the domain and the connector's base_dn",
+                    name.display(),
+                    if name.login.is_some() { "login" } else { "UPN" }
+                )));
+            }
+            Ok(_) => return Err(ResolveError::Directory("unexpected answer from the connector".into())),
+            Err(e) => return Err(call_error(e)),
+        };
+        decide(&user, &mappings, &index)
+    }
+
+    /// Binds as the user through the connector, then decides its mapping.
+    pub async fn verify_password(
+        &self,
+        org: &OrgRow,
+        name: &LoginName,
+        password: &str,
+        deadline: Instant,
+    ) -> Result<Decision, ResolveError> {
+        // An empty password would be an "unauthenticated bind", which some directories accept.
+        if password.is_empty() {
+            return Err(ResolveError::InvalidCredentials);
+        }
+        let mappings = self.store.ldap_mappings(&org.id).await?;
+        let (filters, index) = filter_list(&mappings);
+        let op = Operation::VerifyPassword {
+            login: name.login.clone(),
+            domain: name.domain.clone(),
+            upn: name.upn.clone(),
+            password: password.to_string(),
+            filters,
+        };
+        let check = match self.hub.call(&org.id, op, deadline).await {
+            Ok(OpResult::Password(c)) => c,
+            Ok(_) => return Err(ResolveError::Directory("unexpected answer from the connector".into())),
+            Err(e) => return Err(call_error(e)),
+        };
+        match check.verdict {
+            PasswordVerdict::Valid => {}
+            PasswordVerdict::Invalid => return Err(ResolveError::InvalidCredentials),
+            PasswordVerdict::Disabled => {
+                return Err(ResolveError::UserDisabled(
+                    "this account is disabled in the directory".into(),
+                ));
+            }
+            PasswordVerdict::Locked => {
+                return Err(ResolveError::UserDisabled(
+                    "this account is locked out in the directory".into(),
+                ));
+            }
+            PasswordVerdict::Expired | PasswordVerdict::MustChange => {
+                return Err(ResolveError::InvalidCredentials);
+            }
+        }
+        let user = check
+            .user
+            .ok_or_else(|| ResolveError::Directory("the connector verified no user".into()))?;
+        if mappings.is_empty() {
+            return Err(ResolveError::UserNotMapped(
+                "no AD/LDAP mappings are configured: create one with POST /api/v1/admin/ldap-mappings".into(),
+            ));
+        }
+        decide(&user, &mappings, &index)
+    }
+
+    /// During a directory outage, with `directory_outage = "allow_known_users"`: the user as
+    /// stored at an earlier activation or sync.
+    async fn known_user(&self, org: &OrgRow, name: &LoginName) -> Result<Option<DirectoryUser>, ResolveError> {
+        let u = match (&name.login, &name.upn) {
+            (Some(l), _) => self.store.user_by_login(&org.id, SOURCE, &login_key(l)).await?,
+            (None, Some(upn)) => self.store.user_by_upn(&org.id, SOURCE, upn).await?,
+            _ => None,
+        };
+        let Some(u) = u else { return Ok(None) };
+        let (Some(ext), Ok(email)) = (u.external_id.clone(), Email::parse(&u.email)) else {
+            return Ok(None);
+        };
+        Ok(Some(DirectoryUser {
+            external_id: ext,
+            email,
+            user_name: u.user_name.clone(),
+            enabled: true,
+            attrs: None,
+            assignment: None,
+            note: Some("directory outage: activated from the stored user (allow_known_users)".into()),
+        }))
+    }
+}
+
+/// The mappings' filters as sent to the connector, and for each mapping its index there.
+fn filter_list(mappings: &[LdapMappingRow]) -> (Vec<String>, Vec<Option<usize>>) {
+    let mut filters = Vec::new();
+    let index = mappings
+        .iter()
+        .map(|m| {
+            m.filter.as_ref().map(|f| {
+                filters.push(f.clone());
+                filters.len() - 1
+            })
+        })
+        .collect();
+    (filters, index)
+}
+
+fn call_error(e: CallError) -> ResolveError {
+    match e {
+        CallError::Unavailable(m) => ResolveError::ConnectorUnavailable(m),
+        CallError::Directory(op) => match op.code {
+            OpErrorCode::DirectoryUnavailable | OpErrorCode::Busy | OpErrorCode::Timeout => {
+                ResolveError::ConnectorUnavailable(op.message)
+            }
+            _ => ResolveError::Directory(op.message),
+        },
+    }
+}
+
+fn dn_key(s: &str) -> Option<Dn> {
+    Dn::parse(s).ok()
+}
+
+/// The first mapping (by priority) the user falls under, with the user as it will be stored;
+/// otherwise why not, naming the closest mapping and what it lacked.
+pub fn decide(
+    user: &DirUser,
+    mappings: &[LdapMappingRow],
+    filter_index: &[Option<usize>],
+) -> Result<Decision, ResolveError> {
+    if !user.enabled {
+        return Err(ResolveError::UserDisabled(format!(
+            "{} is disabled in the directory",
+            user.login.as_deref().unwrap_or(&user.dn)
+        )));
+    }
+    let user_dn = dn_key(&user.dn);
+    let groups: Vec<Dn> = user.groups.iter().filter_map(|g| dn_key(g)).collect();
+    let mut closest: Option<(usize, &LdapMappingRow, String)> = None;
+    for (i, m) in mappings.iter().enumerate() {
+        let mut passed = 0;
+        let mut missing: Vec<String> = Vec::new();
+        let within = |scope: &str| match (&user_dn, dn_key(scope)) {
+            (Some(u), Some(s)) => u.is_within(&s),
+            _ => false,
+        };
+        if within(&m.base_dn) {
+            passed += 1;
+        } else {
+            missing.push(format!("the user's DN is not under base DN {}", m.base_dn));
+        }
+        if let Some(ou) = &m.ou {
+            if within(ou) {
+                passed += 1;
+            } else {
+                missing.push(format!("the user is not in OU {ou}"));
+            }
+        }
+        if let Some(g) = &m.group_dn {
+            let want = dn_key(g);
+            if want.is_some_and(|w| groups.iter().any(|x| x.normalized() == w.normalized())) {
+                passed += 1;
+            } else {
+                missing.push(format!("the user is not a member (direct or nested) of {g}"));
+            }
+        }
+        if let (Some(f), Some(k)) = (&m.filter, filter_index.get(i).copied().flatten()) {
+            if user.matched_filters.contains(&k) {
+                passed += 1;
+            } else {
+                missing.push(format!("the user does not match filter {f}"));
+            }
+        }
+        if missing.is_empty() {
+            return finish(user, m);
+        }
+        if closest.as_ref().is_none_or(|(p, _, _)| passed > *p) {
+            closest = Some((passed, m, missing.join("; ")));
+        }
+    }
+    let (_, m, why) = closest.expect("at least one mapping");
+    Err(ResolveError::UserNotMapped(format!(
+        "{} falls under no AD/LDAP mapping; closest is \"{}\" (priority {}): {why}",
+        user.login.as_deref().unwrap_or(&user.dn),
+        m.name,
+        m.priority
+    )))
+}
+
+fn finish(user: &DirUser, m: &LdapMappingRow) -> Result<Decision, ResolveError> {
+    let email = match (&user.email, &user.upn) {
+        (Some(e), _) => Email::parse(e).map_err(|e| {
+            ResolveError::UserNotMapped(format!(
+                "the user's mail attribute is not a valid email ({e}); fix it in the directory"
+            ))
+        })?,
+        (None, Some(upn)) if m.email_fallback == "upn" => Email::parse(upn).map_err(|e| {
+            ResolveError::UserNotMapped(format!("the user has no mail and its UPN is not a valid email ({e})"))
+        })?,
+        _ => {
+            return Err(ResolveError::UserNotMapped(format!(
+                "{} matches mapping \"{}\" but has no mail attribute; set mail in the directory or set email_fallback = \"upn\" on the mapping",
+                user.login.as_deref().unwrap_or(&user.dn),
+                m.name
+            )));
+        }
+    };
+    let user_name = user
+        .login
+        .clone()
+        .or_else(|| user.upn.clone())
+        .unwrap_or_else(|| email.as_str().to_string());
+    Ok(Decision {
+        mapping_name: m.name.clone(),
+        user: DirectoryUser {
+            external_id: user.id.to_ascii_lowercase(),
+            email,
+            user_name,
+            enabled: user.enabled,
+            attrs: Some(DirectoryAttrs {
+                login: user.login.clone(),
+                upn: user.upn.clone(),
+                dn: Some(user.dn.clone()),
+                department: user.department.clone(),
+                country: user.country.clone(),
+                groups: user.groups.clone(),
+            }),
+            assignment: Some(super::Assignment {
+                mapping_id: m.id.clone(),
+                profile: m.profile.clone(),
+                storage_region: m.storage_region.clone(),
+                quota_bytes: m.quota_bytes,
+            }),
+            note: None,
+        },
+    })
+}
+
+impl Resolver for LdapResolver {
+    fn name(&self) -> &'static str {
+        "ldap"
+    }
+
+    fn network_phase(&self) -> bool {
+        true
+    }
+
+    fn lookup<'a>(
+        &'a self,
+        ctx: &'a LookupContext<'a>,
+    ) -> BoxFuture<'a, Result<Prepared, ResolveError>> {
+        Box::pin(async move {
+            let u = &ctx.request.user;
+            let name = LoginName::parse(u.login.as_deref(), u.domain.as_deref(), u.upn.as_deref())
+                .map_err(ResolveError::InvalidRequest)?;
+            let deadline = ctx
+                .deadline
+                .min(Instant::now() + self.hub.settings().request_timeout);
+            match self.find(ctx.org, &name, deadline).await {
+                Ok(d) => Ok(Prepared::User(d.user)),
+                Err(ResolveError::ConnectorUnavailable(why))
+                    if ctx.org.directory_outage == "allow_known_users" =>
+                {
+                    match self.known_user(ctx.org, &name).await? {
+                        Some(u) => Ok(Prepared::User(u)),
+                        None => Err(ResolveError::ConnectorUnavailable(format!(
+                            "{why}; {} is not known to imd yet, so the outage setting cannot help",
+                            name.display()
+                        ))),
+                    }
+                }
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn resolve<'a>(
+        &'a self,
+        _tx: &'a mut dyn WriteTx,
+        ctx: &'a ResolveContext<'a>,
+        prepared: &'a Prepared,
+    ) -> BoxFuture<'a, Result<Resolution, ResolveError>> {
+        Box::pin(async move {
+            match prepared {
+                Prepared::User(u) => super::bind_directory_user(ctx.org, u, SOURCE),
+                Prepared::Nothing => Err(ResolveError::Directory(
+                    "the directory look-up did not run".into(),
+                )),
+            }
+        })
+    }
+}
+
