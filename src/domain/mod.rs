@@ -5,6 +5,7 @@
 
 mod email;
 mod identifiers;
+pub mod ldap;
 mod mapping;
 pub mod request;
 
