@@ -6,6 +6,7 @@
 pub mod directory;
 mod email;
 mod identifiers;
+pub mod ldap;
 mod mapping;
 pub mod request;
 

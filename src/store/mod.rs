@@ -11,8 +11,10 @@
 //! modules) and compiled for both backends; SQL that differs lives in the backend's folder.
 
 pub mod activations;
+pub mod connectors;
 pub mod devices;
 pub mod keys;
+pub mod ldap_mappings;
 pub mod mappings;
 pub mod orgs;
 mod postgres;
@@ -26,10 +28,12 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 
 pub use activations::{ActivationRecord, ActivationRow};
+pub use connectors::{ConnectorRow, ConnectorSessionRow};
 pub use devices::{DeviceReport, DeviceRow, NewDevice, Reassignment, name_norm};
 pub use keys::SigningKeyRow;
+pub use ldap_mappings::{EMAIL_FALLBACKS, LdapMappingRow, LdapMappingValues, LdapMappingWrite};
 pub use mappings::{MappingFilter, MappingsOutcome, StoredMapping};
-pub use orgs::{AdminKeyRow, OrgRow, OrgSettingsPatch};
+pub use orgs::{AdminKeyRow, DIRECTORY_OUTAGE_POLICIES, OrgRow, OrgSettingsPatch};
 pub use tokens::{NewToken, Rotation, TokenRow};
 pub use users::{NewUser, UserRow, UserStatus};
 
@@ -496,6 +500,10 @@ impl Store {
     pub async fn update_org(&self, id: &str, p: &OrgSettingsPatch) -> Result<OrgRow> {
         on!(self, s => s.update_org(id, p).await)
     }
+    /// An organization by id or by slug (case-insensitive).
+    pub async fn org_by_ref(&self, r: &str) -> Result<Option<OrgRow>> {
+        on!(self, s => s.org_by_ref(r).await)
+    }
     pub async fn org_for_admin_key(&self, key_hash: &str) -> Result<Option<String>> {
         on!(self, s => s.org_for_admin_key(key_hash).await)
     }
@@ -649,6 +657,140 @@ impl Store {
             now,
         })
         .await
+    }
+
+    // Connectors and their channels (see `connectors`).
+    /// A connector with a single-use registration key (given as its SHA-256). A live connector
+    /// of that name already in the organization is `StoreError::Conflict`.
+    pub async fn create_connector(
+        &self,
+        org_id: &str,
+        name: &str,
+        registration_key_hash: &str,
+        key_expires_at: i64,
+        now: i64,
+    ) -> Result<ConnectorRow> {
+        on!(self, s => s.create_connector(org_id, name, registration_key_hash, key_expires_at, now).await)
+    }
+    /// The organization's live connectors, by name.
+    pub async fn connectors(&self, org_id: &str) -> Result<Vec<ConnectorRow>> {
+        on!(self, s => s.connectors(org_id).await)
+    }
+    pub async fn connector(&self, org_id: &str, id: &str) -> Result<Option<ConnectorRow>> {
+        on!(self, s => s.connector(org_id, id).await)
+    }
+    /// A fresh registration key for a live connector (the unused old one stops working);
+    /// `None` for an unknown or retired connector.
+    pub async fn reissue_registration_key(
+        &self,
+        org_id: &str,
+        id: &str,
+        key_hash: &str,
+        expires_at: i64,
+    ) -> Result<Option<ConnectorRow>> {
+        on!(self, s => s.reissue_registration_key(org_id, id, key_hash, expires_at).await)
+    }
+    /// Uses a registration key (atomically, once): sets the new credential, retiring the old
+    /// one. `None`: the key is used, expired (`expires_at <= now`) or unknown, or its connector
+    /// is retired.
+    pub async fn register_connector(
+        &self,
+        key_hash: &str,
+        credential_hash: &str,
+        version: &str,
+        hostname: Option<&str>,
+        now: i64,
+    ) -> Result<Option<ConnectorRow>> {
+        on!(self, s => s.register_connector(key_hash, credential_hash, version, hostname, now).await)
+    }
+    /// Retires a connector (credential and key cleared, session row deleted); `false` if there
+    /// is no such live connector.
+    pub async fn retire_connector(&self, org_id: &str, id: &str, now: i64) -> Result<bool> {
+        on!(self, s => s.retire_connector(org_id, id, now).await)
+    }
+    /// The live connector whose current credential hashes to `credential_hash`.
+    pub async fn connector_by_credential(
+        &self,
+        credential_hash: &str,
+    ) -> Result<Option<ConnectorRow>> {
+        on!(self, s => s.connector_by_credential(credential_hash).await)
+    }
+    pub async fn upsert_connector_session(&self, row: &ConnectorSessionRow) -> Result<()> {
+        on!(self, s => s.upsert_connector_session(row).await)
+    }
+    /// A heartbeat; `false` tells the hub to close the channel (session replaced or gone, or
+    /// the connector re-registered or retired since it authenticated).
+    pub async fn touch_connector_session(
+        &self,
+        connector_id: &str,
+        session_id: &str,
+        now: i64,
+        in_flight: i64,
+    ) -> Result<bool> {
+        on!(self, s => s.touch_connector_session(connector_id, session_id, now, in_flight).await)
+    }
+    /// Removes the session row if it is still `session_id`.
+    pub async fn remove_connector_session(&self, connector_id: &str, session_id: &str) -> Result<()> {
+        on!(self, s => s.remove_connector_session(connector_id, session_id).await)
+    }
+    /// Sessions of the organization seen at or after `seen_since` whose credential is still
+    /// their connector's.
+    pub async fn connector_sessions(
+        &self,
+        org_id: &str,
+        seen_since: i64,
+    ) -> Result<Vec<ConnectorSessionRow>> {
+        on!(self, s => s.connector_sessions(org_id, seen_since).await)
+    }
+
+    // Failed-authentication counters shared by every replica.
+    /// Counts a failure under `key`: the failures in the current window (which starts at its
+    /// first failure and lasts `window_secs`), this one included.
+    pub async fn record_auth_failure(&self, key: &str, now: i64, window_secs: i64) -> Result<i64> {
+        on!(self, s => s.record_auth_failure(key, now, window_secs).await)
+    }
+    pub async fn auth_failures(&self, key: &str, now: i64, window_secs: i64) -> Result<i64> {
+        on!(self, s => s.auth_failures(key, now, window_secs).await)
+    }
+    pub async fn clear_auth_failures(&self, key: &str) -> Result<()> {
+        on!(self, s => s.clear_auth_failures(key).await)
+    }
+    /// Drops counters whose window started before `before`.
+    pub async fn prune_auth_failures(&self, before: i64) -> Result<u64> {
+        on!(self, s => s.prune_auth_failures(before).await)
+    }
+
+    // AD/LDAP mappings.
+    /// The organization's mappings by priority, lowest first (one indexed query).
+    pub async fn ldap_mappings(&self, org_id: &str) -> Result<Vec<LdapMappingRow>> {
+        on!(self, s => s.ldap_mappings(org_id).await)
+    }
+    pub async fn ldap_mapping(&self, org_id: &str, id: &str) -> Result<Option<LdapMappingRow>> {
+        on!(self, s => s.ldap_mapping(org_id, id).await)
+    }
+    /// A new mapping, unless its priority or name is taken in the organization.
+    pub async fn create_ldap_mapping(
+        &self,
+        org_id: &str,
+        v: &LdapMappingValues,
+        now: i64,
+    ) -> Result<LdapMappingWrite> {
+        on!(self, s => s.write_ldap_mapping(org_id, None, v, now).await)?
+            .ok_or_else(|| StoreError::Internal("insert returned no row".into()))
+    }
+    /// Replaces mapping `id`'s values (a patch merged by the caller); `None`: no such mapping.
+    pub async fn update_ldap_mapping(
+        &self,
+        org_id: &str,
+        id: &str,
+        v: &LdapMappingValues,
+        now: i64,
+    ) -> Result<Option<LdapMappingWrite>> {
+        on!(self, s => s.write_ldap_mapping(org_id, Some(id), v, now).await)
+    }
+    /// `false`: no such mapping.
+    pub async fn delete_ldap_mapping(&self, org_id: &str, id: &str) -> Result<bool> {
+        on!(self, s => s.delete_ldap_mapping(org_id, id).await)
     }
 
     // The audit trail.

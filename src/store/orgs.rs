@@ -12,7 +12,15 @@ pub struct OrgRow {
     pub require_install_key: bool,
     #[serde(serialize_with = "crate::clock::ser::ts")]
     pub created_at: i64,
+    /// A short public name (lower-case `[a-z0-9-]`), unique across organizations.
+    pub slug: Option<String>,
+    /// What v2 activations do while the directory is unreachable: `refuse` or
+    /// `allow_known_users`.
+    pub directory_outage: String,
 }
+
+/// `orgs.directory_outage`: what v2 activations do while no connector answers.
+pub const DIRECTORY_OUTAGE_POLICIES: [&str; 2] = ["refuse", "allow_known_users"];
 
 /// An admin API key as listed (never the key or its hash).
 #[derive(Debug, Clone, sqlx::FromRow, Serialize)]
@@ -34,6 +42,10 @@ pub struct OrgSettingsPatch {
     pub default_storage_region: Option<String>,
     pub default_quota_bytes: Option<Option<i64>>,
     pub require_install_key: Option<bool>,
+    /// `Some(None)` clears the slug. Callers pass it lower-cased and validated; a slug another
+    /// organization holds is `StoreError::Conflict`.
+    pub slug: Option<Option<String>>,
+    pub directory_outage: Option<String>,
 }
 
 /// The SQL, written once and compiled for each backend (`impl` blocks in `sqlite/` and
@@ -85,7 +97,8 @@ macro_rules! org_sql {
             .ok_or(crate::store::StoreError::NotFound)?;
         sqlx::query(
             "UPDATE orgs SET name = $2, default_profile = $3, default_storage_region = $4,
-             default_quota_bytes = $5, require_install_key = $6 WHERE id = $1",
+             default_quota_bytes = $5, require_install_key = $6, slug = $7, directory_outage = $8
+             WHERE id = $1",
         )
         .bind(id)
         .bind(p.name.as_ref().unwrap_or(&cur.name))
@@ -97,6 +110,8 @@ macro_rules! org_sql {
         )
         .bind(p.default_quota_bytes.unwrap_or(cur.default_quota_bytes))
         .bind(p.require_install_key.unwrap_or(cur.require_install_key))
+        .bind(p.slug.clone().unwrap_or(cur.slug))
+        .bind(p.directory_outage.as_ref().unwrap_or(&cur.directory_outage))
         .execute(&mut *tx)
         .await?;
         let org = sqlx::query_as::<_, OrgRow>("SELECT * FROM orgs WHERE id = $1")
@@ -105,6 +120,22 @@ macro_rules! org_sql {
             .await?;
         tx.commit().await?;
         Ok(org)
+    }
+
+    /// An organization by id or by slug (case-insensitive: slugs are stored lower-case). An id
+    /// wins over a slug that happens to spell it.
+    pub async fn org_by_ref(&self, r: &str) -> crate::store::Result<Option<OrgRow>> {
+        let by_id = sqlx::query_as::<_, OrgRow>("SELECT * FROM orgs WHERE id = $1")
+            .bind(r)
+            .fetch_optional(&self.read)
+            .await?;
+        if by_id.is_some() {
+            return Ok(by_id);
+        }
+        Ok(sqlx::query_as::<_, OrgRow>("SELECT * FROM orgs WHERE slug = $1")
+            .bind(r.to_ascii_lowercase())
+            .fetch_optional(&self.read)
+            .await?)
     }
 
     /// The organization a live admin key (by hash) belongs to.

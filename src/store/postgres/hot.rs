@@ -44,6 +44,9 @@ fn org_token_row(r: &PgRow) -> Result<(OrgRow, Option<TokenRow>), sqlx::Error> {
         default_quota_bytes: r.try_get(4)?,
         require_install_key: r.try_get(5)?,
         created_at: r.try_get(6)?,
+        // Appended after the token's columns, so the positions above stay put.
+        slug: r.try_get(23)?,
+        directory_outage: r.try_get(24)?,
     };
     let token_id: Option<String> = r.try_get(7)?;
     let token = match token_id {
@@ -84,7 +87,7 @@ pub(super) async fn org_and_token(
                 o.require_install_key, o.created_at,
                 t.id, t.org_id, t.version, t.name, t.kid, t.issuer, t.issued_at, t.expires_at,
                 t.max_uses, t.uses, t.last_used_at, t.revoked_at, t.created_at, t.rotated_to,
-                t.rotated_from, t.signed_expires_at
+                t.rotated_from, t.signed_expires_at, o.slug, o.directory_outage
          FROM orgs o
          CROSS JOIN (SELECT count(pg_advisory_xact_lock(k)) FROM unnest($3::bigint[]) AS k) AS l
          LEFT JOIN token_view t ON t.id = $2 AND t.org_id = o.id

@@ -13,7 +13,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
 
 use crate::store::{
-    ActivationRow, AdminKeyRow, DeviceRow, ImportTx, MappingFilter, NewToken, OrgRow,
+    ActivationRow, AdminKeyRow, ConnectorRow, ConnectorSessionRow, LdapMappingRow,
+    LdapMappingValues, LdapMappingWrite, DeviceRow, ImportTx, MappingFilter, NewToken, OrgRow,
     OrgSettingsPatch, Result, Rotation, SigningKeyRow, StoreError, StoreOptions, StoredMapping,
     TokenRow, TxJob, UserRow, pending_migrations, scrub,
 };
@@ -221,6 +222,8 @@ impl PgStore {
     crate::store::devices::device_sql!();
     crate::store::mappings::mapping_sql!();
     crate::store::activations::activation_sql!();
+    crate::store::connectors::connector_sql!();
+    crate::store::ldap_mappings::ldap_mapping_sql!();
 }
 
 /// A new, empty database on the server `admin_url` points at (tooling: the benchmark); returns its

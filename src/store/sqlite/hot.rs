@@ -16,7 +16,7 @@ use crate::store::{
 // comparison per column per row, which showed up in profiles of the hot path.
 macro_rules! org_cols {
     () => {
-        "id, name, default_profile, default_storage_region, default_quota_bytes, require_install_key, created_at"
+        "id, name, default_profile, default_storage_region, default_quota_bytes, require_install_key, created_at, slug, directory_outage"
     };
 }
 macro_rules! token_cols {
@@ -49,6 +49,8 @@ fn org_row(r: &Row<'_>) -> rusqlite::Result<OrgRow> {
         default_quota_bytes: r.get(4)?,
         require_install_key: r.get(5)?,
         created_at: r.get(6)?,
+        slug: r.get(7)?,
+        directory_outage: r.get(8)?,
     })
 }
 

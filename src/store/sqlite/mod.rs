@@ -23,7 +23,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Sqlite, SqlitePool};
 
 use crate::store::{
-    ActivationRow, AdminKeyRow, DeviceRow, ImportTx, MappingFilter, NewToken, OrgRow,
+    ActivationRow, AdminKeyRow, ConnectorRow, ConnectorSessionRow, LdapMappingRow,
+    LdapMappingValues, LdapMappingWrite, DeviceRow, ImportTx, MappingFilter, NewToken, OrgRow,
     OrgSettingsPatch, Result, Rotation, SigningKeyRow, StoreError, StoreOptions, StoredMapping,
     TokenRow, TxJob, UserRow, pending_migrations,
 };
@@ -272,4 +273,6 @@ impl SqliteStore {
     crate::store::devices::device_sql!();
     crate::store::mappings::mapping_sql!();
     crate::store::activations::activation_sql!();
+    crate::store::connectors::connector_sql!();
+    crate::store::ldap_mappings::ldap_mapping_sql!();
 }
