@@ -145,6 +145,11 @@ impl MasterKey {
         Ok(plain.to_vec())
     }
 
+    /// The key replicas sign calls they forward to each other with (they share the master key).
+    pub fn cluster_key(&self) -> hmac::Key {
+        hmac::Key::new(hmac::HMAC_SHA256, &self.derive("imd cluster-forward v1"))
+    }
+
     /// The key device credentials are derived with (see [`CredentialKey`]).
     pub fn credential_key(&self) -> CredentialKey {
         CredentialKey(hmac::Key::new(

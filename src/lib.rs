@@ -11,6 +11,7 @@ pub mod connector;
 pub mod crypto;
 pub mod demo;
 pub mod devicemap;
+pub mod directory;
 pub mod domain;
 pub mod http;
 pub mod loadgen;

@@ -19,7 +19,8 @@ use crate::clock::Clock;
 use crate::config::Settings;
 use crate::crypto::MasterKey;
 use crate::http::{self, AppState};
-use crate::resolve::{Budget, DeviceMapResolver, Resolver};
+use crate::directory::{Hub, HubSettings};
+use crate::resolve::{Budget, DeviceMapResolver, LdapResolver, Resolver};
 use crate::store::{Store, StoreOptions};
 use crate::tokens::{self, TokenService};
 
@@ -123,6 +124,30 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
+pub fn hub_settings(settings: &Settings) -> HubSettings {
+    let c = &settings.connectors;
+    HubSettings {
+        heartbeat_interval: Duration::from_secs(c.heartbeat_interval_secs),
+        heartbeat_window: Duration::from_secs(c.heartbeat_window_secs),
+        request_timeout: Duration::from_millis(c.request_timeout_ms),
+        max_in_flight: c.max_in_flight as usize,
+        max_response_bytes: c.max_response_bytes,
+    }
+}
+
+/// Where the other replicas reach this one for forwarded connector calls: the configured
+/// `connectors.forward_url`, else the bound address (http, or https when TLS is on; an
+/// unspecified address becomes loopback, which suits single-host setups only).
+fn forward_url(settings: &Settings, addr: SocketAddr) -> String {
+    let scheme = if settings.tls.cert_file.is_some() { "https" } else { "http" };
+    let ip = if addr.ip().is_unspecified() {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        addr.ip()
+    };
+    format!("{scheme}://{}", SocketAddr::new(ip, addr.port()))
+}
+
 impl Application {
     pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Application> {
         Self::build_with(settings, clock, Vec::new()).await
@@ -152,6 +177,15 @@ impl Application {
         let mut resolvers: HashMap<ImdVersion, Arc<dyn Resolver>> = HashMap::new();
         resolvers.insert(ImdVersion::V4, Arc::new(DeviceMapResolver::new()));
         resolvers.extend(extra_resolvers);
+        let hub = Arc::new(Hub::new(
+            store.clone(),
+            clock.clone(),
+            replica.clone(),
+            hub_settings(&settings),
+            master.cluster_key(),
+        ));
+        hub.set_forward_url(forward_url(&settings, addr));
+        let ldap = Arc::new(LdapResolver::new(hub.clone(), store.clone()));
         let activator = Activator::new(
             store.clone(),
             tokens.clone(),
@@ -161,7 +195,8 @@ impl Application {
                 timeout: Duration::from_millis(settings.resolvers.network_timeout_ms),
                 max_in_flight: settings.resolvers.network_max_in_flight as usize,
             },
-        );
+        )
+        .with_ldap(ldap);
         let (audit, audit_task) = AuditSink::start(store.clone());
         let limits = settings.limits.clone();
         let state = web::Data::new(AppState {
@@ -175,6 +210,7 @@ impl Application {
             spool_dir: settings.data_dir.join("spool"),
             inflight: AtomicU64::new(0),
             started_at: now,
+            hub,
         });
 
         let server = HttpServer::new(move || {

@@ -28,7 +28,7 @@ pub struct HubSettings {
     pub max_response_bytes: u64,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CallError {
     /// No connector connected, none answered in time, or every one dropped: retry later.
     #[error("{0}")]

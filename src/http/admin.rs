@@ -87,6 +87,7 @@ pub async fn patch_org(
             .transpose()?,
         default_quota_bytes: b.default_quota_bytes,
         require_install_key: b.require_install_key,
+        ..Default::default()
     };
     Ok(HttpResponse::Ok().json(state.store.update_org(&auth.org_id, &patch).await?))
 }

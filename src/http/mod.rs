@@ -5,6 +5,7 @@ mod activation;
 mod admin;
 mod auth;
 mod device_maps;
+mod directory;
 pub mod error;
 mod health;
 mod media;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub inflight: AtomicU64,
     /// When this process started (its `replicas` row).
     pub started_at: i64,
+    /// Live connector channels, and calls through them.
+    pub hub: std::sync::Arc<crate::directory::Hub>,
 }
 
 /// A path with its handlers; any other method on it is 405 in the JSON error shape.
@@ -65,6 +68,19 @@ pub fn routes(cfg: &mut web::ServiceConfig, limits: &Limits) {
                         .route(web::post().to(activation::activate)),
                 )
                 .service(resource("/device").route(web::get().to(activation::device)))
+                .service(
+                    resource("/activations/password")
+                        .route(web::post().to(directory::activate_password)),
+                )
+                .service(resource("/auth/ldap").route(web::post().to(directory::auth_ldap)))
+                .service(
+                    resource(crate::connector::proto::CHANNEL_PATH.trim_start_matches("/api/v1"))
+                        .route(web::get().to(directory::channel)),
+                )
+                .service(
+                    resource("/internal/connector-calls")
+                        .route(web::post().to(directory::forwarded)),
+                )
                 .service(
                     web::scope("/admin")
                         .app_data(json_admin)
@@ -113,6 +129,14 @@ pub fn routes(cfg: &mut web::ServiceConfig, limits: &Limits) {
                         )
                         .service(
                             resource("/device-maps").route(web::post().to(device_maps::upload)),
+                        )
+                        .service(
+                            resource("/directory/naming-contexts")
+                                .route(web::get().to(directory::naming_contexts)),
+                        )
+                        .service(resource("/directory/ous").route(web::get().to(directory::ous)))
+                        .service(
+                            resource("/directory/groups").route(web::get().to(directory::groups)),
                         )
                         .service(
                             resource("/device-mappings")

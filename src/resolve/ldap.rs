@@ -15,8 +15,7 @@ use futures_util::future::{BoxFuture, Shared};
 use tokio::time::Instant;
 
 use super::{
-    Binding, DirectoryUser, LookupContext, Prepared, Resolution, ResolveContext, ResolveError,
-    Resolver, UserSpec,
+    DirectoryUser, LookupContext, Prepared, Resolution, ResolveContext, ResolveError, Resolver,
 };
 use crate::connector::proto::{DirUser, OpErrorCode, OpResult, Operation, PasswordVerdict};
 use crate::directory::{CallError, Hub};
@@ -83,7 +82,11 @@ impl LoginName {
 
     /// The look-up key of concurrent requests for the same user (case-insensitive).
     fn key(&self) -> String {
-        let n = |v: &Option<String>| v.as_deref().map(normalize_email).unwrap_or_default();
+        let n = |v: &Option<String>| {
+            v.as_deref()
+                .map(|s| normalize_email(s).into_owned())
+                .unwrap_or_default()
+        };
         format!("{}\u{1}{}\u{1}{}", n(&self.login), n(&self.domain), n(&self.upn))
     }
 

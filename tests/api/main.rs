@@ -7,6 +7,7 @@ mod client;
 mod concurrency;
 mod device_maps;
 mod helpers;
+mod imd_v2;
 mod replicas;
 mod resolvers;
 mod storage;

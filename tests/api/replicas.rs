@@ -13,9 +13,9 @@ use crate::helpers::{HEADER, TestApp, activation, on_postgres, spawn_app_with};
 const PUBLIC_URL: &str = "https://imd.replicas.test";
 
 /// A replica: `imd serve` on the test's database and data directory (so the same master key).
-struct Replica {
+pub struct Replica {
     child: std::process::Child,
-    base: String,
+    pub base: String,
 }
 
 impl Drop for Replica {
@@ -25,7 +25,7 @@ impl Drop for Replica {
     }
 }
 
-fn start_replica(app: &TestApp) -> Replica {
+pub fn start_replica(app: &TestApp) -> Replica {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_imd"))
         .args([
             "serve",
