@@ -77,6 +77,9 @@ pub enum Command {
     /// The reference activation client (what an agent does at first start); see docs/client.md.
     #[command(subcommand)]
     Client(crate::client::ClientCommand),
+    /// The on-premises AD/LDAP connector (docs/connector.md).
+    #[command(subcommand)]
+    Connector(crate::connector::cli::ConnectorCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -258,6 +261,7 @@ async fn run_inner(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => crate::demo::run(args, file).await,
         Command::Bench(args) => crate::bench::run(args).await,
         Command::Client(cmd) => Ok(crate::client::run(cmd).await),
+        Command::Connector(cmd) => Ok(crate::connector::cli::run(cmd).await),
     }
 }
 
