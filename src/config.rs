@@ -48,6 +48,8 @@ pub struct Settings {
     pub database: DatabaseSettings,
     #[serde(default)]
     pub resolvers: ResolverSettings,
+    #[serde(default)]
+    pub connectors: ConnectorSettings,
 }
 
 /// A database URL; its `Debug` form hides the password, so printing settings never leaks it.
@@ -79,6 +81,40 @@ impl Default for ResolverSettings {
         ResolverSettings {
             network_timeout_ms: 5000,
             network_max_in_flight: 64,
+        }
+    }
+}
+
+/// On-premises connectors and their channels (docs/configuration.md, `[connectors]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectorSettings {
+    /// A connector whose last heartbeat is older than this is shown (and treated) as
+    /// disconnected.
+    #[serde(deserialize_with = "num")]
+    pub heartbeat_window_secs: u64,
+    /// How often each side pings the other on an idle channel.
+    #[serde(deserialize_with = "num")]
+    pub heartbeat_interval_secs: u64,
+    /// How long the service waits for a connector's answer to one request.
+    #[serde(deserialize_with = "num")]
+    pub request_timeout_ms: u64,
+    /// Requests in flight per channel; more are refused at once.
+    #[serde(deserialize_with = "num")]
+    pub max_in_flight: u64,
+    /// Largest answer a connector may send (one WebSocket message).
+    #[serde(deserialize_with = "num")]
+    pub max_response_bytes: u64,
+}
+
+impl Default for ConnectorSettings {
+    fn default() -> Self {
+        ConnectorSettings {
+            heartbeat_window_secs: 30,
+            heartbeat_interval_secs: 10,
+            request_timeout_ms: 10_000,
+            max_in_flight: 64,
+            max_response_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -279,6 +315,23 @@ impl Settings {
                     .into(),
             ));
         }
+        let c = &self.connectors;
+        if c.heartbeat_interval_secs == 0
+            || c.request_timeout_ms == 0
+            || c.max_in_flight == 0
+            || c.max_response_bytes == 0
+        {
+            return Err(ConfigError::Invalid(
+                "connectors.heartbeat_interval_secs, request_timeout_ms, max_in_flight and max_response_bytes must be at least 1"
+                    .into(),
+            ));
+        }
+        if c.heartbeat_window_secs <= c.heartbeat_interval_secs {
+            return Err(ConfigError::Invalid(format!(
+                "connectors.heartbeat_window_secs ({}) must be longer than connectors.heartbeat_interval_secs ({})",
+                c.heartbeat_window_secs, c.heartbeat_interval_secs
+            )));
+        }
         Ok(())
     }
 
@@ -391,6 +444,39 @@ mod tests {
         .unwrap();
         assert_eq!(s.database_url(), "postgres://imd:Sup3rSecret@db/imd");
         assert!(!format!("{s:?}").contains("Sup3rSecret"));
+    }
+
+    #[test]
+    fn connector_settings_have_defaults_and_are_checked() {
+        let s = load(Some(Path::new("/dev/null")), env(&[]), &[]).unwrap();
+        assert_eq!(s.connectors.heartbeat_window_secs, 30);
+        assert_eq!(s.connectors.heartbeat_interval_secs, 10);
+        assert_eq!(s.connectors.request_timeout_ms, 10_000);
+        assert_eq!(s.connectors.max_in_flight, 64);
+        assert_eq!(s.connectors.max_response_bytes, 4_194_304);
+        let s = load(
+            Some(Path::new("/dev/null")),
+            env(&[("IMD_CONNECTORS__HEARTBEAT_WINDOW_SECS", "45")]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.connectors.heartbeat_window_secs, 45);
+        let e = load(
+            Some(Path::new("/dev/null")),
+            env(&[("IMD_CONNECTORS__HEARTBEAT_WINDOW_SECS", "5")]),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("heartbeat_window_secs"), "{e}");
+        let e = load(
+            Some(Path::new("/dev/null")),
+            env(&[("IMD_CONNECTORS__HEARTBEAT_WINDOW", "5")]),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("heartbeat_window"), "{e}");
     }
 
     #[test]

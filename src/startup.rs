@@ -172,6 +172,7 @@ impl Application {
             limiter: FailureLimiter::new(limits.activation_failures_per_minute),
             clock,
             limits: limits.clone(),
+            connectors: settings.connectors.clone(),
             spool_dir: settings.data_dir.join("spool"),
             inflight: AtomicU64::new(0),
             started_at: now,

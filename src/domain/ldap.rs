@@ -105,7 +105,10 @@ impl Parser {
     fn attr_type(&mut self) -> Result<String, LdapSyntaxError> {
         let start = self.i;
         let Some(first) = self.peek() else {
-            return Err(LdapSyntaxError::at(self.pos(), "expected an attribute type"));
+            return Err(LdapSyntaxError::at(
+                self.pos(),
+                "expected an attribute type",
+            ));
         };
         if first.is_ascii_alphabetic() {
             while matches!(self.peek(), Some(c) if c.is_ascii_alphanumeric() || c == '-') {
@@ -520,15 +523,25 @@ mod tests {
             ("   ", "empty"),
             ("(&(a=b)", "never closed at position 1"),
             ("(a=b))", "without a matching '(' at position 6"),
-            ("(a=b)(c=d)", "text after the end of the filter at position 6"),
+            (
+                "(a=b)(c=d)",
+                "text after the end of the filter at position 6",
+            ),
             ("(a=b", "never closed"),
             ("(=b)", "RFC 4515"),
             ("(a=b\u{1})", "control character"),
         ] {
-            let e = check_filter(f).err().unwrap_or_else(|| panic!("{f:?} passed"));
+            let e = check_filter(f)
+                .err()
+                .unwrap_or_else(|| panic!("{f:?} passed"));
             assert!(e.to_string().contains(want), "{f:?}: {e}");
         }
         let long = format!("(cn={})", "a".repeat(MAX_FILTER_BYTES));
-        assert!(check_filter(&long).unwrap_err().to_string().contains("longer"));
+        assert!(
+            check_filter(&long)
+                .unwrap_err()
+                .to_string()
+                .contains("longer")
+        );
     }
 }

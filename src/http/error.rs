@@ -30,6 +30,10 @@ pub enum Code {
     DirectoryUnavailable,
     Conflict,
     DeviceMapInvalid,
+    /// A connector registration key that is used, expired or unknown (not told apart).
+    RegistrationKeyInvalid,
+    /// An LDAP mapping field failed validation (the body names the field).
+    MappingInvalid,
     PayloadTooLarge,
     RateLimited,
     Unavailable,
@@ -56,6 +60,8 @@ impl Code {
             Code::DirectoryUnavailable => "directory_unavailable",
             Code::Conflict => "conflict",
             Code::DeviceMapInvalid => "device_map_invalid",
+            Code::RegistrationKeyInvalid => "registration_key_invalid",
+            Code::MappingInvalid => "mapping_invalid",
             Code::PayloadTooLarge => "payload_too_large",
             Code::RateLimited => "rate_limited",
             Code::Unavailable => "unavailable",
@@ -66,9 +72,11 @@ impl Code {
     pub fn status(self) -> StatusCode {
         match self {
             Code::InvalidRequest => StatusCode::BAD_REQUEST,
-            Code::Unauthorized | Code::TokenInvalid | Code::TokenExpired | Code::TokenRevoked => {
-                StatusCode::UNAUTHORIZED
-            }
+            Code::Unauthorized
+            | Code::TokenInvalid
+            | Code::TokenExpired
+            | Code::TokenRevoked
+            | Code::RegistrationKeyInvalid => StatusCode::UNAUTHORIZED,
             Code::TokenExhausted
             | Code::UserNotMapped
             | Code::DeviceNotMapped
@@ -79,7 +87,7 @@ impl Code {
             Code::DeviceConflict | Code::Conflict => StatusCode::CONFLICT,
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Code::DeviceMapInvalid => StatusCode::UNPROCESSABLE_ENTITY,
+            Code::DeviceMapInvalid | Code::MappingInvalid => StatusCode::UNPROCESSABLE_ENTITY,
             Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Code::Unavailable | Code::DirectoryUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
