@@ -404,6 +404,8 @@ pub fn check_filter(f: &str) -> Result<String, LdapSyntaxError> {
     // structure and can be counted. Positions refer to the filter as given (trimmed).
     let offset = usize::from(!t.starts_with('('));
     let mut open: Vec<usize> = Vec::new();
+    // Where text follows the end of the outermost filter, if it does.
+    let mut ended_at: Option<usize> = None;
     let chars: Vec<char> = wrapped.chars().collect();
     for (i, c) in chars.iter().enumerate() {
         let pos = (i + 1).saturating_sub(offset).max(1);
@@ -416,11 +418,8 @@ pub fn check_filter(f: &str) -> Result<String, LdapSyntaxError> {
                         "unbalanced parentheses: ')' without a matching '('",
                     ));
                 }
-                if open.is_empty() && i + 1 < chars.len() {
-                    return Err(LdapSyntaxError::at(
-                        pos + 1,
-                        "text after the end of the filter (combine filters with (&...) or (|...))",
-                    ));
+                if open.is_empty() && i + 1 < chars.len() && ended_at.is_none() {
+                    ended_at = Some(pos + 1);
                 }
             }
             _ => {}
@@ -430,6 +429,12 @@ pub fn check_filter(f: &str) -> Result<String, LdapSyntaxError> {
         return Err(LdapSyntaxError::at(
             *p,
             "unbalanced parentheses: '(' is never closed",
+        ));
+    }
+    if let Some(p) = ended_at {
+        return Err(LdapSyntaxError::at(
+            p,
+            "text after the end of the filter (combine filters with (&...) or (|...))",
         ));
     }
     if ldap3::parse_filter(&wrapped).is_err() {
@@ -523,10 +528,7 @@ mod tests {
             ("   ", "empty"),
             ("(&(a=b)", "never closed at position 1"),
             ("(a=b))", "without a matching '(' at position 6"),
-            (
-                "(a=b)(c=d)",
-                "text after the end of the filter at position 6",
-            ),
+            ("(a=b)(c=d)", "(|...)) at position 6"),
             ("(a=b", "never closed"),
             ("(=b)", "RFC 4515"),
             ("(a=b\u{1})", "control character"),
