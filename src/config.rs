@@ -105,6 +105,9 @@ pub struct ConnectorSettings {
     /// Largest answer a connector may send (one WebSocket message).
     #[serde(deserialize_with = "num")]
     pub max_response_bytes: u64,
+    /// Where the other replicas reach this one to have it relay calls to the connectors it
+    /// holds (e.g. `https://10.0.0.5:8443`); default: the address this replica listens on.
+    pub forward_url: Option<String>,
 }
 
 impl Default for ConnectorSettings {
@@ -115,6 +118,7 @@ impl Default for ConnectorSettings {
             request_timeout_ms: 10_000,
             max_in_flight: 64,
             max_response_bytes: 4 * 1024 * 1024,
+            forward_url: None,
         }
     }
 }
@@ -242,6 +246,11 @@ pub fn load(
         if key == "LOG" || key == "MASTER_KEY" {
             continue;
         }
+        // IMD_CONNECTOR_* configure `imd connector` (src/connector/config.rs), which may run
+        // on the same host; the service's own section is IMD_CONNECTORS__*.
+        if key.starts_with("CONNECTOR_") {
+            continue;
+        }
         let path: Vec<String> = key.split("__").map(|s| s.to_ascii_lowercase()).collect();
         insert_path(&mut root, &path, toml::Value::String(value.clone()))
             .map_err(|e| ConfigError::Invalid(format!("environment variable {name}: {e}")))?;
@@ -316,6 +325,13 @@ impl Settings {
             ));
         }
         let c = &self.connectors;
+        if let Some(u) = &c.forward_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "connectors.forward_url {u:?} must start with http:// or https://"
+            )));
+        }
         if c.heartbeat_interval_secs == 0
             || c.request_timeout_ms == 0
             || c.max_in_flight == 0

@@ -139,6 +139,9 @@ pub fn hub_settings(settings: &Settings) -> HubSettings {
 /// `connectors.forward_url`, else the bound address (http, or https when TLS is on; an
 /// unspecified address becomes loopback, which suits single-host setups only).
 fn forward_url(settings: &Settings, addr: SocketAddr) -> String {
+    if let Some(u) = &settings.connectors.forward_url {
+        return u.clone();
+    }
     let scheme = if settings.tls.cert_file.is_some() { "https" } else { "http" };
     let ip = if addr.ip().is_unspecified() {
         std::net::IpAddr::from([127, 0, 0, 1])
@@ -207,6 +210,7 @@ impl Application {
             limiter: FailureLimiter::new(limits.activation_failures_per_minute),
             clock,
             limits: limits.clone(),
+            connectors: settings.connectors.clone(),
             spool_dir: settings.data_dir.join("spool"),
             inflight: AtomicU64::new(0),
             started_at: now,

@@ -105,7 +105,10 @@ impl Parser {
     fn attr_type(&mut self) -> Result<String, LdapSyntaxError> {
         let start = self.i;
         let Some(first) = self.peek() else {
-            return Err(LdapSyntaxError::at(self.pos(), "expected an attribute type"));
+            return Err(LdapSyntaxError::at(
+                self.pos(),
+                "expected an attribute type",
+            ));
         };
         if first.is_ascii_alphabetic() {
             while matches!(self.peek(), Some(c) if c.is_ascii_alphanumeric() || c == '-') {
@@ -401,6 +404,8 @@ pub fn check_filter(f: &str) -> Result<String, LdapSyntaxError> {
     // structure and can be counted. Positions refer to the filter as given (trimmed).
     let offset = usize::from(!t.starts_with('('));
     let mut open: Vec<usize> = Vec::new();
+    // Where text follows the end of the outermost filter, if it does.
+    let mut ended_at: Option<usize> = None;
     let chars: Vec<char> = wrapped.chars().collect();
     for (i, c) in chars.iter().enumerate() {
         let pos = (i + 1).saturating_sub(offset).max(1);
@@ -413,11 +418,8 @@ pub fn check_filter(f: &str) -> Result<String, LdapSyntaxError> {
                         "unbalanced parentheses: ')' without a matching '('",
                     ));
                 }
-                if open.is_empty() && i + 1 < chars.len() {
-                    return Err(LdapSyntaxError::at(
-                        pos + 1,
-                        "text after the end of the filter (combine filters with (&...) or (|...))",
-                    ));
+                if open.is_empty() && i + 1 < chars.len() && ended_at.is_none() {
+                    ended_at = Some(pos + 1);
                 }
             }
             _ => {}
@@ -427,6 +429,12 @@ pub fn check_filter(f: &str) -> Result<String, LdapSyntaxError> {
         return Err(LdapSyntaxError::at(
             *p,
             "unbalanced parentheses: '(' is never closed",
+        ));
+    }
+    if let Some(p) = ended_at {
+        return Err(LdapSyntaxError::at(
+            p,
+            "text after the end of the filter (combine filters with (&...) or (|...))",
         ));
     }
     if ldap3::parse_filter(&wrapped).is_err() {
@@ -520,15 +528,22 @@ mod tests {
             ("   ", "empty"),
             ("(&(a=b)", "never closed at position 1"),
             ("(a=b))", "without a matching '(' at position 6"),
-            ("(a=b)(c=d)", "text after the end of the filter at position 6"),
+            ("(a=b)(c=d)", "(|...)) at position 6"),
             ("(a=b", "never closed"),
             ("(=b)", "RFC 4515"),
             ("(a=b\u{1})", "control character"),
         ] {
-            let e = check_filter(f).err().unwrap_or_else(|| panic!("{f:?} passed"));
+            let e = check_filter(f)
+                .err()
+                .unwrap_or_else(|| panic!("{f:?} passed"));
             assert!(e.to_string().contains(want), "{f:?}: {e}");
         }
         let long = format!("(cn={})", "a".repeat(MAX_FILTER_BYTES));
-        assert!(check_filter(&long).unwrap_err().to_string().contains("longer"));
+        assert!(
+            check_filter(&long)
+                .unwrap_err()
+                .to_string()
+                .contains("longer")
+        );
     }
 }

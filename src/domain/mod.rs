@@ -1,6 +1,7 @@
 //! Domain values shared by the activation API and the device map: validated
 //! email addresses, device identifiers and their normalization, restore
-//! options, device mappings, and the parsed activation request. Pure functions
+//! options, device mappings, the parsed activation request, LDAP names and
+//! filters (`ldap`). Pure functions
 //! only: no I/O, no clock, no storage.
 
 pub mod directory;

@@ -12,7 +12,7 @@ use super::{ApiError, AppState, Code};
 use crate::clock::parse_rfc3339;
 use crate::crypto::{ADMIN_KEY_PREFIX, random_secret, sha256_hex};
 use crate::domain::normalize_email;
-use crate::store::{OrgSettingsPatch, StoreError, TokenRow};
+use crate::store::{DIRECTORY_OUTAGE_POLICIES, OrgSettingsPatch, StoreError, TokenRow};
 
 const MAX_NAME: usize = 200;
 
@@ -50,10 +50,39 @@ pub struct OrgPatch {
     #[serde(default, deserialize_with = "double_option")]
     default_quota_bytes: Option<Option<i64>>,
     require_install_key: Option<bool>,
+    /// `null` clears the slug; absent = unchanged.
+    #[serde(default, deserialize_with = "double_option")]
+    slug: Option<Option<String>>,
+    directory_outage: Option<String>,
 }
 
-fn double_option<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<i64>>, D::Error> {
+/// A field that may be absent (`None`), `null` (`Some(None)`) or a value.
+pub(super) fn double_option<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
     Ok(Some(Option::deserialize(d)?))
+}
+
+/// An organization slug: lower-cased, 2–63 of `[a-z0-9-]`, not starting or ending with `-`,
+/// and not shaped like an organization id (ids are UUIDs), so a reference is never ambiguous.
+fn slug(v: &str) -> Result<String, ApiError> {
+    let s = v.trim().to_ascii_lowercase();
+    let ok = (2..=63).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if !ok {
+        return Err(ApiError::invalid(
+            "slug must be 2 to 63 characters of a-z, 0-9 and '-', not starting or ending with '-'",
+        ));
+    }
+    if uuid::Uuid::parse_str(&s).is_ok() {
+        return Err(ApiError::invalid(
+            "slug must not look like an organization id (a UUID)",
+        ));
+    }
+    Ok(s)
 }
 
 pub async fn patch_org(
@@ -87,9 +116,28 @@ pub async fn patch_org(
             .transpose()?,
         default_quota_bytes: b.default_quota_bytes,
         require_install_key: b.require_install_key,
-        ..Default::default()
+        slug: b
+            .slug
+            .map(|v| v.as_deref().map(slug).transpose())
+            .transpose()?,
+        directory_outage: match b.directory_outage {
+            Some(p) if DIRECTORY_OUTAGE_POLICIES.contains(&p.as_str()) => Some(p),
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "directory_outage must be \"refuse\" or \"allow_known_users\"",
+                ));
+            }
+            None => None,
+        },
     };
-    Ok(HttpResponse::Ok().json(state.store.update_org(&auth.org_id, &patch).await?))
+    match state.store.update_org(&auth.org_id, &patch).await {
+        Ok(org) => Ok(HttpResponse::Ok().json(org)),
+        Err(StoreError::Conflict) if matches!(patch.slug, Some(Some(_))) => Err(ApiError::new(
+            Code::Conflict,
+            "this slug is taken by another organization",
+        )),
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[derive(Debug, Deserialize)]

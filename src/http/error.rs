@@ -37,6 +37,10 @@ pub enum Code {
     ConnectorCredentialInvalid,
     Conflict,
     DeviceMapInvalid,
+    /// A connector registration key that is used, expired or unknown (not told apart).
+    RegistrationKeyInvalid,
+    /// An LDAP mapping field failed validation (the body names the field).
+    MappingInvalid,
     PayloadTooLarge,
     RateLimited,
     Unavailable,
@@ -70,6 +74,8 @@ impl Code {
             Code::ConnectorCredentialInvalid => "connector_credential_invalid",
             Code::Conflict => "conflict",
             Code::DeviceMapInvalid => "device_map_invalid",
+            Code::RegistrationKeyInvalid => "registration_key_invalid",
+            Code::MappingInvalid => "mapping_invalid",
             Code::PayloadTooLarge => "payload_too_large",
             Code::RateLimited => "rate_limited",
             Code::Unavailable => "unavailable",
@@ -85,7 +91,8 @@ impl Code {
             | Code::TokenExpired
             | Code::TokenRevoked
             | Code::InvalidCredentials
-            | Code::ConnectorCredentialInvalid => StatusCode::UNAUTHORIZED,
+            | Code::ConnectorCredentialInvalid
+            | Code::RegistrationKeyInvalid => StatusCode::UNAUTHORIZED,
             Code::UserNotFound | Code::UserDisabled => StatusCode::FORBIDDEN,
             Code::DirectoryError => StatusCode::BAD_GATEWAY,
             Code::ProtocolVersionUnsupported => StatusCode::UPGRADE_REQUIRED,
@@ -99,7 +106,7 @@ impl Code {
             Code::DeviceConflict | Code::Conflict => StatusCode::CONFLICT,
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Code::DeviceMapInvalid => StatusCode::UNPROCESSABLE_ENTITY,
+            Code::DeviceMapInvalid | Code::MappingInvalid => StatusCode::UNPROCESSABLE_ENTITY,
             Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Code::Unavailable | Code::DirectoryUnavailable | Code::ConnectorUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE

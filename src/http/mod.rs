@@ -4,10 +4,12 @@
 mod activation;
 mod admin;
 mod auth;
+mod connectors;
 mod device_maps;
 mod directory;
 pub mod error;
 mod health;
+mod ldap_mappings;
 mod media;
 mod pagination;
 
@@ -21,7 +23,7 @@ use crate::activation::Activator;
 use crate::activation::audit::AuditSink;
 use crate::activation::limiter::FailureLimiter;
 use crate::clock::Clock;
-use crate::config::Limits;
+use crate::config::{ConnectorSettings, Limits};
 use crate::store::Store;
 use crate::tokens::TokenService;
 pub use error::{ApiError, Code};
@@ -34,6 +36,7 @@ pub struct AppState {
     pub limiter: FailureLimiter,
     pub clock: Arc<dyn Clock>,
     pub limits: Limits,
+    pub connectors: ConnectorSettings,
     /// Where uploads are spooled before they are parsed.
     pub spool_dir: PathBuf,
     pub inflight: AtomicU64,
@@ -64,10 +67,15 @@ pub fn routes(cfg: &mut web::ServiceConfig, limits: &Limits) {
                 .service(resource("/keys").route(web::get().to(health::jwks)))
                 .service(
                     resource("/activations")
-                        .app_data(json_small)
+                        .app_data(json_small.clone())
                         .route(web::post().to(activation::activate)),
                 )
                 .service(resource("/device").route(web::get().to(activation::device)))
+                .service(
+                    resource(crate::connector::proto::REGISTER_PATH.trim_start_matches("/api/v1"))
+                        .app_data(json_small)
+                        .route(web::post().to(connectors::register)),
+                )
                 .service(
                     resource("/activations/password")
                         .route(web::post().to(directory::activate_password)),
@@ -147,6 +155,31 @@ pub fn routes(cfg: &mut web::ServiceConfig, limits: &Limits) {
                             resource("/device-mappings/{id}")
                                 .route(web::get().to(device_maps::get_mapping))
                                 .route(web::delete().to(device_maps::delete_mapping)),
+                        )
+                        .service(
+                            resource("/connectors")
+                                .route(web::post().to(connectors::create))
+                                .route(web::get().to(connectors::list)),
+                        )
+                        .service(
+                            resource("/connectors/{id}")
+                                .route(web::get().to(connectors::get))
+                                .route(web::delete().to(connectors::retire)),
+                        )
+                        .service(
+                            resource("/connectors/{id}/registration-key")
+                                .route(web::post().to(connectors::reissue_key)),
+                        )
+                        .service(
+                            resource("/ldap-mappings")
+                                .route(web::post().to(ldap_mappings::create))
+                                .route(web::get().to(ldap_mappings::list)),
+                        )
+                        .service(
+                            resource("/ldap-mappings/{id}")
+                                .route(web::get().to(ldap_mappings::get))
+                                .route(web::patch().to(ldap_mappings::patch))
+                                .route(web::delete().to(ldap_mappings::delete)),
                         ),
                 ),
         );

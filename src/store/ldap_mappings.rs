@@ -72,9 +72,14 @@ impl LdapMappingValues {
 pub enum LdapMappingWrite {
     Written(LdapMappingRow),
     /// Another mapping of the organization has this priority.
-    PriorityTaken { id: String, name: String },
+    PriorityTaken {
+        id: String,
+        name: String,
+    },
     /// Another mapping of the organization has this name.
-    NameTaken { id: String },
+    NameTaken {
+        id: String,
+    },
 }
 
 /// The SQL, written once and compiled for each backend (`impl` blocks in `sqlite/` and

@@ -730,7 +730,11 @@ impl Store {
         on!(self, s => s.touch_connector_session(connector_id, session_id, now, in_flight).await)
     }
     /// Removes the session row if it is still `session_id`.
-    pub async fn remove_connector_session(&self, connector_id: &str, session_id: &str) -> Result<()> {
+    pub async fn remove_connector_session(
+        &self,
+        connector_id: &str,
+        session_id: &str,
+    ) -> Result<()> {
         on!(self, s => s.remove_connector_session(connector_id, session_id).await)
     }
     /// Sessions of the organization seen at or after `seen_since` whose credential is still

@@ -13,8 +13,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
 
 use crate::store::{
-    ActivationRow, AdminKeyRow, ConnectorRow, ConnectorSessionRow, LdapMappingRow,
-    LdapMappingValues, LdapMappingWrite, DeviceRow, ImportTx, MappingFilter, NewToken, OrgRow,
+    ActivationRow, AdminKeyRow, ConnectorRow, ConnectorSessionRow, DeviceRow, ImportTx,
+    LdapMappingRow, LdapMappingValues, LdapMappingWrite, MappingFilter, NewToken, OrgRow,
     OrgSettingsPatch, Result, Rotation, SigningKeyRow, StoreError, StoreOptions, StoredMapping,
     TokenRow, TxJob, UserRow, pending_migrations, scrub,
 };

@@ -23,8 +23,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Sqlite, SqlitePool};
 
 use crate::store::{
-    ActivationRow, AdminKeyRow, ConnectorRow, ConnectorSessionRow, LdapMappingRow,
-    LdapMappingValues, LdapMappingWrite, DeviceRow, ImportTx, MappingFilter, NewToken, OrgRow,
+    ActivationRow, AdminKeyRow, ConnectorRow, ConnectorSessionRow, DeviceRow, ImportTx,
+    LdapMappingRow, LdapMappingValues, LdapMappingWrite, MappingFilter, NewToken, OrgRow,
     OrgSettingsPatch, Result, Rotation, SigningKeyRow, StoreError, StoreOptions, StoredMapping,
     TokenRow, TxJob, UserRow, pending_migrations,
 };
