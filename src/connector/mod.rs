@@ -4,4 +4,7 @@
 //! host. Nothing here imports the service's layers: the wire types in `proto` are the only
 //! thing both sides share.
 
+pub mod config;
+pub mod directory;
+pub mod escape;
 pub mod proto;

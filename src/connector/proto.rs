@@ -66,7 +66,9 @@ pub enum ServerMessage {
         op: Operation,
     },
     /// The service stopped waiting (deadline passed, caller gone): drop the work if possible.
-    Cancel { id: u64 },
+    Cancel {
+        id: u64,
+    },
     Ping,
     Pong,
 }
@@ -80,7 +82,10 @@ pub enum ConnectorMessage {
         version: String,
         directory_kind: DirectoryKind,
     },
-    Response { id: u64, outcome: Outcome },
+    Response {
+        id: u64,
+        outcome: Outcome,
+    },
     Ping,
     Pong,
 }
@@ -92,7 +97,9 @@ pub enum Operation {
     RootDse,
     /// Organizational units and containers one level below `base` (the configured base DN
     /// when absent).
-    ListOus { base: Option<String> },
+    ListOus {
+        base: Option<String>,
+    },
     /// Groups anywhere under `base` whose name starts with `prefix`, one page at a time.
     ListGroups {
         base: Option<String>,
@@ -156,7 +163,9 @@ pub enum OpResult {
         next_cursor: Option<String>,
     },
     /// `None`: no such user (also for a login of another domain).
-    User { user: Option<DirUser> },
+    User {
+        user: Option<DirUser>,
+    },
     Users {
         items: Vec<DirUser>,
         next_cursor: Option<String>,
