@@ -5,5 +5,9 @@
 //! thing both sides share.
 
 pub mod channel;
+pub mod cli;
+pub mod config;
+pub mod directory;
+pub mod escape;
 pub mod proto;
 pub mod state;

@@ -1,0 +1,1559 @@
+//! The connector's directory side: answers the service's `Operation`s from AD or OpenLDAP with
+//! `ldap3`. Owns the pool of service-account connections (URL fail-over, TLS roots, idle close),
+//! paging cursors (RFC 2696 cookies are bound to their connection, so a cursor keeps both),
+//! user look-ups with transitive groups, password checks on a connection of their own, and
+//! `check` for `imd connector check`. Read-only: nothing here writes to the directory.
+//!
+//! Safety rules kept throughout: every value put into a filter is escaped (`escape`), DNs from
+//! the server are used verbatim, referrals are never chased (`Ldap::search` drops them), and an
+//! empty password is refused before any network I/O (it would be an anonymous bind).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::Path;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ldap3::controls::{Control, ControlType, PagedResults};
+use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, LdapResult, Scope, SearchEntry};
+use ldap3::{SearchOptions, SearchResult};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::connector::config::{AttributeMap, ConnectorConfig, DirectoryConfig};
+use crate::connector::escape;
+use crate::connector::proto::{
+    DirEntry, DirUser, DirectoryKind, OpError, OpErrorCode, OpResult, Operation, PasswordCheck,
+    PasswordVerdict, RootDse,
+};
+
+const PAGED_OID: &str = "1.2.840.113556.1.4.319";
+const IN_CHAIN: &str = "1.2.840.113556.1.4.1941";
+/// A paging cursor unused for this long is dropped (its connection closed).
+pub const CURSOR_IDLE: Duration = Duration::from_secs(120);
+/// At most this many open cursors (each holds a connection); the least recently used goes.
+const MAX_CURSORS: usize = 64;
+/// Group → parent groups, cached between the pages of one sync.
+const GROUP_CACHE_TTL: Duration = Duration::from_secs(60);
+/// After fail-over, the first URLs are tried again after this long.
+const PREFER_RESET: Duration = Duration::from_secs(300);
+/// Longer logins/UPNs cannot be real accounts; answered "no such user" without a query.
+const MAX_NAME_LEN: usize = 1024;
+/// Entries listed by `ListOus` (one level) at most.
+const MAX_LIST: usize = 10_000;
+
+type OpRes<T> = Result<T, OpError>;
+
+fn err(code: OpErrorCode, msg: impl Into<String>) -> OpError {
+    OpError::new(code, msg)
+}
+
+/// The directory behind the connector; cheap to clone (shared state).
+#[derive(Clone)]
+pub struct Directory {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: DirectoryConfig,
+    attrs: AttributeMap,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    timeout: Duration,
+    permits: Arc<Semaphore>,
+    idle: Mutex<Vec<Conn>>,
+    /// Index into `urls` that answered last, and since when.
+    preferred: Mutex<(usize, Instant)>,
+    last_url: Mutex<Option<String>>,
+    cursors: Mutex<HashMap<String, Cursor>>,
+    domain: tokio::sync::OnceCell<DomainNames>,
+    group_parents: Mutex<HashMap<String, (Instant, Vec<String>)>>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct DomainNames {
+    netbios: Option<String>,
+    dns: Option<String>,
+}
+
+struct Conn {
+    ldap: Ldap,
+    url: String,
+    last_used: Instant,
+}
+
+/// A pooled connection checked out for one operation. Dropped without `release` (after a
+/// transport error) it is discarded, not returned.
+struct Pooled {
+    conn: Option<Conn>,
+    _permit: OwnedSemaphorePermit,
+    inner: Arc<Inner>,
+}
+
+impl Pooled {
+    fn ldap(&mut self) -> &mut Ldap {
+        &mut self.conn.as_mut().expect("connection").ldap
+    }
+    fn release(mut self) {
+        if let Some(c) = self.conn.take() {
+            self.inner.give_back(c);
+        }
+    }
+    fn detach(mut self) -> Conn {
+        self.conn.take().expect("connection")
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum CursorKind {
+    Users,
+    Groups,
+}
+
+struct Cursor {
+    kind: CursorKind,
+    conn: Conn,
+    cookie: Vec<u8>,
+    base: String,
+    filter: String,
+    page_size: u32,
+    last_used: Instant,
+}
+
+struct Lookup {
+    login: Option<String>,
+    domain: Option<String>,
+    upn: Option<String>,
+    filters: Vec<String>,
+}
+
+impl Directory {
+    /// Builds the directory client; connects lazily. Fails only on a bad `ca_file`.
+    pub fn new(config: &ConnectorConfig) -> OpRes<Directory> {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let cfg = config.directory.clone();
+        let tls = match &cfg.ca_file {
+            Some(p) => Some(tls_config(p).map_err(|m| err(OpErrorCode::Internal, m))?),
+            None => None,
+        };
+        let inner = Arc::new(Inner {
+            attrs: cfg.attributes(),
+            timeout: Duration::from_secs(cfg.timeout_secs),
+            permits: Arc::new(Semaphore::new(cfg.pool_size)),
+            idle: Mutex::new(Vec::new()),
+            preferred: Mutex::new((0, Instant::now())),
+            last_url: Mutex::new(None),
+            cursors: Mutex::new(HashMap::new()),
+            domain: tokio::sync::OnceCell::new(),
+            group_parents: Mutex::new(HashMap::new()),
+            tls,
+            cfg,
+        });
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(reaper(Arc::downgrade(&inner)));
+        }
+        Ok(Directory { inner })
+    }
+
+    pub fn kind(&self) -> DirectoryKind {
+        self.inner.cfg.kind
+    }
+
+    /// The URL of the last successful connection.
+    pub fn last_url(&self) -> Option<String> {
+        self.inner.last_url.lock().expect("lock").clone()
+    }
+
+    /// Answers one operation. The channel puts its deadline around this call.
+    pub async fn execute(&self, op: Operation) -> Result<OpResult, OpError> {
+        let name = op.name();
+        tracing::debug!(op = name, "directory operation");
+        let r = match op {
+            Operation::RootDse => self.root_dse().await.map(OpResult::RootDse),
+            Operation::ListOus { base } => self.list_ous(base).await,
+            Operation::ListGroups {
+                base,
+                prefix,
+                page_size,
+                cursor,
+            } => self.list_groups(base, prefix, page_size, cursor).await,
+            Operation::SearchUsers {
+                base,
+                filter,
+                page_size,
+                cursor,
+            } => self.search_users(base, filter, page_size, cursor).await,
+            Operation::LookupUser {
+                login,
+                domain,
+                upn,
+                filters,
+            } => self
+                .lookup_user(&Lookup {
+                    login,
+                    domain,
+                    upn,
+                    filters,
+                })
+                .await
+                .map(|user| OpResult::User { user }),
+            Operation::VerifyPassword {
+                login,
+                domain,
+                upn,
+                password,
+                filters,
+            } => self
+                .verify_password(
+                    &Lookup {
+                        login,
+                        domain,
+                        upn,
+                        filters,
+                    },
+                    &password,
+                )
+                .await
+                .map(OpResult::Password),
+        };
+        if let Err(e) = &r {
+            tracing::debug!(op = name, code = ?e.code, message = %e.message, "directory operation failed");
+        }
+        r
+    }
+
+    // ---- root DSE -------------------------------------------------------------------------
+
+    async fn root_dse(&self) -> OpRes<RootDse> {
+        let mut c = self.inner.acquire().await?;
+        let url = c.conn.as_ref().map(|c| c.url.clone()).unwrap_or_default();
+        let attrs = [
+            "namingContexts",
+            "defaultNamingContext",
+            "configurationNamingContext",
+            "dnsHostName",
+            "currentTime",
+            "supportedControl",
+            "vendorName",
+            "vendorVersion",
+        ];
+        let to = self.inner.timeout;
+        let res = c
+            .ldap()
+            .with_timeout(to)
+            .search("", Scope::Base, "(objectClass=*)", attrs.to_vec())
+            .await
+            .map_err(map_ldap_err)?;
+        let (entries, _) = check_result(res, "the root DSE")?;
+        let e = entries
+            .into_iter()
+            .next()
+            .ok_or_else(|| err(OpErrorCode::Internal, "the directory returned no root DSE"))?;
+        let default_nc = first(&e, "defaultNamingContext");
+        let mut names = DomainNames::default();
+        if let (Some(config_nc), Some(dnc)) = (first(&e, "configurationNamingContext"), &default_nc)
+        {
+            names = read_domain_names(c.ldap(), to, &config_nc, dnc).await?;
+            let _ = self.inner.domain.set(names.clone());
+        }
+        c.release();
+        let supports_paging = all(&e, "supportedControl").iter().any(|o| o == PAGED_OID);
+        Ok(RootDse {
+            directory_kind: self.inner.cfg.kind,
+            naming_contexts: all(&e, "namingContexts"),
+            default_naming_context: default_nc,
+            base_dn: self.inner.cfg.base_dn.clone(),
+            server: first(&e, "dnsHostName").unwrap_or(url),
+            server_time: first(&e, "currentTime")
+                .and_then(|t| escape::generalized_time_to_rfc3339(&t)),
+            supports_paging,
+            netbios_domain: names.netbios,
+            dns_domain: names.dns,
+            vendor: match (first(&e, "vendorName"), first(&e, "vendorVersion")) {
+                (Some(n), Some(v)) => Some(format!("{n} {v}")),
+                (n, _) => n,
+            },
+        })
+    }
+
+    async fn domain_names(&self) -> OpRes<DomainNames> {
+        if let Some(d) = self.inner.domain.get() {
+            return Ok(d.clone());
+        }
+        let d = self.root_dse().await?;
+        Ok(DomainNames {
+            netbios: d.netbios_domain,
+            dns: d.dns_domain,
+        })
+    }
+
+    // ---- browsing -------------------------------------------------------------------------
+
+    fn base(&self, base: Option<String>) -> OpRes<String> {
+        let cfg_base = &self.inner.cfg.base_dn;
+        let base = base
+            .filter(|b| !b.trim().is_empty())
+            .unwrap_or_else(|| cfg_base.clone());
+        if !escape::dn_within(&base, cfg_base) {
+            return Err(err(
+                OpErrorCode::NotFound,
+                format!("base DN {base:?} is outside the configured base DN {cfg_base:?}"),
+            ));
+        }
+        Ok(base)
+    }
+
+    async fn list_ous(&self, base: Option<String>) -> OpRes<OpResult> {
+        let base = self.base(base)?;
+        let mut c = self.inner.acquire().await?;
+        let entries = search_all(
+            c.ldap(),
+            self.inner.timeout,
+            &base,
+            Scope::OneLevel,
+            "(|(objectClass=organizationalUnit)(objectClass=container))",
+            &["ou", "cn", "objectClass"],
+        )
+        .await?;
+        c.release();
+        let mut items: Vec<DirEntry> = entries
+            .iter()
+            .map(|e| {
+                let classes = all(e, "objectClass");
+                let is_ou = classes
+                    .iter()
+                    .any(|c| c.eq_ignore_ascii_case("organizationalUnit"));
+                DirEntry {
+                    dn: e.dn.clone(),
+                    name: first(e, "ou")
+                        .or_else(|| first(e, "cn"))
+                        .or_else(|| escape::first_rdn_value(&e.dn))
+                        .unwrap_or_default(),
+                    class: if is_ou {
+                        "organizationalUnit"
+                    } else {
+                        "container"
+                    }
+                    .to_owned(),
+                }
+            })
+            .collect();
+        items.sort_by_key(|e| e.name.to_lowercase());
+        Ok(OpResult::Entries {
+            items,
+            next_cursor: None,
+        })
+    }
+
+    fn group_class_filter(&self) -> &'static str {
+        match self.inner.cfg.kind {
+            DirectoryKind::Ad => "(objectClass=group)",
+            DirectoryKind::Openldap => {
+                "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames)(objectClass=posixGroup))"
+            }
+        }
+    }
+
+    fn user_class_filter(&self) -> &'static str {
+        match self.inner.cfg.kind {
+            DirectoryKind::Ad => "(&(objectCategory=person)(objectClass=user))",
+            DirectoryKind::Openldap => "(|(objectClass=inetOrgPerson)(objectClass=posixAccount))",
+        }
+    }
+
+    async fn list_groups(
+        &self,
+        base: Option<String>,
+        prefix: Option<String>,
+        page_size: u32,
+        cursor: Option<String>,
+    ) -> OpRes<OpResult> {
+        let (entries, next_cursor) = match cursor {
+            Some(id) => self.next_page(CursorKind::Groups, &id).await?,
+            None => {
+                let base = self.base(base)?;
+                let prefix = prefix.unwrap_or_default();
+                let filter = format!(
+                    "(&{}(cn={}*))",
+                    self.group_class_filter(),
+                    escape::filter_value(&prefix)
+                );
+                self.first_page(CursorKind::Groups, base, filter, page_size)
+                    .await?
+            }
+        };
+        let items = entries
+            .iter()
+            .map(|e| {
+                let classes = all(e, "objectClass");
+                let class = ["group", "groupOfNames", "groupOfUniqueNames", "posixGroup"]
+                    .iter()
+                    .find(|k| classes.iter().any(|c| c.eq_ignore_ascii_case(k)))
+                    .copied()
+                    .unwrap_or("group");
+                DirEntry {
+                    dn: e.dn.clone(),
+                    name: first(e, "cn")
+                        .or_else(|| escape::first_rdn_value(&e.dn))
+                        .unwrap_or_default(),
+                    class: class.to_owned(),
+                }
+            })
+            .collect();
+        Ok(OpResult::Entries { items, next_cursor })
+    }
+
+    async fn search_users(
+        &self,
+        base: Option<String>,
+        filter: Option<String>,
+        page_size: u32,
+        cursor: Option<String>,
+    ) -> OpRes<OpResult> {
+        let (entries, next_cursor) = match cursor {
+            Some(id) => self.next_page(CursorKind::Users, &id).await?,
+            None => {
+                let base = self.base(base)?;
+                let full = match filter.as_deref().map(str::trim) {
+                    Some(f) if !f.is_empty() => {
+                        escape::check_filter(f).map_err(|m| {
+                            err(OpErrorCode::InvalidRequest, format!("filter {f:?}: {m}"))
+                        })?;
+                        format!("(&{}{f})", self.user_class_filter())
+                    }
+                    _ => self.user_class_filter().to_owned(),
+                };
+                self.first_page(CursorKind::Users, base, full, page_size)
+                    .await?
+            }
+        };
+        // Transitive groups for the whole page: direct groups from `memberOf`, then the
+        // parents of each distinct group (batched reads, cached between pages).
+        let direct: Vec<Vec<String>> = entries
+            .iter()
+            .map(|e| all(e, &self.inner.attrs.groups))
+            .collect();
+        let closure = self.group_closure(direct.iter().flatten()).await?;
+        let now = unix_now();
+        let items = entries
+            .iter()
+            .zip(direct)
+            .filter_map(|(e, d)| {
+                let groups = transitive(&d, &closure, self.inner.cfg.max_group_depth);
+                self.to_user(e, groups, vec![], now)
+            })
+            .collect();
+        Ok(OpResult::Users { items, next_cursor })
+    }
+
+    fn cursor_attrs(&self, kind: CursorKind) -> Vec<String> {
+        match kind {
+            CursorKind::Groups => vec!["cn".into(), "objectClass".into()],
+            CursorKind::Users => self.user_attrs(),
+        }
+    }
+
+    async fn first_page(
+        &self,
+        kind: CursorKind,
+        base: String,
+        filter: String,
+        page_size: u32,
+    ) -> OpRes<(Vec<SearchEntry>, Option<String>)> {
+        let page_size = if page_size == 0 {
+            self.inner.cfg.page_size
+        } else {
+            page_size.min(1000)
+        };
+        let mut c = self.inner.acquire().await?;
+        let attrs = self.cursor_attrs(kind);
+        let (entries, cookie) = search_page(
+            c.ldap(),
+            self.inner.timeout,
+            &base,
+            &filter,
+            &attrs,
+            page_size,
+            Vec::new(),
+        )
+        .await?;
+        if cookie.is_empty() {
+            c.release();
+            return Ok((entries, None));
+        }
+        let conn = c.detach();
+        let id = self.inner.store_cursor(Cursor {
+            kind,
+            conn,
+            cookie,
+            base,
+            filter,
+            page_size,
+            last_used: Instant::now(),
+        });
+        Ok((entries, Some(id)))
+    }
+
+    async fn next_page(
+        &self,
+        kind: CursorKind,
+        id: &str,
+    ) -> OpRes<(Vec<SearchEntry>, Option<String>)> {
+        let expired = || {
+            err(
+                OpErrorCode::CursorExpired,
+                "paging cursor expired or unknown; start the listing again",
+            )
+        };
+        let mut cur = {
+            let mut map = self.inner.cursors.lock().expect("lock");
+            match map.remove(id) {
+                Some(c) if c.kind == kind && c.last_used.elapsed() < CURSOR_IDLE => c,
+                Some(c) if c.kind != kind => {
+                    map.insert(id.to_owned(), c);
+                    return Err(expired());
+                }
+                _ => return Err(expired()),
+            }
+        };
+        let attrs = self.cursor_attrs(kind);
+        let cookie = std::mem::take(&mut cur.cookie);
+        let (entries, cookie) = search_page(
+            &mut cur.conn.ldap,
+            self.inner.timeout,
+            &cur.base,
+            &cur.filter,
+            &attrs,
+            cur.page_size,
+            cookie,
+        )
+        .await?;
+        if cookie.is_empty() {
+            self.inner.give_back(cur.conn);
+            return Ok((entries, None));
+        }
+        cur.cookie = cookie;
+        cur.last_used = Instant::now();
+        // the same id again: the caller may hold on to one id for the whole listing
+        self.inner
+            .cursors
+            .lock()
+            .expect("lock")
+            .insert(id.to_owned(), cur);
+        Ok((entries, Some(id.to_owned())))
+    }
+
+    // ---- groups ---------------------------------------------------------------------------
+
+    /// Parent groups of every group reachable from `start`, by batched reads of the groups'
+    /// `memberOf` (AD and the OpenLDAP memberof overlay both set it on groups).
+    async fn group_closure<'a>(
+        &self,
+        start: impl Iterator<Item = &'a String>,
+    ) -> OpRes<HashMap<String, Vec<String>>> {
+        let mut known: HashMap<String, Vec<String>> = HashMap::new();
+        let mut frontier: Vec<String> = start.cloned().collect();
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut pooled: Option<Pooled> = None;
+        for _ in 0..self.inner.cfg.max_group_depth {
+            let mut todo = Vec::new();
+            for g in frontier.drain(..) {
+                let key = g.to_lowercase();
+                if !seen.insert(key.clone()) {
+                    continue;
+                }
+                let cached = self
+                    .inner
+                    .group_parents
+                    .lock()
+                    .expect("lock")
+                    .get(&key)
+                    .filter(|(t, _)| t.elapsed() < GROUP_CACHE_TTL)
+                    .map(|(_, p)| p.clone());
+                match cached {
+                    Some(p) => {
+                        known.insert(key, p);
+                    }
+                    None => todo.push(g),
+                }
+            }
+            for chunk in todo.chunks(50) {
+                if pooled.is_none() {
+                    pooled = Some(self.inner.acquire().await?);
+                }
+                let c = pooled.as_mut().expect("connection");
+                let dn_attr = match self.inner.cfg.kind {
+                    DirectoryKind::Ad => "distinguishedName",
+                    DirectoryKind::Openldap => "entryDN",
+                };
+                let ors: String = chunk
+                    .iter()
+                    .map(|g| format!("({dn_attr}={})", escape::filter_value(g)))
+                    .collect();
+                let filter = format!("(&{}(|{ors}))", self.group_class_filter());
+                let groups_attr = self.inner.attrs.groups.clone();
+                let entries = search_all(
+                    c.ldap(),
+                    self.inner.timeout,
+                    &self.inner.cfg.base_dn,
+                    Scope::Subtree,
+                    &filter,
+                    &[groups_attr.as_str()],
+                )
+                .await?;
+                let mut cache = self.inner.group_parents.lock().expect("lock");
+                for g in chunk {
+                    let parents = entries
+                        .iter()
+                        .find(|e| escape::dn_within(&e.dn, g) && escape::dn_within(g, &e.dn))
+                        .map(|e| all(e, &groups_attr))
+                        .unwrap_or_default();
+                    let key = g.to_lowercase();
+                    cache.insert(key.clone(), (Instant::now(), parents.clone()));
+                    known.insert(key, parents);
+                }
+            }
+            frontier = known
+                .values()
+                .flatten()
+                .filter(|p| !seen.contains(&p.to_lowercase()))
+                .cloned()
+                .collect();
+            if frontier.is_empty() {
+                break;
+            }
+        }
+        if let Some(c) = pooled {
+            c.release();
+        }
+        Ok(known)
+    }
+
+    /// One user's groups, transitively. AD: one in-chain query. OpenLDAP: breadth-first over
+    /// `member`/`uniqueMember` (plus posix `memberUid` for the user itself), one query per
+    /// level, with a visited set (cycles) and `max_group_depth`.
+    async fn user_groups(
+        &self,
+        ldap: &mut Ldap,
+        dn: &str,
+        login: Option<&str>,
+    ) -> OpRes<Vec<String>> {
+        let to = self.inner.timeout;
+        let base = &self.inner.cfg.base_dn;
+        if self.inner.cfg.kind == DirectoryKind::Ad {
+            let f = format!(
+                "(&(objectClass=group)(member:{IN_CHAIN}:={}))",
+                escape::filter_value(dn)
+            );
+            let entries = search_all(ldap, to, base, Scope::Subtree, &f, &["1.1"]).await?;
+            return Ok(entries.into_iter().map(|e| e.dn).collect());
+        }
+        let esc = escape::filter_value(dn);
+        let posix = login
+            .map(|l| format!("(memberUid={})", escape::filter_value(l)))
+            .unwrap_or_default();
+        let mut filter = format!(
+            "(&{}(|(member={esc})(uniqueMember={esc}){posix}))",
+            self.group_class_filter()
+        );
+        let mut visited: HashSet<String> = HashSet::new();
+        let mut out = Vec::new();
+        for _ in 0..self.inner.cfg.max_group_depth {
+            let entries = search_all(ldap, to, base, Scope::Subtree, &filter, &["1.1"]).await?;
+            let fresh: Vec<String> = entries
+                .into_iter()
+                .map(|e| e.dn)
+                .filter(|d| visited.insert(d.to_lowercase()))
+                .collect();
+            if fresh.is_empty() {
+                break;
+            }
+            let ors: String = fresh
+                .iter()
+                .map(|g| {
+                    let e = escape::filter_value(g);
+                    format!("(member={e})(uniqueMember={e})")
+                })
+                .collect();
+            filter =
+                format!("(&(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames))(|{ors}))");
+            out.extend(fresh);
+        }
+        Ok(out)
+    }
+
+    // ---- users ----------------------------------------------------------------------------
+
+    fn user_attrs(&self) -> Vec<String> {
+        let a = &self.inner.attrs;
+        let mut v = vec![
+            a.id.clone(),
+            a.login.clone(),
+            a.email.clone(),
+            a.name.clone(),
+            a.department.clone(),
+            a.country.clone(),
+            a.groups.clone(),
+            "displayName".into(),
+        ];
+        v.extend(a.upn.clone());
+        v.extend(a.enabled.clone());
+        if self.inner.cfg.kind == DirectoryKind::Ad {
+            v.push("accountExpires".into());
+        }
+        v
+    }
+
+    fn to_user(
+        &self,
+        e: &SearchEntry,
+        groups: Vec<String>,
+        matched_filters: Vec<usize>,
+        now: i64,
+    ) -> Option<DirUser> {
+        let a = &self.inner.attrs;
+        let id = match first_bytes(e, &a.id) {
+            Some(b) if b.len() == 16 => escape::guid_from_bytes(&b)?.to_string(),
+            Some(b) => {
+                let s = String::from_utf8(b).ok()?;
+                uuid::Uuid::parse_str(s.trim())
+                    .map(|u| u.to_string())
+                    .unwrap_or(s)
+            }
+            None => {
+                tracing::warn!(dn = %e.dn, attr = %a.id, "directory user without an id; skipped");
+                return None;
+            }
+        };
+        let enabled = match &a.enabled {
+            None => true,
+            Some(attr) if attr.eq_ignore_ascii_case("userAccountControl") => {
+                let uac_ok = first(e, attr)
+                    .and_then(|v| v.trim().parse::<i64>().ok())
+                    .is_none_or(|v| v & 0x2 == 0);
+                let expired =
+                    first(e, "accountExpires").is_some_and(|v| escape::account_expired(&v, now));
+                uac_ok && !expired
+            }
+            Some(attr) => first(e, attr).is_none_or(|v| {
+                !matches!(
+                    v.trim().to_ascii_lowercase().as_str(),
+                    "false" | "0" | "no" | "disabled"
+                )
+            }),
+        };
+        Some(DirUser {
+            id,
+            dn: e.dn.clone(),
+            login: first(e, &a.login),
+            upn: a.upn.as_ref().and_then(|u| first(e, u)),
+            email: first(e, &a.email),
+            name: first(e, &a.name).or_else(|| first(e, "displayName")),
+            department: first(e, &a.department),
+            country: first(e, &a.country),
+            groups,
+            enabled,
+            matched_filters,
+        })
+    }
+
+    async fn domain_ok(&self, domain: &str) -> OpRes<bool> {
+        let extra = &self.inner.cfg.domains;
+        if extra.iter().any(|d| d.eq_ignore_ascii_case(domain)) {
+            return Ok(true);
+        }
+        match self.inner.cfg.kind {
+            DirectoryKind::Openldap => Ok(extra.is_empty()),
+            DirectoryKind::Ad => {
+                let names = self.domain_names().await?;
+                Ok([names.netbios, names.dns]
+                    .iter()
+                    .flatten()
+                    .any(|n| n.eq_ignore_ascii_case(domain)))
+            }
+        }
+    }
+
+    /// The user's entry (exactly one hit) with groups and matched filters, or `None`.
+    async fn lookup_user(&self, q: &Lookup) -> OpRes<Option<DirUser>> {
+        for (i, f) in q.filters.iter().enumerate() {
+            escape::check_filter(f).map_err(|m| {
+                err(
+                    OpErrorCode::InvalidRequest,
+                    format!("filters[{i}] {f:?}: {m}"),
+                )
+            })?;
+        }
+        let a = &self.inner.attrs;
+        let (attr, value) = match (&q.upn, &q.login) {
+            (Some(upn), _) => {
+                let attr = a.upn.clone().unwrap_or_else(|| a.email.clone());
+                (attr, upn.as_str())
+            }
+            (None, Some(login)) => (a.login.clone(), login.as_str()),
+            (None, None) => {
+                return Err(err(
+                    OpErrorCode::InvalidRequest,
+                    "lookup needs a login or a UPN",
+                ));
+            }
+        };
+        if value.is_empty() || value.len() > MAX_NAME_LEN {
+            return Ok(None);
+        }
+        if q.upn.is_none() {
+            if let Some(d) = q.domain.as_deref().filter(|d| !d.is_empty()) {
+                if !self.domain_ok(d).await? {
+                    return Ok(None);
+                }
+            }
+        }
+        let filter = format!(
+            "(&{}({attr}={}))",
+            self.user_class_filter(),
+            escape::filter_value(value)
+        );
+        let mut c = self.inner.acquire().await?;
+        let to = self.inner.timeout;
+        let attrs = self.user_attrs();
+        let res = c
+            .ldap()
+            .with_timeout(to)
+            .with_search_options(SearchOptions::new().sizelimit(2))
+            .search(&self.inner.cfg.base_dn, Scope::Subtree, &filter, attrs)
+            .await
+            .map_err(map_ldap_err)?;
+        let SearchResult(raw, res) = res;
+        if raw.len() > 1 {
+            c.release();
+            return Err(err(
+                OpErrorCode::InvalidRequest,
+                format!("ambiguous: more than one user has {attr}={value:?}"),
+            ));
+        }
+        if res.rc != 0 {
+            c.release();
+            return Err(map_rc(&res, &self.inner.cfg.base_dn));
+        }
+        let Some(entry) = raw.into_iter().next().map(SearchEntry::construct) else {
+            c.release();
+            return Ok(None);
+        };
+        let login = first(&entry, &a.login);
+        let groups = self
+            .user_groups(c.ldap(), &entry.dn, login.as_deref())
+            .await?;
+        let mut matched = Vec::new();
+        for (i, f) in q.filters.iter().enumerate() {
+            let res = c
+                .ldap()
+                .with_timeout(to)
+                .search(
+                    &entry.dn,
+                    Scope::Base,
+                    &format!("(&(objectClass=*){})", f.trim()),
+                    vec!["1.1"],
+                )
+                .await
+                .map_err(map_ldap_err)?;
+            match res.1.rc {
+                0 => {
+                    if !res.0.is_empty() {
+                        matched.push(i);
+                    }
+                }
+                _ => {
+                    c.release();
+                    return Err(err(
+                        OpErrorCode::InvalidRequest,
+                        format!("filters[{i}] {f:?}: the directory refused it: {}", res.1),
+                    ));
+                }
+            }
+        }
+        c.release();
+        Ok(self.to_user(&entry, groups, matched, unix_now()))
+    }
+
+    /// Look the user up with the service account, then bind as it on a fresh connection.
+    async fn verify_password(&self, q: &Lookup, password: &str) -> OpRes<PasswordCheck> {
+        // An empty password is an anonymous bind that AD reports as success (RFC 4513 §5.1.2):
+        // refuse it before any network I/O.
+        if password.is_empty() {
+            return Ok(PasswordCheck {
+                verdict: PasswordVerdict::Invalid,
+                user: None,
+            });
+        }
+        let Some(user) = self.lookup_user(q).await? else {
+            return Ok(PasswordCheck {
+                verdict: PasswordVerdict::Invalid,
+                user: None,
+            });
+        };
+        let mut conn = self.inner.connect(None).await?;
+        let res = conn
+            .ldap
+            .with_timeout(self.inner.timeout)
+            .simple_bind(&user.dn, password)
+            .await
+            .map_err(map_ldap_err);
+        // never reused: the connection now carries the user's identity
+        let _ = conn.ldap.unbind().await;
+        let res = res?;
+        if res.rc == 0 {
+            let verdict = if user.enabled {
+                PasswordVerdict::Valid
+            } else {
+                PasswordVerdict::Disabled
+            };
+            return Ok(PasswordCheck {
+                verdict,
+                user: Some(user),
+            });
+        }
+        if res.rc == 8 || res.rc == 13 {
+            return Err(err(
+                OpErrorCode::DirectoryUnavailable,
+                "the directory requires an encrypted connection for binds (use ldaps:// or starttls)",
+            ));
+        }
+        match escape::bind_verdict(res.rc, &res.text) {
+            Some(verdict) => Ok(PasswordCheck {
+                user: (verdict == PasswordVerdict::Disabled).then_some(user),
+                verdict,
+            }),
+            // e.g. OpenLDAP rc 53 for a policy refusal: not a valid login
+            None if res.rc == 53 || res.rc == 50 || res.rc == 48 => Ok(PasswordCheck {
+                verdict: PasswordVerdict::Invalid,
+                user: None,
+            }),
+            None => Err(err(
+                OpErrorCode::DirectoryUnavailable,
+                format!("user bind failed: rc={} {}", res.rc, res.text),
+            )),
+        }
+    }
+}
+
+// ---- pool -----------------------------------------------------------------------------------
+
+impl Inner {
+    async fn acquire(self: &Arc<Self>) -> OpRes<Pooled> {
+        let permit = tokio::time::timeout(self.timeout, self.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| err(OpErrorCode::Busy, "all directory connections are busy"))?
+            .map_err(|_| err(OpErrorCode::Internal, "connection pool closed"))?;
+        let reuse = {
+            let mut idle = self.idle.lock().expect("lock");
+            let max_idle = Duration::from_secs(self.cfg.idle_secs);
+            let mut found = None;
+            while let Some(mut c) = idle.pop() {
+                if c.last_used.elapsed() < max_idle && !c.ldap.is_closed() {
+                    found = Some(c);
+                    break;
+                }
+            }
+            found
+        };
+        let conn = match reuse {
+            Some(c) => c,
+            None => self.connect(Some(())).await?,
+        };
+        Ok(Pooled {
+            conn: Some(conn),
+            _permit: permit,
+            inner: self.clone(),
+        })
+    }
+
+    fn give_back(&self, mut c: Conn) {
+        c.last_used = Instant::now();
+        let mut idle = self.idle.lock().expect("lock");
+        if idle.len() < self.cfg.pool_size && !c.ldap.is_closed() {
+            idle.push(c);
+        }
+    }
+
+    fn store_cursor(&self, cur: Cursor) -> String {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let mut map = self.cursors.lock().expect("lock");
+        if map.len() >= MAX_CURSORS {
+            if let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, c)| c.last_used)
+                .map(|(k, _)| k.clone())
+            {
+                map.remove(&oldest);
+            }
+        }
+        map.insert(id.clone(), cur);
+        id
+    }
+
+    /// URL order: the one that answered last first, then the others in configured order;
+    /// after `PREFER_RESET` the configured order again (a DC that came back is preferred).
+    fn url_order(&self) -> Vec<usize> {
+        let n = self.cfg.urls.len();
+        let mut p = self.preferred.lock().expect("lock");
+        if p.0 != 0 && p.1.elapsed() > PREFER_RESET {
+            *p = (0, Instant::now());
+        }
+        let first = p.0.min(n - 1);
+        std::iter::once(first)
+            .chain((0..n).filter(|i| *i != first))
+            .collect()
+    }
+
+    /// A new connection, bound as the service account when `service_bind` is `Some`.
+    async fn connect(&self, service_bind: Option<()>) -> OpRes<Conn> {
+        let mut failures = Vec::new();
+        for i in self.url_order() {
+            let url = &self.cfg.urls[i];
+            match self.connect_url(url).await {
+                Ok(mut ldap) => {
+                    if service_bind.is_some() {
+                        let res = ldap
+                            .with_timeout(self.timeout)
+                            .simple_bind(&self.cfg.bind_dn, self.cfg.bind_password())
+                            .await;
+                        match res {
+                            Ok(r) if r.rc == 0 => {}
+                            Ok(r) => {
+                                let _ = ldap.unbind().await;
+                                return Err(err(
+                                    OpErrorCode::DirectoryUnavailable,
+                                    format!(
+                                        "service account bind as {:?} at {url} failed: rc={} {}",
+                                        self.cfg.bind_dn, r.rc, r.text
+                                    ),
+                                ));
+                            }
+                            Err(e) => {
+                                failures.push(format!("{url}: bind: {e}"));
+                                continue;
+                            }
+                        }
+                    }
+                    *self.preferred.lock().expect("lock") = (i, Instant::now());
+                    *self.last_url.lock().expect("lock") = Some(url.clone());
+                    return Ok(Conn {
+                        ldap,
+                        url: url.clone(),
+                        last_used: Instant::now(),
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(%url, error = %e, "directory URL did not answer; trying the next");
+                    failures.push(format!("{url}: {e}"));
+                }
+            }
+        }
+        Err(err(
+            OpErrorCode::DirectoryUnavailable,
+            format!("no directory URL answered: {}", failures.join("; ")),
+        ))
+    }
+
+    async fn connect_url(&self, url: &str) -> Result<Ldap, String> {
+        let plain = url.to_ascii_lowercase().starts_with("ldap://");
+        let mut settings = LdapConnSettings::new()
+            .set_conn_timeout(self.timeout)
+            .set_starttls(plain && self.cfg.starttls);
+        if let Some(tls) = &self.tls {
+            settings = settings.set_config(tls.clone());
+        }
+        let fut = LdapConnAsync::with_settings(settings, url);
+        let (conn, ldap) = tokio::time::timeout(self.timeout + Duration::from_secs(1), fut)
+            .await
+            .map_err(|_| "connection timed out".to_string())?
+            .map_err(describe_connect_error)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.drive().await {
+                tracing::debug!(error = %e, "directory connection ended");
+            }
+        });
+        Ok(ldap)
+    }
+
+    fn sweep(&self) {
+        let max_idle = Duration::from_secs(self.cfg.idle_secs);
+        self.idle
+            .lock()
+            .expect("lock")
+            .retain_mut(|c| c.last_used.elapsed() < max_idle && !c.ldap.is_closed());
+        self.cursors
+            .lock()
+            .expect("lock")
+            .retain(|_, c| c.last_used.elapsed() < CURSOR_IDLE);
+        self.group_parents
+            .lock()
+            .expect("lock")
+            .retain(|_, (t, _)| t.elapsed() < GROUP_CACHE_TTL);
+    }
+}
+
+/// Closes idle connections and expired cursors (dropping the last `Ldap` handle ends the
+/// connection's driver task); stops with the `Directory`.
+async fn reaper(inner: Weak<Inner>) {
+    let period = match inner.upgrade() {
+        Some(i) => Duration::from_secs((i.cfg.idle_secs / 2).clamp(1, 30)),
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(period).await;
+        match inner.upgrade() {
+            Some(i) => i.sweep(),
+            None => return,
+        }
+    }
+}
+
+fn describe_connect_error(e: LdapError) -> String {
+    let s = e.to_string();
+    if s.contains("UnknownIssuer") || s.contains("invalid peer certificate") {
+        format!("TLS certificate not trusted (check directory.ca_file): {s}")
+    } else {
+        s
+    }
+}
+
+fn tls_config(ca: &Path) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca)
+        .map_err(|e| format!("directory.ca_file {}: {e}", ca.display()))?;
+    for c in certs {
+        let c = c.map_err(|e| format!("directory.ca_file {}: {e}", ca.display()))?;
+        roots
+            .add(c)
+            .map_err(|e| format!("directory.ca_file {}: {e}", ca.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!(
+            "directory.ca_file {}: no certificates found",
+            ca.display()
+        ));
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
+// ---- search helpers -------------------------------------------------------------------------
+
+fn map_ldap_err(e: LdapError) -> OpError {
+    match e {
+        LdapError::Timeout { .. } => {
+            err(OpErrorCode::Timeout, "the directory did not answer in time")
+        }
+        LdapError::FilterParsing => err(OpErrorCode::InvalidRequest, "invalid LDAP filter"),
+        e => err(
+            OpErrorCode::DirectoryUnavailable,
+            format!("directory connection failed: {e}"),
+        ),
+    }
+}
+
+fn map_rc(res: &LdapResult, base: &str) -> OpError {
+    match res.rc {
+        32 => err(
+            OpErrorCode::NotFound,
+            format!("base DN {base:?} does not exist in the directory"),
+        ),
+        10 => err(
+            OpErrorCode::NotFound,
+            format!("base DN {base:?} is not held by this directory (referral)"),
+        ),
+        34 => err(
+            OpErrorCode::InvalidRequest,
+            format!("invalid DN syntax: {base:?}"),
+        ),
+        3 => err(OpErrorCode::Timeout, format!("directory time limit: {res}")),
+        4 | 11 => err(
+            OpErrorCode::TooLarge,
+            format!("directory size limit exceeded: {res}"),
+        ),
+        2 | 17 | 18 | 21 | 53 => err(
+            OpErrorCode::InvalidRequest,
+            format!("the directory refused the request: {res}"),
+        ),
+        50 | 51 | 52 => err(
+            OpErrorCode::DirectoryUnavailable,
+            format!("the directory refused the service account: {res}"),
+        ),
+        _ => err(OpErrorCode::Internal, format!("directory error: {res}")),
+    }
+}
+
+fn check_result(res: SearchResult, base: &str) -> OpRes<(Vec<SearchEntry>, LdapResult)> {
+    let SearchResult(entries, r) = res;
+    if r.rc != 0 {
+        return Err(map_rc(&r, base));
+    }
+    Ok((entries.into_iter().map(SearchEntry::construct).collect(), r))
+}
+
+fn paged_cookie(ctrls: &[Control]) -> Vec<u8> {
+    ctrls
+        .iter()
+        .find_map(|c| match c {
+            Control(Some(ControlType::PagedResults), raw) => {
+                Some(raw.parse::<PagedResults>().cookie)
+            }
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// One page of a paged subtree search; an empty returned cookie ends the set.
+async fn search_page(
+    ldap: &mut Ldap,
+    to: Duration,
+    base: &str,
+    filter: &str,
+    attrs: &[String],
+    size: u32,
+    cookie: Vec<u8>,
+) -> OpRes<(Vec<SearchEntry>, Vec<u8>)> {
+    let res = ldap
+        .with_timeout(to)
+        .with_controls(PagedResults {
+            size: size as i32,
+            cookie,
+        })
+        .search(base, Scope::Subtree, filter, attrs.to_vec())
+        .await
+        .map_err(map_ldap_err)?;
+    let (entries, r) = check_result(res, base)?;
+    Ok((entries, paged_cookie(&r.ctrls)))
+}
+
+/// All entries, paging internally (500 per page) so server size limits do not cut it short.
+async fn search_all(
+    ldap: &mut Ldap,
+    to: Duration,
+    base: &str,
+    scope: Scope,
+    filter: &str,
+    attrs: &[&str],
+) -> OpRes<Vec<SearchEntry>> {
+    let mut out = Vec::new();
+    let mut cookie = Vec::new();
+    loop {
+        let res = ldap
+            .with_timeout(to)
+            .with_controls(PagedResults { size: 500, cookie })
+            .search(base, scope, filter, attrs.to_vec())
+            .await
+            .map_err(map_ldap_err)?;
+        let (entries, r) = check_result(res, base)?;
+        out.extend(entries);
+        cookie = paged_cookie(&r.ctrls);
+        if cookie.is_empty() {
+            return Ok(out);
+        }
+        if out.len() > MAX_LIST {
+            // abandon the paged set on the server (size 0 with the last cookie)
+            let _ = ldap
+                .with_timeout(to)
+                .with_controls(PagedResults { size: 0, cookie })
+                .search(base, scope, filter, attrs.to_vec())
+                .await;
+            return Err(err(
+                OpErrorCode::TooLarge,
+                format!("more than {MAX_LIST} entries under {base:?}"),
+            ));
+        }
+    }
+}
+
+async fn read_domain_names(
+    ldap: &mut Ldap,
+    to: Duration,
+    config_nc: &str,
+    default_nc: &str,
+) -> OpRes<DomainNames> {
+    let base = format!("CN=Partitions,{config_nc}");
+    let filter = format!(
+        "(&(objectClass=crossRef)(nCName={}))",
+        escape::filter_value(default_nc)
+    );
+    let res = ldap
+        .with_timeout(to)
+        .search(
+            &base,
+            Scope::OneLevel,
+            &filter,
+            vec!["nETBIOSName", "dnsRoot"],
+        )
+        .await
+        .map_err(map_ldap_err)?;
+    let (entries, _) = match check_result(res, &base) {
+        Ok(r) => r,
+        // no crossRef readable: names unknown, not an error
+        Err(_) => return Ok(DomainNames::default()),
+    };
+    Ok(entries
+        .first()
+        .map(|e| DomainNames {
+            netbios: first(e, "nETBIOSName"),
+            dns: first(e, "dnsRoot"),
+        })
+        .unwrap_or_default())
+}
+
+fn find_key<'a, V>(map: &'a HashMap<String, V>, name: &str) -> Option<&'a V> {
+    map.get(name).or_else(|| {
+        map.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    })
+}
+
+fn first(e: &SearchEntry, name: &str) -> Option<String> {
+    find_key(&e.attrs, name).and_then(|v| v.first().cloned())
+}
+
+fn all(e: &SearchEntry, name: &str) -> Vec<String> {
+    find_key(&e.attrs, name).cloned().unwrap_or_default()
+}
+
+/// `ldap3` puts a value in `bin_attrs` only when it is not UTF-8: check both maps.
+fn first_bytes(e: &SearchEntry, name: &str) -> Option<Vec<u8>> {
+    find_key(&e.bin_attrs, name)
+        .and_then(|v| v.first().cloned())
+        .or_else(|| first(e, name).map(String::into_bytes))
+}
+
+/// Direct groups plus every ancestor in `parents`, breadth-first, without repeats.
+fn transitive(
+    direct: &[String],
+    parents: &HashMap<String, Vec<String>>,
+    max_depth: usize,
+) -> Vec<String> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    let mut q: VecDeque<(String, usize)> = direct.iter().map(|g| (g.clone(), 1)).collect();
+    while let Some((g, depth)) = q.pop_front() {
+        let key = g.to_lowercase();
+        if !seen.insert(key.clone()) {
+            continue;
+        }
+        out.push(g);
+        if depth < max_depth {
+            for p in parents.get(&key).into_iter().flatten() {
+                q.push_back((p.clone(), depth + 1));
+            }
+        }
+    }
+    out
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+// ---- imd connector check --------------------------------------------------------------------
+
+/// `imd connector check`: bind with the configured account, read the root DSE and the first
+/// page of users under `base_dn`, and describe what was found.
+pub async fn check(config: &ConnectorConfig) -> Result<String, OpError> {
+    use std::fmt::Write as _;
+    let dir = Directory::new(config)?;
+    let dse = dir.root_dse().await?;
+    let mut r = String::new();
+    let d = &config.directory;
+    let _ = writeln!(r, "directory kind:      {}", d.kind.as_str());
+    let _ = writeln!(
+        r,
+        "URL used:            {}",
+        dir.last_url().unwrap_or_default()
+    );
+    let _ = writeln!(r, "bind DN:             {} (bind ok)", d.bind_dn);
+    let _ = writeln!(r, "server:              {}", dse.server);
+    if let Some(v) = &dse.vendor {
+        let _ = writeln!(r, "vendor:              {v}");
+    }
+    let _ = writeln!(r, "naming contexts:     {}", dse.naming_contexts.join("; "));
+    let _ = writeln!(
+        r,
+        "default NC:          {}",
+        dse.default_naming_context.as_deref().unwrap_or("(none)")
+    );
+    let _ = writeln!(
+        r,
+        "server time:         {}",
+        dse.server_time.as_deref().unwrap_or("(not reported)")
+    );
+    let _ = writeln!(
+        r,
+        "paged results:       {}",
+        if dse.supports_paging {
+            "supported"
+        } else {
+            "NOT supported (listings above the server's size limit will fail)"
+        }
+    );
+    if d.kind == DirectoryKind::Ad {
+        let _ = writeln!(
+            r,
+            "domain:              NetBIOS {} / DNS {}",
+            dse.netbios_domain.as_deref().unwrap_or("?"),
+            dse.dns_domain.as_deref().unwrap_or("?")
+        );
+    }
+    let _ = writeln!(r, "base DN:             {}", d.base_dn);
+    let page = dir
+        .execute(Operation::SearchUsers {
+            base: None,
+            filter: None,
+            page_size: 100,
+            cursor: None,
+        })
+        .await?;
+    if let OpResult::Users { items, next_cursor } = page {
+        let more = if next_cursor.is_some() { "+" } else { "" };
+        let _ = writeln!(r, "users (first page):  {}{more}", items.len());
+        for u in items.iter().take(5) {
+            let _ = writeln!(
+                r,
+                "  {} <{}> {}",
+                u.login.as_deref().unwrap_or("?"),
+                u.email.as_deref().unwrap_or("no email"),
+                u.id
+            );
+        }
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn cfg(url: &str) -> ConnectorConfig {
+        ConnectorConfig::from_toml_str(&format!(
+            r#"
+[directory]
+kind = "ad"
+urls = ["{url}"]
+bind_dn = "CN=r,DC=example,DC=test"
+bind_password = "pw"
+base_dn = "DC=example,DC=test"
+timeout_secs = 2
+"#
+        ))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn empty_password_is_refused_without_any_connection() {
+        // A listener that counts connection attempts: there must be none.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let a = accepted.clone();
+        tokio::spawn(async move {
+            while listener.accept().await.is_ok() {
+                a.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        let dir = Directory::new(&cfg(&format!("ldap://127.0.0.1:{port}"))).unwrap();
+        let t = Instant::now();
+        let r = dir
+            .execute(Operation::VerifyPassword {
+                login: Some("alice".into()),
+                domain: None,
+                upn: None,
+                password: String::new(),
+                filters: vec![],
+            })
+            .await
+            .unwrap();
+        match r {
+            OpResult::Password(p) => {
+                assert_eq!(p.verdict, PasswordVerdict::Invalid);
+                assert!(p.user.is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(t.elapsed() < Duration::from_millis(500));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            0,
+            "a connection was attempted"
+        );
+    }
+
+    #[tokio::test]
+    async fn unreachable_directory_is_unavailable_and_names_the_url() {
+        let dir = Directory::new(&cfg("ldap://127.0.0.1:1")).unwrap();
+        let e = dir.execute(Operation::RootDse).await.unwrap_err();
+        assert_eq!(e.code, OpErrorCode::DirectoryUnavailable);
+        assert!(e.message.contains("ldap://127.0.0.1:1"), "{}", e.message);
+    }
+
+    #[tokio::test]
+    async fn bad_filters_and_bases_are_refused_before_io() {
+        let dir = Directory::new(&cfg("ldap://127.0.0.1:1")).unwrap();
+        let e = dir
+            .execute(Operation::LookupUser {
+                login: Some("alice".into()),
+                domain: None,
+                upn: None,
+                filters: vec!["(ok=1)".into(), "(a=b))(|(c=*)".into()],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, OpErrorCode::InvalidRequest);
+        assert!(e.message.contains("filters[1]"), "{}", e.message);
+        let e = dir
+            .execute(Operation::ListOus {
+                base: Some("DC=other,DC=test".into()),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, OpErrorCode::NotFound);
+        let e = dir
+            .execute(Operation::SearchUsers {
+                base: None,
+                filter: None,
+                page_size: 10,
+                cursor: Some("nonexistent".into()),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, OpErrorCode::CursorExpired);
+    }
+
+    #[test]
+    fn wrong_ca_file_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ca.pem");
+        std::fs::write(&p, "not a certificate").unwrap();
+        let mut c = cfg("ldaps://127.0.0.1:1");
+        c.directory.ca_file = Some(p);
+        let e = Directory::new(&c).err().unwrap();
+        assert!(e.message.contains("ca_file"), "{}", e.message);
+    }
+
+    #[test]
+    fn transitive_groups_stop_at_cycles_and_depth() {
+        let mut parents = HashMap::new();
+        parents.insert("a".to_string(), vec!["B".to_string()]);
+        parents.insert("b".to_string(), vec!["C".to_string(), "A".to_string()]);
+        parents.insert("c".to_string(), vec!["D".to_string()]);
+        let g = transitive(&["A".to_string()], &parents, 10);
+        assert_eq!(g, vec!["A", "B", "C", "D"]);
+        let g = transitive(&["A".to_string()], &parents, 2);
+        assert_eq!(g, vec!["A", "B"]);
+    }
+}
