@@ -692,8 +692,14 @@ async fn the_admin_browses_the_directory_through_the_connector() {
         // Groups page by page (limit 2) until the cursor runs out.
         let mut seen = Vec::new();
         let mut cursor: Option<String> = None;
-        for _ in 0..20 {
-            let mut q = format!("/api/v1/admin/directory/groups?base={base}&limit=2");
+        let groups_ou = match d.kind {
+            Kind::OpenLdap => urlencode(&d.ou(&["groups"])),
+            Kind::Ad => urlencode(&d.ou(&["Groups"])),
+        };
+        let mut pages = 0;
+        for _ in 0..100 {
+            pages += 1;
+            let mut q = format!("/api/v1/admin/directory/groups?base={groups_ou}&limit=2");
             if let Some(c) = &cursor {
                 q.push_str(&format!("&cursor={}", urlencode(c)));
             }
@@ -708,9 +714,14 @@ async fn the_admin_browses_the_directory_through_the_connector() {
                 None => break,
             }
         }
+        assert!(pages > 2, "paged: {pages} pages");
         for g in ["backend", "engineers", "staff", "sales"] {
             assert!(seen.contains(&g.to_string()), "{g} in {seen:?}");
         }
+        let mut dedup = seen.clone();
+        dedup.sort();
+        dedup.dedup();
+        assert_eq!(dedup.len(), seen.len(), "each group once: {seen:?}");
         let r = app
             .admin_get(&format!("/api/v1/admin/directory/groups?base={base}&q=eng"))
             .await;
