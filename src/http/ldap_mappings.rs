@@ -141,7 +141,7 @@ pub struct MappingPatch {
 
 fn written(w: LdapMappingWrite, priority: i64) -> Result<crate::store::LdapMappingRow, ApiError> {
     match w {
-        LdapMappingWrite::Written(row) => Ok(row),
+        LdapMappingWrite::Written(row) => Ok(*row),
         LdapMappingWrite::PriorityTaken { id, name } => Err(ApiError::new(
             Code::Conflict,
             format!("priority {priority} is already used by mapping {name:?} ({id}); priorities are unique per organization"),

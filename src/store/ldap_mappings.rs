@@ -70,7 +70,7 @@ impl LdapMappingValues {
 /// What a mapping write did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LdapMappingWrite {
-    Written(LdapMappingRow),
+    Written(Box<LdapMappingRow>),
     /// Another mapping of the organization has this priority.
     PriorityTaken {
         id: String,
@@ -175,7 +175,7 @@ macro_rules! ldap_mapping_sql {
             return Ok(None);
         };
         tx.commit().await?;
-        Ok(Some(LdapMappingWrite::Written(row)))
+        Ok(Some(LdapMappingWrite::Written(Box::new(row))))
     }
 
     /// `false`: no such mapping.
