@@ -18,8 +18,8 @@ use crate::activation::limiter::FailureLimiter;
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::crypto::MasterKey;
-use crate::http::{self, AppState};
 use crate::directory::{Hub, HubSettings};
+use crate::http::{self, AppState};
 use crate::resolve::{Budget, DeviceMapResolver, LdapResolver, Resolver};
 use crate::store::{Store, StoreOptions};
 use crate::tokens::{self, TokenService};
@@ -142,7 +142,11 @@ fn forward_url(settings: &Settings, addr: SocketAddr) -> String {
     if let Some(u) = &settings.connectors.forward_url {
         return u.clone();
     }
-    let scheme = if settings.tls.cert_file.is_some() { "https" } else { "http" };
+    let scheme = if settings.tls.cert_file.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let ip = if addr.ip().is_unspecified() {
         std::net::IpAddr::from([127, 0, 0, 1])
     } else {

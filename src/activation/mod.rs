@@ -320,9 +320,10 @@ impl Activator {
                 Err(StoreError::NotFound) => {}
                 Err(e) => return Err(e.into()),
             }
-            let kid = self.tokens.current_kid().ok_or_else(|| {
-                ActivationError::Internal("no signing key is loaded".into())
-            })?;
+            let kid = self
+                .tokens
+                .current_kid()
+                .ok_or_else(|| ActivationError::Internal("no signing key is loaded".into()))?;
             let new = crate::store::NewToken {
                 id: &id,
                 org_id: &org.id,

@@ -90,7 +90,10 @@ pub async fn serve(
     if let Err(e) = hub.store().upsert_connector_session(&row).await {
         tracing::error!(error = %e, "cannot record the connector session");
         let _ = session
-            .close(reason(CloseCode::Again, "the service cannot record the session; retry"))
+            .close(reason(
+                CloseCode::Again,
+                "the service cannot record the session; retry",
+            ))
             .await;
         return;
     }

@@ -157,7 +157,9 @@ pub struct ForwardRequest {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum ForwardResponse {
-    Answered { outcome: Outcome },
+    Answered {
+        outcome: Outcome,
+    },
     /// The channel is gone from this replica (or dropped mid-call): try another connector.
     Dropped,
     Timeout,
@@ -361,7 +363,10 @@ impl Hub {
             };
             let (connector, result) = match target {
                 Target::Local(link) => (link.connector_id.clone(), link.call(&op, deadline).await),
-                Target::Remote(s) => (s.connector_id.clone(), self.forward(&s, &op, deadline).await),
+                Target::Remote(s) => (
+                    s.connector_id.clone(),
+                    self.forward(&s, &op, deadline).await,
+                ),
             };
             match result {
                 Ok(outcome) => return into_result(outcome).map(|r| (r, connector)),

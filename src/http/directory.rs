@@ -38,12 +38,18 @@ pub async fn channel(
             format!(
                 "this imd speaks connector protocol {}, the connector speaks {}; install a connector of the same release as the service",
                 proto::PROTOCOL_VERSION,
-                theirs.as_deref().unwrap_or("none (no x-imd-connector-protocol header)")
+                theirs
+                    .as_deref()
+                    .unwrap_or("none (no x-imd-connector-protocol header)")
             ),
         ));
     }
-    let credential = bearer(&req)
-        .map_err(|_| ApiError::new(Code::ConnectorCredentialInvalid, "missing connector credential"))?;
+    let credential = bearer(&req).map_err(|_| {
+        ApiError::new(
+            Code::ConnectorCredentialInvalid,
+            "missing connector credential",
+        )
+    })?;
     let hash = sha256_hex(&credential);
     let Some(connector) = state.store.connector_by_credential(&hash).await? else {
         return Err(ApiError::new(
@@ -76,10 +82,11 @@ pub async fn forwarded(
             .unwrap_or("")
             .to_string()
     };
-    if !state
-        .hub
-        .verify_forward(&header(FORWARD_TIME_HEADER), &header(FORWARD_SIGNATURE_HEADER), &body)
-    {
+    if !state.hub.verify_forward(
+        &header(FORWARD_TIME_HEADER),
+        &header(FORWARD_SIGNATURE_HEADER),
+        &body,
+    ) {
         return Err(ApiError::new(Code::Unauthorized, "bad cluster signature"));
     }
     let call: ForwardRequest =
@@ -134,7 +141,10 @@ pub async fn naming_contexts(
         (OpResult::RootDse(r), connector) => {
             Ok(HttpResponse::Ok().json(json!({ "root_dse": r, "connector_id": connector })))
         }
-        _ => Err(ApiError::new(Code::DirectoryError, "unexpected answer from the connector")),
+        _ => Err(ApiError::new(
+            Code::DirectoryError,
+            "unexpected answer from the connector",
+        )),
     }
 }
 
@@ -162,8 +172,13 @@ pub async fn ous(
 ) -> Result<HttpResponse, ApiError> {
     let base = base_dn(q.into_inner().base)?;
     match browse(&state, &auth.org_id, None, Operation::ListOus { base }).await? {
-        (OpResult::Entries { items, .. }, _) => Ok(HttpResponse::Ok().json(json!({ "items": items }))),
-        _ => Err(ApiError::new(Code::DirectoryError, "unexpected answer from the connector")),
+        (OpResult::Entries { items, .. }, _) => {
+            Ok(HttpResponse::Ok().json(json!({ "items": items })))
+        }
+        _ => Err(ApiError::new(
+            Code::DirectoryError,
+            "unexpected answer from the connector",
+        )),
     }
 }
 
@@ -187,7 +202,9 @@ pub async fn groups(
     if let Some(p) = &prefix
         && (p.chars().count() > 256 || p.chars().any(char::is_control))
     {
-        return Err(ApiError::invalid("q must be at most 256 characters without control characters"));
+        return Err(ApiError::invalid(
+            "q must be at most 256 characters without control characters",
+        ));
     }
     let limit = q.limit.unwrap_or(100);
     if !(1..=500).contains(&limit) {
@@ -220,7 +237,10 @@ pub async fn groups(
             "items": items,
             "next_cursor": next_cursor.map(|c| format!("{connector}.{c}")),
         }))),
-        _ => Err(ApiError::new(Code::DirectoryError, "unexpected answer from the connector")),
+        _ => Err(ApiError::new(
+            Code::DirectoryError,
+            "unexpected answer from the connector",
+        )),
     }
 }
 
@@ -293,7 +313,10 @@ impl Throttle {
             .record_auth_failure(&self.login_key, now, FAILURE_WINDOW)
             .await;
         if let Some(k) = &self.address_key {
-            let _ = state.store.record_auth_failure(k, now, FAILURE_WINDOW).await;
+            let _ = state
+                .store
+                .record_auth_failure(k, now, FAILURE_WINDOW)
+                .await;
         }
     }
 
@@ -305,13 +328,16 @@ impl Throttle {
 async fn organization(state: &AppState, r: &str) -> Result<OrgRow, ApiError> {
     let r = r.trim();
     if r.is_empty() || r.len() > 128 {
-        return Err(ApiError::invalid("organization is required (its id or sign-in name)"));
+        return Err(ApiError::invalid(
+            "organization is required (its id or sign-in name)",
+        ));
     }
-    state
-        .store
-        .org_by_ref(r)
-        .await?
-        .ok_or_else(|| ApiError::new(Code::InvalidCredentials, "the login or the password is wrong"))
+    state.store.org_by_ref(r).await?.ok_or_else(|| {
+        ApiError::new(
+            Code::InvalidCredentials,
+            "the login or the password is wrong",
+        )
+    })
 }
 
 fn parse_body(body: &[u8]) -> Result<PasswordBody, ApiError> {
@@ -361,12 +387,16 @@ pub async fn auth_ldap(
         return Err(ApiError::invalid("device is not part of a web login"));
     }
     let org = organization(&state, &b.organization).await?;
-    let name = LoginName::parse(Some(&b.login), b.domain.as_deref(), None)
-        .map_err(ApiError::invalid)?;
+    let name =
+        LoginName::parse(Some(&b.login), b.domain.as_deref(), None).map_err(ApiError::invalid)?;
     let ip = req.peer_addr().map(|a| a.ip().to_string());
     let throttle = Throttle::new(&org, &name, ip.as_deref());
     throttle.check(&state, now).await?;
-    match state.activator.verify_password(&org, &name, &b.password).await {
+    match state
+        .activator
+        .verify_password(&org, &name, &b.password)
+        .await
+    {
         Ok(d) => {
             throttle.succeeded(&state).await;
             let known = state
@@ -379,7 +409,10 @@ pub async fn auth_ldap(
             })))
         }
         Err(e) => {
-            if matches!(e, ActivationError::InvalidCredentials | ActivationError::UserDisabled(_)) {
+            if matches!(
+                e,
+                ActivationError::InvalidCredentials | ActivationError::UserDisabled(_)
+            ) {
                 throttle.failed(&state, now).await;
             }
             Err(e.into())
@@ -397,8 +430,8 @@ pub async fn activate_password(
     let body = read_limited(&req, payload, state.limits.activation_body_bytes).await?;
     let b = parse_body(&body)?;
     let org = organization(&state, &b.organization).await?;
-    let name = LoginName::parse(Some(&b.login), b.domain.as_deref(), None)
-        .map_err(ApiError::invalid)?;
+    let name =
+        LoginName::parse(Some(&b.login), b.domain.as_deref(), None).map_err(ApiError::invalid)?;
     let request = ActivationRequest::parse(RawActivation {
         // Not a token: password activations are recorded against the organization's
         // password-activation token row instead.
@@ -418,7 +451,15 @@ pub async fn activate_password(
     let mut ctx = AttemptContext::default();
     let result = state
         .activator
-        .activate_with_password(&org, &name, &b.password, &request, ip.as_deref(), now, &mut ctx)
+        .activate_with_password(
+            &org,
+            &name,
+            &b.password,
+            &request,
+            ip.as_deref(),
+            now,
+            &mut ctx,
+        )
         .await;
     match result {
         Ok(o) => {
@@ -431,7 +472,10 @@ pub async fn activate_password(
             Ok(HttpResponse::build(status).json(o.response))
         }
         Err(e) => {
-            if matches!(e, ActivationError::InvalidCredentials | ActivationError::UserDisabled(_)) {
+            if matches!(
+                e,
+                ActivationError::InvalidCredentials | ActivationError::UserDisabled(_)
+            ) {
                 throttle.failed(&state, now).await;
             }
             let err = ApiError::from(e);

@@ -261,7 +261,9 @@ impl From<ActivationError> for ApiError {
                 tracing::warn!(cause = %m, "connector unavailable");
                 return ApiError::new(
                     Code::ConnectorUnavailable,
-                    format!("the directory connector could not answer: {m}; nothing was written, retry later"),
+                    format!(
+                        "the directory connector could not answer: {m}; nothing was written, retry later"
+                    ),
                 );
             }
             ActivationError::DirectoryError(_) => Code::DirectoryError,

@@ -87,7 +87,12 @@ impl LoginName {
                 .map(|s| normalize_email(s).into_owned())
                 .unwrap_or_default()
         };
-        format!("{}\u{1}{}\u{1}{}", n(&self.login), n(&self.domain), n(&self.upn))
+        format!(
+            "{}\u{1}{}\u{1}{}",
+            n(&self.login),
+            n(&self.domain),
+            n(&self.upn)
+        )
     }
 
     pub fn display(&self) -> String {
@@ -187,7 +192,11 @@ impl LdapResolver {
                     if name.login.is_some() { "login" } else { "UPN" }
                 )));
             }
-            Ok(_) => return Err(ResolveError::Directory("unexpected answer from the connector".into())),
+            Ok(_) => {
+                return Err(ResolveError::Directory(
+                    "unexpected answer from the connector".into(),
+                ));
+            }
             Err(e) => return Err(call_error(e)),
         };
         decide(&user, &mappings, &index)
@@ -216,7 +225,11 @@ impl LdapResolver {
         };
         let check = match self.hub.call(&org.id, op, deadline).await {
             Ok(OpResult::Password(c)) => c,
-            Ok(_) => return Err(ResolveError::Directory("unexpected answer from the connector".into())),
+            Ok(_) => {
+                return Err(ResolveError::Directory(
+                    "unexpected answer from the connector".into(),
+                ));
+            }
             Err(e) => return Err(call_error(e)),
         };
         match check.verdict {
@@ -249,9 +262,17 @@ impl LdapResolver {
 
     /// During a directory outage, with `directory_outage = "allow_known_users"`: the user as
     /// stored at an earlier activation or sync.
-    async fn known_user(&self, org: &OrgRow, name: &LoginName) -> Result<Option<DirectoryUser>, ResolveError> {
+    async fn known_user(
+        &self,
+        org: &OrgRow,
+        name: &LoginName,
+    ) -> Result<Option<DirectoryUser>, ResolveError> {
         let u = match (&name.login, &name.upn) {
-            (Some(l), _) => self.store.user_by_login(&org.id, SOURCE, &login_key(l)).await?,
+            (Some(l), _) => {
+                self.store
+                    .user_by_login(&org.id, SOURCE, &login_key(l))
+                    .await?
+            }
             (None, Some(upn)) => self.store.user_by_upn(&org.id, SOURCE, upn).await?,
             _ => None,
         };
@@ -266,7 +287,9 @@ impl LdapResolver {
             enabled: true,
             attrs: None,
             assignment: None,
-            note: Some("directory outage: activated from the stored user (allow_known_users)".into()),
+            note: Some(
+                "directory outage: activated from the stored user (allow_known_users)".into(),
+            ),
         }))
     }
 }
@@ -342,7 +365,9 @@ pub fn decide(
             if want.is_some_and(|w| groups.iter().any(|x| x.normalized() == w.normalized())) {
                 passed += 1;
             } else {
-                missing.push(format!("the user is not a member (direct or nested) of {g}"));
+                missing.push(format!(
+                    "the user is not a member (direct or nested) of {g}"
+                ));
             }
         }
         if let (Some(f), Some(k)) = (&m.filter, filter_index.get(i).copied().flatten()) {
@@ -376,7 +401,9 @@ fn finish(user: &DirUser, m: &LdapMappingRow) -> Result<Decision, ResolveError> 
             ))
         })?,
         (None, Some(upn)) if m.email_fallback == "upn" => Email::parse(upn).map_err(|e| {
-            ResolveError::UserNotMapped(format!("the user has no mail and its UPN is not a valid email ({e})"))
+            ResolveError::UserNotMapped(format!(
+                "the user has no mail and its UPN is not a valid email ({e})"
+            ))
         })?,
         _ => {
             return Err(ResolveError::UserNotMapped(format!(
@@ -471,4 +498,3 @@ impl Resolver for LdapResolver {
         })
     }
 }
-

@@ -571,15 +571,30 @@ impl Store {
     pub async fn user(&self, org_id: &str, id: &str) -> Result<UserRow> {
         on!(self, s => s.user(org_id, id).await)
     }
-    pub async fn user_by_login(&self, org_id: &str, source: &str, login_norm: &str) -> Result<Option<UserRow>> {
+    pub async fn user_by_login(
+        &self,
+        org_id: &str,
+        source: &str,
+        login_norm: &str,
+    ) -> Result<Option<UserRow>> {
         on!(self, s => s.user_by_login(org_id, source, login_norm).await)
     }
 
-    pub async fn user_by_external_id(&self, org_id: &str, source: &str, external_id: &str) -> Result<Option<UserRow>> {
+    pub async fn user_by_external_id(
+        &self,
+        org_id: &str,
+        source: &str,
+        external_id: &str,
+    ) -> Result<Option<UserRow>> {
         on!(self, s => s.user_by_external_id(org_id, source, external_id).await)
     }
 
-    pub async fn user_by_upn(&self, org_id: &str, source: &str, upn: &str) -> Result<Option<UserRow>> {
+    pub async fn user_by_upn(
+        &self,
+        org_id: &str,
+        source: &str,
+        upn: &str,
+    ) -> Result<Option<UserRow>> {
         on!(self, s => s.user_by_upn(org_id, source, upn).await)
     }
 

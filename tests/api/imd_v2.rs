@@ -178,7 +178,10 @@ impl Connector {
 
 fn imd() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_imd"));
-    c.env("IMD_LOG", std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()));
+    c.env(
+        "IMD_LOG",
+        std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
+    );
     c
 }
 
@@ -195,13 +198,15 @@ pub async fn create_connector(app: &TestApp, name: &str) -> (String, String) {
     )
 }
 
-/// `imd connector register`: its exit status and output.
-pub fn register(app: &TestApp, key: &str, state: &Path) -> std::process::Output {
-    imd()
+/// `imd connector register`: its exit status and output. Asynchronous, so the test's runtime
+/// (which drives the server's database connections) keeps running meanwhile.
+pub async fn register(app: &TestApp, key: &str, state: &Path) -> std::process::Output {
+    tokio::process::Command::from(imd())
         .args(["connector", "register", "--server", &app.addr, "--key", key])
         .arg("--state-dir")
         .arg(state)
         .output()
+        .await
         .unwrap()
 }
 
@@ -219,7 +224,7 @@ pub async fn start_connector_with(
 ) -> Connector {
     let (id, key) = create_connector(app, name).await;
     let state = tempfile::tempdir().unwrap();
-    let out = register(app, &key, state.path());
+    let out = register(app, &key, state.path()).await;
     assert!(
         out.status.success(),
         "register failed: {}",
@@ -351,14 +356,24 @@ async fn v2_activation_creates_the_user_under_the_winning_mapping() {
         assert_eq!(c["quota_bytes"], 1000);
 
         let r = app
-            .admin_get(&format!("/api/v1/admin/users/{}", a["user_id"].as_str().unwrap()))
+            .admin_get(&format!(
+                "/api/v1/admin/users/{}",
+                a["user_id"].as_str().unwrap()
+            ))
             .await;
         let u: Value = r.json().await.unwrap();
-        let u = if u["user"].is_object() { u["user"].clone() } else { u };
+        let u = if u["user"].is_object() {
+            u["user"].clone()
+        } else {
+            u
+        };
         assert_eq!(u["email"], d.mail("alice"));
         assert_eq!(u["source"], "ldap");
         let ext = u["external_id"].as_str().unwrap();
-        assert!(uuid::Uuid::parse_str(ext).is_ok(), "external id {ext} is a UUID");
+        assert!(
+            uuid::Uuid::parse_str(ext).is_ok(),
+            "external id {ext} is a UUID"
+        );
 
         // The same device again: the same user and device, no new token use.
         let uses = token_uses(&app).await;
@@ -396,7 +411,12 @@ async fn v2_refusals_name_what_to_fix_and_write_nothing() {
         .await;
         let token = v2_token(&app).await;
         let cases = [
-            ("nobody-here", StatusCode::FORBIDDEN, "user_not_found", "nobody-here"),
+            (
+                "nobody-here",
+                StatusCode::FORBIDDEN,
+                "user_not_found",
+                "nobody-here",
+            ),
             ("frank", StatusCode::FORBIDDEN, "user_disabled", "disabled"),
             // alice is not in the Berlin OU: the closest mapping is named.
             ("alice", StatusCode::FORBIDDEN, "user_not_mapped", "berlin"),
@@ -417,9 +437,17 @@ async fn v2_refusals_name_what_to_fix_and_write_nothing() {
                    "storage_region": "eu"}),
         )
         .await;
-        let (s, c, body) = error_code(app.activate(&v2(&token, "REF-D", "dave", d.domain())).await).await;
-        assert_eq!((s, c.as_str()), (StatusCode::FORBIDDEN, "user_not_mapped"), "{body}");
-        assert!(body["error"]["message"].as_str().unwrap().contains("mail"), "{body}");
+        let (s, c, body) =
+            error_code(app.activate(&v2(&token, "REF-D", "dave", d.domain())).await).await;
+        assert_eq!(
+            (s, c.as_str()),
+            (StatusCode::FORBIDDEN, "user_not_mapped"),
+            "{body}"
+        );
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains("mail"),
+            "{body}"
+        );
         // With the UPN fall-back (AD users have a UPN), dave is let in.
         if d.kind == Kind::Ad {
             add_mapping(
@@ -429,7 +457,9 @@ async fn v2_refusals_name_what_to_fix_and_write_nothing() {
                        "filter": "(sAMAccountName=dave)"}),
             )
             .await;
-            let (_, v) = app.activate_ok(&v2(&token, "REF-D2", "dave", d.domain())).await;
+            let (_, v) = app
+                .activate_ok(&v2(&token, "REF-D2", "dave", d.domain()))
+                .await;
             assert_eq!(v["profile"], "upn");
             let users = app.list("/api/v1/admin/users").await;
             assert_eq!(users.len(), 1);
@@ -439,8 +469,11 @@ async fn v2_refusals_name_what_to_fix_and_write_nothing() {
         }
         // A login of another domain is not this directory's user.
         if d.kind == Kind::Ad {
-            let (_, c, _) =
-                error_code(app.activate(&v2(&token, "REF-X", "alice", Some("OTHERCORP"))).await).await;
+            let (_, c, _) = error_code(
+                app.activate(&v2(&token, "REF-X", "alice", Some("OTHERCORP")))
+                    .await,
+            )
+            .await;
             assert_eq!(c, "user_not_found");
         }
     })
@@ -452,19 +485,31 @@ async fn mappings_scope_by_ou_group_and_filter_in_priority_order() {
     both(|d| async move {
         let app = spawn_app().await;
         let _c = start_connector(&app, &d, "dc-1").await;
-        add_mapping(&app, json!({"name": "sales", "priority": 1, "base_dn": d.base,
-            "filter": d.department_filter("Sales"), "profile": "sales", "storage_region": "eu"})).await;
-        add_mapping(&app, json!({"name": "berlin", "priority": 2, "base_dn": d.base,
-            "ou": d.ou(&["Berlin", "People"]), "profile": "berlin", "storage_region": "eu"})).await;
+        add_mapping(
+            &app,
+            json!({"name": "sales", "priority": 1, "base_dn": d.base,
+            "filter": d.department_filter("Sales"), "profile": "sales", "storage_region": "eu"}),
+        )
+        .await;
+        add_mapping(
+            &app,
+            json!({"name": "berlin", "priority": 2, "base_dn": d.base,
+            "ou": d.ou(&["Berlin", "People"]), "profile": "berlin", "storage_region": "eu"}),
+        )
+        .await;
         // staff contains engineers, which contains backend, which contains alice: three levels.
-        add_mapping(&app, json!({"name": "staff", "priority": 3, "base_dn": d.base,
-            "group": d.group("staff"), "profile": "staff", "storage_region": "eu"})).await;
+        add_mapping(
+            &app,
+            json!({"name": "staff", "priority": 3, "base_dn": d.base,
+            "group": d.group("staff"), "profile": "staff", "storage_region": "eu"}),
+        )
+        .await;
         let token = v2_token(&app).await;
         let want = [
-            ("heidi", "sales"),    // Sales and Berlin: the lower priority number wins
+            ("heidi", "sales"), // Sales and Berlin: the lower priority number wins
             ("carol", "sales"),
-            ("alice", "staff"),    // nested three levels deep
-            ("jsmith", "staff"),   // a DN with an escaped comma, direct member
+            ("alice", "staff"),  // nested three levels deep
+            ("jsmith", "staff"), // a DN with an escaped comma, direct member
         ];
         for (i, (login, profile)) in want.iter().enumerate() {
             let (_, v) = app
@@ -473,7 +518,8 @@ async fn mappings_scope_by_ou_group_and_filter_in_priority_order() {
             assert_eq!(v["profile"], *profile, "{login}");
         }
         // zoe (Design) falls under none of them.
-        let (_, c, _) = error_code(app.activate(&v2(&token, "MAP-Z", "zoe", d.domain())).await).await;
+        let (_, c, _) =
+            error_code(app.activate(&v2(&token, "MAP-Z", "zoe", d.domain())).await).await;
         assert_eq!(c, "user_not_mapped");
     })
     .await;
@@ -486,11 +532,21 @@ async fn hostile_logins_never_match_more_than_one_user() {
     let _c = start_connector(&app, &d, "dc-1").await;
     map_everyone(&app, &d).await;
     let token = v2_token(&app).await;
-    for (i, login) in ["*", "*)(uid=*", "admin)(|(x=*", "alice)(uid=*", "al*", "\\", "alice\\"]
-        .iter()
-        .enumerate()
+    for (i, login) in [
+        "*",
+        "*)(uid=*",
+        "admin)(|(x=*",
+        "alice)(uid=*",
+        "al*",
+        "\\",
+        "alice\\",
+    ]
+    .iter()
+    .enumerate()
     {
-        let r = app.activate(&v2(&token, &format!("INJ-{i}"), login, None)).await;
+        let r = app
+            .activate(&v2(&token, &format!("INJ-{i}"), login, None))
+            .await;
         let (s, c, body) = error_code(r).await;
         assert!(
             c == "user_not_found" || (s == StatusCode::BAD_REQUEST && c == "invalid_request"),
@@ -501,7 +557,10 @@ async fn hostile_logins_never_match_more_than_one_user() {
     for login in ["alice\u{0}", long.as_str()] {
         let r = app.activate(&v2(&token, "INJ-X", login, None)).await;
         let (s, c, _) = error_code(r).await;
-        assert_eq!((s, c.as_str()), (StatusCode::BAD_REQUEST, "invalid_request"));
+        assert_eq!(
+            (s, c.as_str()),
+            (StatusCode::BAD_REQUEST, "invalid_request")
+        );
     }
     assert_eq!(counts(&app).await, (0, 0));
 }
@@ -514,7 +573,11 @@ async fn no_connector_is_503_and_nothing_is_written_unless_known_users_are_allow
     let token = v2_token(&app).await;
     // Never connected.
     let (s, c, body) = error_code(app.activate(&v2(&token, "OUT-1", "alice", None)).await).await;
-    assert_eq!((s, c.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "connector_unavailable"), "{body}");
+    assert_eq!(
+        (s, c.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "connector_unavailable"),
+        "{body}"
+    );
     assert_eq!(body["error"]["retryable"], true);
     assert_eq!(counts(&app).await, (0, 0));
     assert_eq!(token_uses(&app).await, 0);
@@ -523,10 +586,16 @@ async fn no_connector_is_503_and_nothing_is_written_unless_known_users_are_allow
     let conn = start_connector(&app, &d, "dc-1").await;
     let (_, first) = app.activate_ok(&v2(&token, "OUT-1", "alice", None)).await;
     drop(conn);
-    let id = app.list("/api/v1/admin/connectors").await[0]["id"].as_str().unwrap().to_string();
+    let id = app.list("/api/v1/admin/connectors").await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     wait_status(&app, &id, "disconnected").await;
     let (s, c, _) = error_code(app.activate(&v2(&token, "OUT-2", "alice", None)).await).await;
-    assert_eq!((s, c.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "connector_unavailable"));
+    assert_eq!(
+        (s, c.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "connector_unavailable")
+    );
     assert_eq!(counts(&app).await, (1, 1));
 
     let r = app
@@ -544,7 +613,8 @@ async fn no_connector_is_503_and_nothing_is_written_unless_known_users_are_allow
     // The audit trail says how it was let in.
     let acts = app.list("/api/v1/admin/activations").await;
     assert!(
-        acts.iter().any(|a| a["message"].as_str().is_some_and(|m| m.contains("outage"))),
+        acts.iter()
+            .any(|a| a["message"].as_str().is_some_and(|m| m.contains("outage"))),
         "{acts:?}"
     );
     // A user imd never saw is still refused.
@@ -578,7 +648,10 @@ async fn a_request_whose_connector_dies_fails_over_to_another() {
     assert_eq!(status, StatusCode::CREATED, "{v}");
     assert_eq!(counts(&app).await, (1, 1));
     wait_status(&app, &first.id, "disconnected").await;
-    assert_eq!(connector_status(&app, &second.id).await["status"], "connected");
+    assert_eq!(
+        connector_status(&app, &second.id).await["status"],
+        "connected"
+    );
 }
 
 #[tokio::test]
@@ -589,12 +662,19 @@ async fn a_domain_controller_down_means_the_next_url() {
     let _c = start_connector_with(&app, &d, "dc-1", Some(urls)).await;
     map_everyone(&app, &d).await;
     let token = v2_token(&app).await;
-    let (status, _) = app.activate_ok(&v2(&token, "DCDOWN", "bob", Some("EXAMPLE"))).await;
+    let (status, _) = app
+        .activate_ok(&v2(&token, "DCDOWN", "bob", Some("EXAMPLE")))
+        .await;
     assert_eq!(status, StatusCode::CREATED);
 }
 
 async fn post(app: &TestApp, path: &str, body: &Value) -> reqwest::Response {
-    app.client.post(app.url(path)).json(body).send().await.unwrap()
+    app.client
+        .post(app.url(path))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -666,10 +746,16 @@ async fn repeated_password_failures_are_rate_limited() {
     assert!(r.headers().get("retry-after").is_some());
     // Even the right password waits out the window for that login.
     let ok = json!({"organization": app.org_id, "login": "carol", "password": "Passw0rd!carol"});
-    assert_eq!(post(&app, "/api/v1/auth/ldap", &ok).await.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        post(&app, "/api/v1/auth/ldap", &ok).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
     // Another login from the same address is not locked out yet.
     let other = json!({"organization": app.org_id, "login": "bob", "password": "Passw0rd!bob"});
-    assert_eq!(post(&app, "/api/v1/auth/ldap", &other).await.status(), StatusCode::OK);
+    assert_eq!(
+        post(&app, "/api/v1/auth/ldap", &other).await.status(),
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -677,17 +763,25 @@ async fn the_admin_browses_the_directory_through_the_connector() {
     both(|d| async move {
         let app = spawn_app().await;
         let _c = start_connector(&app, &d, "dc-1").await;
-        let r = app.admin_get("/api/v1/admin/directory/naming-contexts").await;
+        let r = app
+            .admin_get("/api/v1/admin/directory/naming-contexts")
+            .await;
         assert_eq!(r.status(), StatusCode::OK);
         let v: Value = r.json().await.unwrap();
         let ncs = v["root_dse"]["naming_contexts"].as_array().unwrap();
         assert!(
-            ncs.iter().any(|n| n.as_str().unwrap().eq_ignore_ascii_case(&d.base)),
+            ncs.iter()
+                .any(|n| n.as_str().unwrap().eq_ignore_ascii_case(&d.base)),
             "{v}"
         );
         let base = urlencode(&d.base);
-        let ous = app.list(&format!("/api/v1/admin/directory/ous?base={base}")).await;
-        let names: Vec<String> = ous.iter().map(|o| o["name"].as_str().unwrap().to_lowercase()).collect();
+        let ous = app
+            .list(&format!("/api/v1/admin/directory/ous?base={base}"))
+            .await;
+        let names: Vec<String> = ous
+            .iter()
+            .map(|o| o["name"].as_str().unwrap().to_lowercase())
+            .collect();
         assert!(names.contains(&"people".to_string()), "{names:?}");
         // Groups page by page (limit 2) until the cursor runs out.
         let mut seen = Vec::new();
@@ -708,7 +802,11 @@ async fn the_admin_browses_the_directory_through_the_connector() {
             let v: Value = r.json().await.unwrap();
             let items = v["items"].as_array().unwrap();
             assert!(items.len() <= 2);
-            seen.extend(items.iter().map(|g| g["name"].as_str().unwrap().to_lowercase()));
+            seen.extend(
+                items
+                    .iter()
+                    .map(|g| g["name"].as_str().unwrap().to_lowercase()),
+            );
             match v["next_cursor"].as_str() {
                 Some(c) => cursor = Some(c.to_string()),
                 None => break,
@@ -726,10 +824,19 @@ async fn the_admin_browses_the_directory_through_the_connector() {
             .admin_get(&format!("/api/v1/admin/directory/groups?base={base}&q=eng"))
             .await;
         let v: Value = r.json().await.unwrap();
-        let names: Vec<&str> = v["items"].as_array().unwrap().iter().map(|g| g["name"].as_str().unwrap()).collect();
+        let names: Vec<&str> = v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["name"].as_str().unwrap())
+            .collect();
         assert_eq!(names, ["engineers"], "{v}");
         // A malformed base is refused before the directory is asked.
-        let (s, _, _) = error_code(app.admin_get("/api/v1/admin/directory/ous?base=not-a-dn").await).await;
+        let (s, _, _) = error_code(
+            app.admin_get("/api/v1/admin/directory/ous?base=not-a-dn")
+                .await,
+        )
+        .await;
         assert_eq!(s, StatusCode::BAD_REQUEST);
     })
     .await;
@@ -747,16 +854,22 @@ fn urlencode(s: &str) -> String {
 /// A raw channel attempt: the HTTP status and error code the upgrade was refused with.
 async fn raw_channel(app: &TestApp, credential: &str, protocol: &str) -> (u16, String) {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let url = format!("{}/api/v1/connectors/channel", app.addr.replacen("http", "ws", 1));
+    let url = format!(
+        "{}/api/v1/connectors/channel",
+        app.addr.replacen("http", "ws", 1)
+    );
     let mut req = url.into_client_request().unwrap();
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {credential}").parse().unwrap());
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {credential}").parse().unwrap(),
+    );
     req.headers_mut()
         .insert("x-imd-connector-protocol", protocol.parse().unwrap());
     match tokio_tungstenite::connect_async(req).await {
         Ok(_) => (101, String::new()),
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-            let body: Value = serde_json::from_slice(resp.body().as_deref().unwrap_or(b"{}")).unwrap();
+            let body: Value =
+                serde_json::from_slice(resp.body().as_deref().unwrap_or(b"{}")).unwrap();
             (
                 resp.status().as_u16(),
                 body["error"]["code"].as_str().unwrap_or("").to_string(),
@@ -771,8 +884,12 @@ async fn the_channel_checks_protocol_version_and_credential() {
     let app = spawn_app().await;
     let (_, key) = create_connector(&app, "dc-1").await;
     let state = tempfile::tempdir().unwrap();
-    let out = register(&app, &key, state.path());
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = register(&app, &key, state.path()).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let credential = std::fs::read_to_string(state.path().join("credential")).unwrap();
     assert_eq!(
         raw_channel(&app, &credential, "99").await,
@@ -784,7 +901,7 @@ async fn the_channel_checks_protocol_version_and_credential() {
     );
     assert_eq!(raw_channel(&app, credential.trim(), "1").await.0, 101);
     // The key was single use.
-    let again = register(&app, &key, tempfile::tempdir().unwrap().path());
+    let again = register(&app, &key, tempfile::tempdir().unwrap().path()).await;
     assert!(!again.status.success());
 }
 
@@ -795,7 +912,7 @@ async fn two_replicas_serve_activations_and_browsing_through_one_connector() {
         return;
     }
     let Some(d) = dir(Kind::OpenLdap) else { return };
-    let app = spawn_app().await;
+    let app = crate::helpers::spawn_app_with(&[("public_url", crate::replicas::PUBLIC_URL)]).await;
     let _c = start_connector(&app, &d, "dc-1").await;
     map_everyone(&app, &d).await;
     let token = v2_token(&app).await;
@@ -812,7 +929,10 @@ async fn two_replicas_serve_activations_and_browsing_through_one_connector() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(status, StatusCode::CREATED, "{v}");
     let r = client
-        .get(format!("{}/api/v1/admin/directory/naming-contexts", other.base))
+        .get(format!(
+            "{}/api/v1/admin/directory/naming-contexts",
+            other.base
+        ))
         .bearer_auth(&app.admin_key)
         .send()
         .await

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{HEADER, TestApp, activation, on_postgres, spawn_app_with};
 
-const PUBLIC_URL: &str = "https://imd.replicas.test";
+pub const PUBLIC_URL: &str = "https://imd.replicas.test";
 
 /// A replica: `imd serve` on the test's database and data directory (so the same master key).
 pub struct Replica {

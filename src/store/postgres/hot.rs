@@ -656,7 +656,11 @@ impl WriteTx for PgTx {
             .bind(u.quota_bytes)
             .bind(now)
             .bind(u.attrs.and_then(|a| a.login.as_deref()))
-            .bind(u.attrs.and_then(|a| a.login.as_deref()).map(crate::store::login_norm))
+            .bind(
+                u.attrs
+                    .and_then(|a| a.login.as_deref())
+                    .map(crate::store::login_norm),
+            )
             .bind(u.attrs.and_then(|a| a.upn.as_deref()))
             .bind(u.attrs.and_then(|a| a.dn.as_deref()))
             .bind(u.attrs.and_then(|a| a.department.as_deref()))

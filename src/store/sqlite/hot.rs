@@ -332,7 +332,8 @@ pub fn insert_user(c: &Connection, u: &NewUser<'_>, now: i64) -> Result<Option<U
             u.quota_bytes,
             now,
             a.and_then(|a| a.login.as_deref()),
-            a.and_then(|a| a.login.as_deref()).map(crate::store::login_norm),
+            a.and_then(|a| a.login.as_deref())
+                .map(crate::store::login_norm),
             a.and_then(|a| a.upn.as_deref()),
             a.and_then(|a| a.dn.as_deref()),
             a.and_then(|a| a.department.as_deref()),
