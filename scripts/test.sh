@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine with the Rust toolchain: installs what the
-# build needs, checks formatting and lints, then runs every test (unit, CLI and the HTTP
-# integration tests, which start the real server on random loopback ports) twice: on SQLite,
-# then on PostgreSQL (a throwaway cluster from scripts/pg-cluster.sh; the harness creates one
-# database per test in it through TEST_PG_URL). Both runs must pass.
+# build needs, checks formatting and lints, starts the test directories (OpenLDAP slapd and a
+# Samba AD DC on 127.0.0.1, from Debian's packages: scripts/directories.sh), then runs every
+# test (unit, CLI and the HTTP integration tests, which start the real server on random
+# loopback ports and real `imd connector` processes) twice: on SQLite, then on PostgreSQL (a
+# throwaway cluster from scripts/pg-cluster.sh; the harness creates one database per test in
+# it through TEST_PG_URL). Both runs must pass.
 #
 #   TEST_BACKENDS=sqlite     only the SQLite run
 #   TEST_BACKENDS=postgres   only the PostgreSQL run
@@ -51,6 +53,21 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 failed=()
 
+# One pair of directory servers for the whole suite; stopped by PID on exit.
+dir_state=$(mktemp -d)
+pg_dir=""
+cleanup() {
+    bash scripts/directories.sh stop "$dir_state" >/dev/null 2>&1 || true
+    if [ -n "$pg_dir" ]; then bash scripts/pg-cluster.sh stop "$pg_dir" || true; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+echo "== starting the test directories (slapd, Samba AD DC) =="
+eval "$(bash scripts/directories.sh start "$dir_state")"
+# Directory tests fail, rather than skip, when the servers are missing.
+export REQUIRE_DIRECTORIES=1
+
 if $run_sqlite; then
     echo "== tests on SQLite =="
     # Without TEST_PG_URL the harness uses SQLite; do not inherit one from the caller.
@@ -59,12 +76,8 @@ fi
 
 if $run_postgres; then
     echo "== tests on PostgreSQL =="
+    # Set before the start, so a half-started cluster is cleaned up by the EXIT trap too.
     pg_dir=$(mktemp -d)
-    # Registered before the start, so a half-started cluster is cleaned up too. INT/TERM exit
-    # through the EXIT trap as well.
-    trap 'bash scripts/pg-cluster.sh stop "$pg_dir" || true' EXIT
-    trap 'exit 130' INT
-    trap 'exit 143' TERM
     TEST_PG_URL=$(bash scripts/pg-cluster.sh start "$pg_dir")
     export TEST_PG_URL
     echo "PostgreSQL test cluster: $TEST_PG_URL (in $pg_dir)"
