@@ -795,7 +795,9 @@ impl Directory {
                 ));
             }
         };
-        if value.is_empty() || value.len() > MAX_NAME_LEN {
+        // Servers compare C strings: "alice\0" would match alice. No control character is part
+        // of a real login or UPN.
+        if value.is_empty() || value.len() > MAX_NAME_LEN || value.chars().any(char::is_control) {
             return Ok(None);
         }
         if q.upn.is_none() {

@@ -6,6 +6,7 @@ mod admin;
 mod client;
 mod concurrency;
 mod device_maps;
+mod directory;
 mod helpers;
 mod replicas;
 mod resolvers;
