@@ -4,6 +4,7 @@
 //! host. Nothing here imports the service's layers: the wire types in `proto` are the only
 //! thing both sides share.
 
+pub mod cli;
 pub mod config;
 pub mod directory;
 pub mod escape;
