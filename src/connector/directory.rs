@@ -802,9 +802,10 @@ impl Directory {
         }
         if q.upn.is_none()
             && let Some(d) = q.domain.as_deref().filter(|d| !d.is_empty())
-                && !self.domain_ok(d).await? {
-                    return Ok(None);
-                }
+            && !self.domain_ok(d).await?
+        {
+            return Ok(None);
+        }
         let filter = format!(
             "(&{}({attr}={}))",
             self.user_class_filter(),
@@ -980,9 +981,9 @@ impl Inner {
                 .iter()
                 .min_by_key(|(_, c)| c.last_used)
                 .map(|(k, _)| k.clone())
-            {
-                map.remove(&oldest);
-            }
+        {
+            map.remove(&oldest);
+        }
         map.insert(id.clone(), cur);
         id
     }
