@@ -61,13 +61,13 @@ start() {
   cat <<EOT
 export TEST_OPENLDAP_URL=ldap://127.0.0.1:$LDAP_PORT
 export TEST_OPENLDAPS_URL=ldaps://127.0.0.1:$LDAPS_PORT
-export TEST_OPENLDAP_CA=$LDAP_DIR/certs/server.crt
+export TEST_OPENLDAP_CA=$LDAP_DIR/certs/ca.crt
 export TEST_OPENLDAP_BIND_DN=cn=imd-reader,ou=service,dc=example,dc=com
 export TEST_OPENLDAP_BIND_PASSWORD='Reader!Pass1'
 export TEST_OPENLDAP_BASE=dc=example,dc=com
 export TEST_SAMBA_URL=ldap://127.0.0.1:389
 export TEST_SAMBA_LDAPS_URL=ldaps://127.0.0.1:636
-export TEST_SAMBA_CA=$SAMBA_DIR/certs/server.crt
+export TEST_SAMBA_CA=$SAMBA_DIR/certs/ca.crt
 export TEST_SAMBA_BIND_DN='CN=imd-reader,OU=Service,DC=example,DC=test'
 export TEST_SAMBA_BIND_PASSWORD='Reader!Pass1'
 export TEST_SAMBA_BASE=DC=example,DC=test

@@ -7,6 +7,7 @@ mod client;
 mod concurrency;
 mod connectors;
 mod device_maps;
+mod directory;
 mod helpers;
 mod imd_v2;
 mod ldap_mappings;

@@ -11,12 +11,7 @@ TLSPORT=${LDAPS_PORT:-3636}
 BULK=${BULK_USERS:-1200}
 mkdir -p "$DIR/run" "$DIR/certs"
 rm -rf "$DIR/data"; mkdir -p "$DIR/data"
-if [ ! -f "$DIR/certs/server.crt" ]; then
-  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 \
-    -keyout "$DIR/certs/server.key" -out "$DIR/certs/server.crt" \
-    -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" 2>/dev/null
-  chmod 600 "$DIR/certs/server.key"
-fi
+sh "$SRC/../mkcert.sh" "$DIR/certs" "DNS:localhost,IP:127.0.0.1"
 sed -e "s#@LDAP_DIR@#$DIR#g" -e "s#@SRC@#$SRC#g" "$SRC/slapd.conf.in" > "$DIR/run/slapd.conf"
 # -d 0 keeps slapd in the foreground, so $! is the real PID
 slapd -d 0 -h "ldap://127.0.0.1:$PORT/ ldaps://127.0.0.1:$TLSPORT/" \

@@ -6,11 +6,7 @@ DIR=${SAMBA_DIR:-$SRC}
 ADMINPASS=${SAMBA_ADMINPASS:-Passw0rd!Lab}
 rm -rf "$DIR/state"
 mkdir -p "$DIR/certs"
-if [ ! -f "$DIR/certs/server.crt" ]; then
-  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 \
-    -keyout "$DIR/certs/server.key" -out "$DIR/certs/server.crt" -subj /CN=localhost \
-    -addext "subjectAltName=DNS:localhost,DNS:dc1.example.test,DNS:example.test,IP:127.0.0.1" 2>/dev/null
-fi
+sh "$SRC/../mkcert.sh" "$DIR/certs" "DNS:localhost,DNS:dc1.example.test,DNS:example.test,IP:127.0.0.1"
 # samba refuses a group/world-readable key
 chmod 600 "$DIR/certs/server.key"
 samba-tool domain provision --targetdir="$DIR/state" \

@@ -14,7 +14,7 @@ i=0
 until ldapsearch -x -H ldap://127.0.0.1:389/ -b "" -s base defaultNamingContext >/dev/null 2>&1; do
   i=$((i+1)); [ $i -lt 300 ] || { cat "$DIR/state/log/samba.out" >&2; exit 1; }; sleep 0.1
 done
-export LDAPTLS_CACERT="$DIR/certs/server.crt"
+export LDAPTLS_CACERT="$DIR/certs/ca.crt"
 # fixtures are loaded once per provisioned state (a restart keeps them)
 if [ ! -f "$DIR/state/fixtures.loaded" ]; then
 ldapmodify -a -x -H ldaps://127.0.0.1:636 -D Administrator@EXAMPLE.TEST -w "$ADMINPASS" \
