@@ -278,6 +278,7 @@ impl Activator {
     /// A manual activation with directory credentials instead of a token: bind as the user,
     /// then the same pipeline as a v2 activation.
     #[tracing::instrument(skip_all, fields(org_id = %org.id))]
+    #[allow(clippy::too_many_arguments)]
     pub async fn activate_with_password(
         &self,
         org: &OrgRow,

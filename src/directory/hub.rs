@@ -154,6 +154,7 @@ pub struct ForwardRequest {
     pub op: Operation,
 }
 
+#[allow(clippy::large_enum_variant)] // one per forwarded call, serialized at once
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum ForwardResponse {
@@ -173,7 +174,7 @@ const FORWARD_SKEW_SECS: i64 = 60;
 
 enum Target {
     Local(Arc<Link>),
-    Remote(ConnectorSessionRow),
+    Remote(Box<ConnectorSessionRow>),
 }
 
 pub struct Hub {
@@ -323,9 +324,11 @@ impl Hub {
             .filter(|s| !s.forward_url.is_empty())
             .min_by_key(|s| (Some(s.connector_id.as_str()) != prefer, s.in_flight));
         Ok(match (remote, local) {
-            (Some(r), _) if prefer == Some(r.connector_id.as_str()) => Some(Target::Remote(r)),
+            (Some(r), _) if prefer == Some(r.connector_id.as_str()) => {
+                Some(Target::Remote(Box::new(r)))
+            }
             (_, Some(l)) => Some(Target::Local(l)),
-            (r, None) => r.map(Target::Remote),
+            (r, None) => r.map(|r| Target::Remote(Box::new(r))),
         })
     }
 

@@ -82,6 +82,7 @@ pub struct Assignment {
 
 /// What the network phase hands to the in-transaction phase.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // one per activation, moved into its job once
 pub enum Prepared {
     /// No network phase (v4).
     Nothing,

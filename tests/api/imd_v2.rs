@@ -151,7 +151,8 @@ impl Dir {
 pub struct Connector {
     pub id: String,
     pub child: Child,
-    pub state: tempfile::TempDir,
+    /// Holds the state directory as long as the process runs.
+    pub _state: tempfile::TempDir,
 }
 
 impl Drop for Connector {
@@ -244,7 +245,11 @@ pub async fn start_connector_with(
         })
         .spawn()
         .unwrap();
-    let c = Connector { id, child, state };
+    let c = Connector {
+        id,
+        child,
+        _state: state,
+    };
     wait_status(app, &c.id, "connected").await;
     c
 }
@@ -681,7 +686,8 @@ async fn post(app: &TestApp, path: &str, body: &Value) -> reqwest::Response {
 async fn password_activation_and_web_login_bind_as_the_user() {
     both(|d| async move {
         let app = spawn_app().await;
-        let _c = start_connector(&app, &d, "dc-1").await;
+        // Passwords travel over LDAPS here (StartTLS elsewhere).
+        let _c = start_connector_with(&app, &d, "dc-1", Some(vec![d.ldaps_url.clone()])).await;
         map_everyone(&app, &d).await;
         let org = app.org_id.clone();
         let login = |user: &str, pw: &str| {
