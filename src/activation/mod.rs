@@ -242,13 +242,11 @@ impl Activator {
     /// Enables IMD v2 (and password activation / web login) with this resolver.
     pub fn with_ldap(mut self, ldap: Arc<LdapResolver>) -> Self {
         let permits = Arc::new(Semaphore::new(self.network_budget.max_in_flight.max(1)));
-        self.resolvers.insert(
-            ImdVersion::V2,
-            Slot {
-                resolver: ldap.clone(),
-                permits: Some((self.network_budget, permits)),
-            },
-        );
+        // A v2 resolver given explicitly (tests plug in their own) takes precedence.
+        self.resolvers.entry(ImdVersion::V2).or_insert(Slot {
+            resolver: ldap.clone(),
+            permits: Some((self.network_budget, permits)),
+        });
         self.ldap = Some(ldap);
         self
     }
