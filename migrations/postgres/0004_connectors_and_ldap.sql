@@ -76,6 +76,7 @@ CREATE UNIQUE INDEX ldap_mappings_org_priority ON ldap_mappings(org_id, priority
 CREATE UNIQUE INDEX ldap_mappings_org_name ON ldap_mappings(org_id, name);
 
 -- Directory attributes of users, written at activation time.
+ALTER TABLE users ADD COLUMN display_name TEXT;
 ALTER TABLE users ADD COLUMN login TEXT;
 ALTER TABLE users ADD COLUMN login_norm TEXT;
 ALTER TABLE users ADD COLUMN upn TEXT;

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DirectoryAttrs {
+    pub display_name: Option<String>,
     pub login: Option<String>,
     pub upn: Option<String>,
     pub dn: Option<String>,

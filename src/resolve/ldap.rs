@@ -426,6 +426,7 @@ fn finish(user: &DirUser, m: &LdapMappingRow) -> Result<Decision, ResolveError> 
             user_name,
             enabled: user.enabled,
             attrs: Some(DirectoryAttrs {
+                display_name: user.name.clone(),
                 login: user.login.clone(),
                 upn: user.upn.clone(),
                 dn: Some(user.dn.clone()),

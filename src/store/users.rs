@@ -22,6 +22,23 @@ pub struct UserRow {
     pub created_at: i64,
     #[serde(serialize_with = "crate::clock::ser::ts")]
     pub updated_at: i64,
+    /// Directory attributes (v2 users), as imported at activation.
+    pub display_name: Option<String>,
+    pub login: Option<String>,
+    pub upn: Option<String>,
+    pub dn: Option<String>,
+    pub department: Option<String>,
+    pub country: Option<String>,
+    /// Group DNs, stored as a JSON array.
+    #[serde(serialize_with = "groups_array")]
+    pub groups: Option<String>,
+    pub mapping_id: Option<String>,
+}
+
+fn groups_array<S: serde::Serializer>(g: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    use serde::Serialize;
+    let v: Option<Vec<String>> = g.as_deref().and_then(|g| serde_json::from_str(g).ok());
+    v.serialize(s)
 }
 
 /// Where a user is in its lifecycle.

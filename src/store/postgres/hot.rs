@@ -633,10 +633,10 @@ impl WriteTx for PgTx {
                 "WITH ins AS (
                    INSERT INTO users (id, org_id, email, email_norm, user_name, external_id, source,
                                       profile, storage_region, quota_bytes, created_at, updated_at,
-                                      login, login_norm, upn, dn, department, country, groups,
-                                      mapping_id)
+                                      login, login_norm, upn, dn, department, country, \"groups\",
+                                      mapping_id, display_name)
                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13, $14, $15,
-                           $16, $17, $18, $19)
+                           $16, $17, $18, $19, $20)
                    ON CONFLICT DO NOTHING RETURNING *)
                  SELECT *, TRUE AS created FROM ins
                  UNION ALL
@@ -667,6 +667,7 @@ impl WriteTx for PgTx {
             .bind(u.attrs.and_then(|a| a.country.as_deref()))
             .bind(u.attrs.map(|a| crate::store::groups_json(&a.groups)))
             .bind(u.mapping_id)
+            .bind(u.attrs.and_then(|a| a.display_name.as_deref()))
             .fetch_optional(self.conn())
             .await?;
             if let Some(r) = row {

@@ -26,7 +26,7 @@ macro_rules! token_cols {
 }
 macro_rules! user_cols {
     () => {
-        "id, org_id, email, email_norm, user_name, external_id, source, profile, storage_region, quota_bytes, status, created_at, updated_at"
+        "id, org_id, email, email_norm, user_name, external_id, source, profile, storage_region, quota_bytes, status, created_at, updated_at, display_name, login, upn, dn, department, country, \"groups\", mapping_id"
     };
 }
 macro_rules! device_cols {
@@ -90,6 +90,14 @@ fn user_row(r: &Row<'_>) -> rusqlite::Result<UserRow> {
         status: r.get(10)?,
         created_at: r.get(11)?,
         updated_at: r.get(12)?,
+        display_name: r.get(13)?,
+        login: r.get(14)?,
+        upn: r.get(15)?,
+        dn: r.get(16)?,
+        department: r.get(17)?,
+        country: r.get(18)?,
+        groups: r.get(19)?,
+        mapping_id: r.get(20)?,
     })
 }
 
@@ -311,9 +319,9 @@ pub fn insert_user(c: &Connection, u: &NewUser<'_>, now: i64) -> Result<Option<U
     Ok(c.prepare_cached(concat!(
         "INSERT INTO users (id, org_id, email, email_norm, user_name, external_id, source, profile,
                             storage_region, quota_bytes, created_at, updated_at, login, login_norm,
-                            upn, dn, department, country, groups, mapping_id)
+                            upn, dn, department, country, \"groups\", mapping_id, display_name)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                 ?18, ?19)
+                 ?18, ?19, ?20)
          ON CONFLICT DO NOTHING
          RETURNING ",
         user_cols!()
@@ -340,6 +348,7 @@ pub fn insert_user(c: &Connection, u: &NewUser<'_>, now: i64) -> Result<Option<U
             a.and_then(|a| a.country.as_deref()),
             a.map(|a| crate::store::groups_json(&a.groups)),
             u.mapping_id,
+            a.and_then(|a| a.display_name.as_deref()),
         ],
         user_row,
     )
