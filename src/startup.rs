@@ -148,6 +148,12 @@ fn forward_url(settings: &Settings, addr: SocketAddr) -> String {
         "http"
     };
     let ip = if addr.ip().is_unspecified() {
+        if settings.database_url().starts_with("postgres") {
+            tracing::warn!(
+                "listening on {addr} without connectors.forward_url: other replicas will try \
+                 127.0.0.1 to reach connectors held here; set connectors.forward_url"
+            );
+        }
         std::net::IpAddr::from([127, 0, 0, 1])
     } else {
         addr.ip()

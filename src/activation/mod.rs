@@ -892,11 +892,8 @@ async fn ensure_user(
             return Ok((u, false));
         }
         if let Some((u, created)) = tx.user_by_email_or_insert(&new, now).await? {
-            if !created
-                && let Some(ext) = &spec.external_id
-                && u.external_id.is_none()
-            {
-                tx.link_external_id(&u.id, ext, now).await?;
+            if !created && spec.external_id.is_some() && u.external_id.is_none() {
+                tx.link_external_id(&u.id, &new, now).await?;
             }
             return Ok((u, created));
         }

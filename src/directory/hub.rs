@@ -358,7 +358,16 @@ impl Hub {
         // The first attempt, and one more on another connector if the first one dropped.
         for attempt in 0..2 {
             let Some(target) = self.pick(org_id, &exclude, prefer).await? else {
-                return Err(CallError::Unavailable(if attempt == 0 {
+                let busy = self.links.lock().unwrap().get(org_id).is_some_and(|l| {
+                    l.iter()
+                        .any(|l| !l.is_closed() && l.in_flight() >= self.settings.max_in_flight)
+                });
+                return Err(CallError::Unavailable(if busy {
+                    format!(
+                        "every connected connector already has {} requests in flight",
+                        self.settings.max_in_flight
+                    )
+                } else if attempt == 0 {
                     "no connector of this organization is connected".into()
                 } else {
                     "the connector handling the request disconnected and no other connector is connected".into()
@@ -428,7 +437,7 @@ impl Hub {
             .body(body);
         let resp = match req.send().await {
             Ok(r) => r,
-            Err(e) if e.is_timeout() => return Err(AttemptError::Timeout),
+            Err(e) if e.is_timeout() && !e.is_connect() => return Err(AttemptError::Timeout),
             Err(e) => {
                 tracing::warn!(replica = %s.replica_id, error = %e, "replica holding the connector unreachable");
                 return Err(AttemptError::Dropped);

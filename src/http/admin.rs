@@ -449,6 +449,11 @@ pub async fn rotate_token(
     id: web::Path<String>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
+    if id.as_str() == crate::activation::password_token_id(&auth.org_id) {
+        return Err(ApiError::invalid(
+            "the password-activation token is never signed; revoke it to turn password activation off",
+        ));
+    }
     let now = state.clock.now();
     // The body is optional; when present it must be valid.
     let req: RotateRequest = if body.iter().all(u8::is_ascii_whitespace) {
@@ -505,6 +510,11 @@ pub async fn token_bundle(
     q: web::Query<BundleQuery>,
 ) -> Result<HttpResponse, ApiError> {
     use imd_tokens::bundle::{self, BundleError, BundleOptions};
+    if id.as_str() == crate::activation::password_token_id(&auth.org_id) {
+        return Err(ApiError::invalid(
+            "the password-activation token is never signed; revoke it to turn password activation off",
+        ));
+    }
     let now = state.clock.now();
     let row = state
         .store

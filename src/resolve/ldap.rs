@@ -107,10 +107,57 @@ impl LoginName {
 
 type SharedLookup = Shared<BoxFuture<'static, Result<OpResult, CallError>>>;
 
+/// Concurrent identical look-ups share one: the first caller's future runs, later callers with
+/// the same key wait for its answer; the entry goes when the answer is in.
+#[derive(Default)]
+pub struct Coalescer {
+    inflight: Arc<Mutex<HashMap<String, (Instant, SharedLookup)>>>,
+}
+
+impl Coalescer {
+    /// `deadline` is the look-up's own: an entry whose callers all gave up (and so left it
+    /// unfinished) is replaced once its deadline has passed.
+    pub async fn run<F>(
+        &self,
+        key: String,
+        deadline: Instant,
+        start: F,
+    ) -> Result<OpResult, CallError>
+    where
+        F: FnOnce() -> BoxFuture<'static, Result<OpResult, CallError>>,
+    {
+        let fut = {
+            let mut map = self.inflight.lock().unwrap();
+            let now = Instant::now();
+            match map.get(&key).filter(|(d, _)| *d > now) {
+                Some((_, f)) => f.clone(),
+                None => {
+                    let (map2, key2) = (self.inflight.clone(), key.clone());
+                    let inner = start();
+                    let f: BoxFuture<'static, Result<OpResult, CallError>> = Box::pin(async move {
+                        let r = inner.await;
+                        map2.lock().unwrap().remove(&key2);
+                        r
+                    });
+                    let f = f.shared();
+                    map.insert(key, (deadline, f.clone()));
+                    f
+                }
+            }
+        };
+        fut.await
+    }
+
+    /// Look-ups in flight (tests).
+    pub fn in_flight(&self) -> usize {
+        self.inflight.lock().unwrap().len()
+    }
+}
+
 pub struct LdapResolver {
     hub: Arc<Hub>,
     store: Store,
-    inflight: Arc<Mutex<HashMap<String, SharedLookup>>>,
+    lookups: Coalescer,
 }
 
 /// The outcome of checking a directory user against the mappings.
@@ -125,7 +172,7 @@ impl LdapResolver {
         LdapResolver {
             hub,
             store,
-            inflight: Arc::default(),
+            lookups: Coalescer::default(),
         }
     }
 
@@ -139,32 +186,19 @@ impl LdapResolver {
         deadline: Instant,
     ) -> Result<OpResult, CallError> {
         let key = format!("{org_id}\u{2}{}\u{2}{}", name.key(), filters.join("\u{3}"));
-        let fut = {
-            let mut map = self.inflight.lock().unwrap();
-            match map.get(&key) {
-                Some(f) => f.clone(),
-                None => {
-                    let hub = self.hub.clone();
-                    let op = Operation::LookupUser {
-                        login: name.login.clone(),
-                        domain: name.domain.clone(),
-                        upn: name.upn.clone(),
-                        filters,
-                    };
-                    let org = org_id.to_string();
-                    let (map2, key2) = (self.inflight.clone(), key.clone());
-                    let f: BoxFuture<'static, Result<OpResult, CallError>> = Box::pin(async move {
-                        let r = hub.call(&org, op, deadline).await;
-                        map2.lock().unwrap().remove(&key2);
-                        r
-                    });
-                    let f = f.shared();
-                    map.insert(key, f.clone());
-                    f
-                }
-            }
+        let hub = self.hub.clone();
+        let op = Operation::LookupUser {
+            login: name.login.clone(),
+            domain: name.domain.clone(),
+            upn: name.upn.clone(),
+            filters,
         };
-        fut.await
+        let org = org_id.to_string();
+        self.lookups
+            .run(key, deadline, move || {
+                Box::pin(async move { hub.call(&org, op, deadline).await })
+            })
+            .await
     }
 
     /// Finds the user in the directory and decides its mapping (the network phase of v2
@@ -462,9 +496,12 @@ impl Resolver for LdapResolver {
             let u = &ctx.request.user;
             let name = LoginName::parse(u.login.as_deref(), u.domain.as_deref(), u.upn.as_deref())
                 .map_err(ResolveError::InvalidRequest)?;
-            let deadline = ctx
-                .deadline
-                .min(Instant::now() + self.hub.settings().request_timeout);
+            // Leave part of the pipeline's budget for the outage fall-back (a read of the stored
+            // user): the connector's deadline ends a fifth (at most 500 ms) earlier.
+            let budget = ctx.deadline.saturating_duration_since(Instant::now());
+            let reserve = (budget / 5).min(std::time::Duration::from_millis(500));
+            let deadline =
+                (ctx.deadline - reserve).min(Instant::now() + self.hub.settings().request_timeout);
             match self.find(ctx.org, &name, deadline).await {
                 Ok(d) => Ok(Prepared::User(d.user)),
                 Err(ResolveError::ConnectorUnavailable(why))
@@ -497,5 +534,75 @@ impl Resolver for LdapResolver {
                 )),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn concurrent_identical_lookups_share_one_round_trip() {
+        let c = Arc::new(Coalescer::default());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let mut tasks = Vec::new();
+        for i in 0..20 {
+            let (c, calls, gate) = (c.clone(), calls.clone(), gate.clone());
+            // Two distinct users: 10 requests each.
+            let key = format!("org\u{2}user{}", i % 2);
+            tasks.push(tokio::spawn(async move {
+                let deadline = Instant::now() + std::time::Duration::from_secs(5);
+                c.run(key, deadline, move || {
+                    Box::pin(async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        gate.notified().await;
+                        Ok(OpResult::User { user: None })
+                    })
+                })
+                .await
+            }));
+        }
+        while c.in_flight() < 2 {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        gate.notify_waiters();
+        for t in tasks {
+            assert!(matches!(
+                t.await.unwrap(),
+                Ok(OpResult::User { user: None })
+            ));
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "one round trip per user");
+        assert_eq!(c.in_flight(), 0, "entries go once answered");
+        // A later look-up asks again (no caching of answers).
+        let again = c
+            .run(
+                "org\u{2}user0".into(),
+                Instant::now() + std::time::Duration::from_secs(1),
+                || Box::pin(async { Ok(OpResult::User { user: None }) }),
+            )
+            .await;
+        assert!(again.is_ok());
+    }
+
+    #[test]
+    fn login_forms_parse_into_login_domain_and_upn() {
+        let n = LoginName::parse(Some("CORP\\jdoe"), None, None).unwrap();
+        assert_eq!(
+            (n.login.as_deref(), n.domain.as_deref()),
+            (Some("jdoe"), Some("CORP"))
+        );
+        let n = LoginName::parse(Some("jdoe@corp.example.com"), None, None).unwrap();
+        assert_eq!(n.upn.as_deref(), Some("jdoe@corp.example.com"));
+        assert!(n.login.is_none());
+        assert!(LoginName::parse(None, Some("CORP"), None).is_err());
+        assert!(LoginName::parse(Some("a\u{0}b"), None, None).is_err());
+        assert!(LoginName::parse(Some(&"x".repeat(300)), None, None).is_err());
+        assert!(LoginName::parse(Some("\\jdoe"), None, None).is_err());
     }
 }

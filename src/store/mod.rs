@@ -229,10 +229,13 @@ pub trait WriteTx: Send {
         external_id: &'a str,
     ) -> TxFuture<'a, Option<UserRow>>;
     /// Records the directory's immutable id on a user found by email.
+    /// Makes an existing user (found by email, no directory id yet) this directory user: its
+    /// `source`, external id and directory attributes become those of `u`; the rest (profile,
+    /// storage, quota) stays.
     fn link_external_id<'a>(
         &'a mut self,
         user_id: &'a str,
-        external_id: &'a str,
+        u: &'a NewUser<'a>,
         now: i64,
     ) -> TxFuture<'a, ()>;
     /// The pending mapping for these identifiers: serial, then UUID, then hostname.

@@ -954,3 +954,163 @@ async fn two_replicas_serve_activations_and_browsing_through_one_connector() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["items"][0]["status"], "connected", "{v}");
 }
+
+#[tokio::test]
+async fn a_connector_that_missed_its_heartbeats_comes_back_by_itself() {
+    let Some(d) = dir(Kind::OpenLdap) else { return };
+    let app = crate::helpers::spawn_app_with(&[
+        ("connectors.heartbeat_interval_secs", "1"),
+        ("connectors.heartbeat_window_secs", "3"),
+    ])
+    .await;
+    let c = start_connector(&app, &d, "dc-1").await;
+    map_everyone(&app, &d).await;
+    let token = v2_token(&app).await;
+    // Frozen past the heartbeat window: the service gives up on the channel.
+    c.signal("-STOP");
+    wait_status(&app, &c.id, "disconnected").await;
+    let (_, code, _) = error_code(app.activate(&v2(&token, "HB-1", "alice", None)).await).await;
+    assert_eq!(code, "connector_unavailable");
+    // Thawed, it notices the closed channel and reconnects without anyone's help.
+    c.signal("-CONT");
+    wait_status(&app, &c.id, "connected").await;
+    let (status, _) = app.activate_ok(&v2(&token, "HB-1", "alice", None)).await;
+    assert_eq!(status, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn limits_have_clear_errors() {
+    let Some(d) = dir(Kind::OpenLdap) else { return };
+    let app = crate::helpers::spawn_app_with(&[
+        ("connectors.max_response_bytes", "2000"),
+        ("connectors.request_timeout_ms", "1000"),
+    ])
+    .await;
+    let c = start_connector(&app, &d, "dc-1").await;
+    // An answer larger than the limit is refused by the connector itself, with the size.
+    let r = app
+        .admin_get(&format!(
+            "/api/v1/admin/directory/groups?base={}&limit=500",
+            urlencode(&d.base)
+        ))
+        .await;
+    let (s, code, body) = error_code(r).await;
+    assert_eq!(
+        (s, code.as_str()),
+        (StatusCode::BAD_GATEWAY, "directory_error"),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("2000"),
+        "{body}"
+    );
+    // A connector that does not answer within the deadline: 503, retryable.
+    c.signal("-STOP");
+    let started = std::time::Instant::now();
+    let r = app
+        .admin_get("/api/v1/admin/directory/naming-contexts")
+        .await;
+    let (s, code, body) = error_code(r).await;
+    assert_eq!(
+        (s, code.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "connector_unavailable"),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("deadline"),
+        "{body}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    c.signal("-CONT");
+}
+
+#[tokio::test]
+async fn a_classroom_of_laptops_for_one_user_activates_together() {
+    let Some(d) = dir(Kind::OpenLdap) else { return };
+    let app = spawn_app().await;
+    let _c = start_connector(&app, &d, "dc-1").await;
+    map_everyone(&app, &d).await;
+    let token = v2_token(&app).await;
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let client = app.client.clone();
+        let url = app.url("/api/v1/activations");
+        let body = v2(&token, &format!("CLASS-{i}"), "bob", None);
+        tasks.push(tokio::spawn(async move {
+            client.post(url).json(&body).send().await.unwrap().status()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::CREATED);
+    }
+    assert_eq!(counts(&app).await, (1, 24));
+}
+
+#[tokio::test]
+async fn an_existing_user_with_the_same_email_is_linked_not_duplicated() {
+    let Some(d) = dir(Kind::OpenLdap) else { return };
+    let app = spawn_app().await;
+    let _c = start_connector(&app, &d, "dc-1").await;
+    map_everyone(&app, &d).await;
+    // alice first arrives through the device map (no directory id).
+    app.map(&format!(
+        "{}alice@example.com,alice,WS-MAP,serial-number,LINK-1,,\n",
+        crate::helpers::HEADER
+    ))
+    .await;
+    let v4 = app.token().await;
+    let (_, first) = app
+        .activate_ok(&json!({"token": v4, "device": {"serial": "LINK-1"},
+                              "user": {"login": "alice", "email": "alice@example.com"}}))
+        .await;
+    let token = v2_token(&app).await;
+    let (_, second) = app.activate_ok(&v2(&token, "LINK-2", "alice", None)).await;
+    assert_eq!(second["user_id"], first["user_id"]);
+    assert_eq!(second["user_created"], false);
+    let users = app.list("/api/v1/admin/users").await;
+    assert_eq!(users.len(), 1);
+    assert_eq!(users[0]["source"], "ldap");
+    assert!(users[0]["external_id"].is_string());
+    assert_eq!(users[0]["login"], "alice");
+    // From now on it is found by its directory id.
+    let (_, third) = app.activate_ok(&v2(&token, "LINK-3", "alice", None)).await;
+    assert_eq!(third["user_id"], first["user_id"]);
+}
+
+#[tokio::test]
+async fn the_password_activation_token_is_never_signed() {
+    let Some(d) = dir(Kind::OpenLdap) else { return };
+    let app = spawn_app().await;
+    let _c = start_connector(&app, &d, "dc-1").await;
+    map_everyone(&app, &d).await;
+    let body = json!({"organization": app.org_id, "login": "bob", "password": "Passw0rd!bob",
+                      "device": {"serial": "PWT-1"}});
+    assert_eq!(
+        post(&app, "/api/v1/activations/password", &body)
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+    let id = format!("pwd-{}", app.org_id);
+    for path in [
+        format!("/api/v1/admin/tokens/{id}/bundle"),
+        format!("/api/v1/admin/tokens/{id}/rotate"),
+    ] {
+        let (s, _, body) = error_code(app.admin_post(&path, &json!({})).await).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{path}: {body}");
+    }
+    // Revoking it turns password activation off.
+    assert_eq!(
+        app.admin_post(&format!("/api/v1/admin/tokens/{id}/revoke"), &json!({}))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let mut body = body;
+    body["device"] = json!({"serial": "PWT-2"});
+    let (_, code, _) = error_code(post(&app, "/api/v1/activations/password", &body).await).await;
+    assert_eq!(code, "token_revoked");
+}

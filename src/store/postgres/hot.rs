@@ -319,15 +319,32 @@ impl WriteTx for PgTx {
     fn link_external_id<'a>(
         &'a mut self,
         user_id: &'a str,
-        external_id: &'a str,
+        u: &'a NewUser<'a>,
         now: i64,
     ) -> TxFuture<'a, ()> {
         Box::pin(async move {
+            let a = u.attrs;
             sqlx::query(
-                "UPDATE users SET external_id = $2, updated_at = $3 WHERE id = $1 AND external_id IS NULL",
+                "UPDATE users SET external_id = $2, source = $3, display_name = $4, login = $5,
+                        login_norm = $6, upn = $7, dn = $8, department = $9, country = $10,
+                        \"groups\" = $11, mapping_id = $12, updated_at = $13
+                  WHERE id = $1 AND external_id IS NULL",
             )
             .bind(user_id)
-            .bind(external_id)
+            .bind(u.external_id)
+            .bind(u.source)
+            .bind(a.and_then(|a| a.display_name.as_deref()))
+            .bind(a.and_then(|a| a.login.as_deref()))
+            .bind(
+                a.and_then(|a| a.login.as_deref())
+                    .map(crate::store::login_norm),
+            )
+            .bind(a.and_then(|a| a.upn.as_deref()))
+            .bind(a.and_then(|a| a.dn.as_deref()))
+            .bind(a.and_then(|a| a.department.as_deref()))
+            .bind(a.and_then(|a| a.country.as_deref()))
+            .bind(a.map(|a| crate::store::groups_json(&a.groups)))
+            .bind(u.mapping_id)
             .bind(now)
             .execute(self.conn())
             .await?;

@@ -355,11 +355,30 @@ pub fn insert_user(c: &Connection, u: &NewUser<'_>, now: i64) -> Result<Option<U
     .optional()?)
 }
 
-pub fn link_external_id(c: &Connection, user_id: &str, external_id: &str, now: i64) -> Result<()> {
+pub fn link_external_id(c: &Connection, user_id: &str, u: &NewUser<'_>, now: i64) -> Result<()> {
+    let a = u.attrs;
     c.prepare_cached(
-        "UPDATE users SET external_id = ?2, updated_at = ?3 WHERE id = ?1 AND external_id IS NULL",
+        "UPDATE users SET external_id = ?2, source = ?3, display_name = ?4, login = ?5,
+                login_norm = ?6, upn = ?7, dn = ?8, department = ?9, country = ?10,
+                \"groups\" = ?11, mapping_id = ?12, updated_at = ?13
+          WHERE id = ?1 AND external_id IS NULL",
     )?
-    .execute(params![user_id, external_id, now])?;
+    .execute(params![
+        user_id,
+        u.external_id,
+        u.source,
+        a.and_then(|a| a.display_name.as_deref()),
+        a.and_then(|a| a.login.as_deref()),
+        a.and_then(|a| a.login.as_deref())
+            .map(crate::store::login_norm),
+        a.and_then(|a| a.upn.as_deref()),
+        a.and_then(|a| a.dn.as_deref()),
+        a.and_then(|a| a.department.as_deref()),
+        a.and_then(|a| a.country.as_deref()),
+        a.map(|a| crate::store::groups_json(&a.groups)),
+        u.mapping_id,
+        now
+    ])?;
     Ok(())
 }
 
@@ -639,10 +658,10 @@ impl WriteTx for SqliteTx<'_> {
     fn link_external_id<'a>(
         &'a mut self,
         user_id: &'a str,
-        external_id: &'a str,
+        u: &'a NewUser<'a>,
         now: i64,
     ) -> TxFuture<'a, ()> {
-        ready(link_external_id(&*self.0, user_id, external_id, now))
+        ready(link_external_id(&*self.0, user_id, u, now))
     }
     fn find_pending<'a>(
         &'a mut self,
