@@ -112,6 +112,16 @@ pub async fn run(cmd: ConnectorCommand) -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return fail(e),
             };
+            for url in &config.directory.urls {
+                if url.to_ascii_lowercase().starts_with("ldap://") && !config.directory.starttls {
+                    tracing::warn!(
+                        %url,
+                        "plain LDAP without StartTLS: the bind password and the passwords of \
+                         password activations cross the network in clear; use ldaps:// or \
+                         starttls = true"
+                    );
+                }
+            }
             let st = match state::load(&state_dir) {
                 Ok(s) => s,
                 Err(e) => return fail(e),
