@@ -93,7 +93,8 @@ pub enum ConnectorMessage {
 }
 
 /// What the service may ask. All read-only: the connector never writes to the directory.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `Debug` leaves the password out, so no log line can carry it.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Operation {
     RootDse,
@@ -134,6 +135,65 @@ pub enum Operation {
         password: String,
         filters: Vec<String>,
     },
+}
+
+impl std::fmt::Debug for Operation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Operation::VerifyPassword {
+                login,
+                domain,
+                upn,
+                filters,
+                ..
+            } => f
+                .debug_struct("VerifyPassword")
+                .field("login", login)
+                .field("domain", domain)
+                .field("upn", upn)
+                .field("password", &"<redacted>")
+                .field("filters", filters)
+                .finish(),
+            Operation::RootDse => f.write_str("RootDse"),
+            Operation::ListOus { base } => f.debug_struct("ListOus").field("base", base).finish(),
+            Operation::ListGroups {
+                base,
+                prefix,
+                page_size,
+                cursor,
+            } => f
+                .debug_struct("ListGroups")
+                .field("base", base)
+                .field("prefix", prefix)
+                .field("page_size", page_size)
+                .field("cursor", cursor)
+                .finish(),
+            Operation::LookupUser {
+                login,
+                domain,
+                upn,
+                filters,
+            } => f
+                .debug_struct("LookupUser")
+                .field("login", login)
+                .field("domain", domain)
+                .field("upn", upn)
+                .field("filters", filters)
+                .finish(),
+            Operation::SearchUsers {
+                base,
+                filter,
+                page_size,
+                cursor,
+            } => f
+                .debug_struct("SearchUsers")
+                .field("base", base)
+                .field("filter", filter)
+                .field("page_size", page_size)
+                .field("cursor", cursor)
+                .finish(),
+        }
+    }
 }
 
 impl Operation {
@@ -309,5 +369,23 @@ mod tests {
         assert_eq!(v["outcome"]["error"]["code"], "too_large");
         let back: ConnectorMessage = serde_json::from_value(v).unwrap();
         assert!(matches!(back, ConnectorMessage::Response { id: 7, .. }));
+    }
+
+    #[test]
+    fn debug_output_never_carries_a_password() {
+        let m = ServerMessage::Request {
+            id: 1,
+            deadline_ms: 1,
+            op: Operation::VerifyPassword {
+                login: Some("alice".into()),
+                domain: None,
+                upn: None,
+                password: "Hunter2!secret".into(),
+                filters: vec![],
+            },
+        };
+        let s = format!("{m:?}");
+        assert!(!s.contains("Hunter2"), "{s}");
+        assert!(s.contains("alice"));
     }
 }
