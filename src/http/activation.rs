@@ -116,28 +116,41 @@ pub async fn activate(
             if let (Some(ip), true) = (ip, err.code.status().is_client_error()) {
                 state.limiter.record_failure(ip, now);
             }
-            let p = parsed.as_ref();
-            state
-                .audit
-                .record(ActivationRecord {
-                    org_id: ctx.org_id,
-                    token_id: ctx.token_id,
-                    created_at: now,
-                    outcome: err.code.as_str().into(),
-                    status: err.code.status().as_u16(),
-                    device_id: None,
-                    user_id: None,
-                    hostname: p.and_then(|p| p.hostname.clone()),
-                    serial: p.and_then(|p| p.serial.clone()),
-                    uuid: p.and_then(|p| p.uuid.clone()),
-                    login: p.and_then(|p| p.user.display()),
-                    remote_ip: remote,
-                    message: Some(err.message.chars().take(500).collect()),
-                })
-                .await;
+            let login = parsed.as_ref().and_then(|p| p.user.display());
+            audit_failure(&state, ctx, &err, parsed.as_ref(), login, remote, now).await;
             Err(err)
         }
     }
+}
+
+/// Records a failed attempt in the audit trail with what is known of it.
+pub async fn audit_failure(
+    state: &AppState,
+    ctx: AttemptContext,
+    err: &ApiError,
+    req: Option<&ActivationRequest>,
+    login: Option<String>,
+    remote_ip: Option<String>,
+    now: i64,
+) {
+    state
+        .audit
+        .record(ActivationRecord {
+            org_id: ctx.org_id,
+            token_id: ctx.token_id,
+            created_at: now,
+            outcome: err.code.as_str().into(),
+            status: err.code.status().as_u16(),
+            device_id: None,
+            user_id: None,
+            hostname: req.and_then(|p| p.hostname.clone()),
+            serial: req.and_then(|p| p.serial.clone()),
+            uuid: req.and_then(|p| p.uuid.clone()),
+            login,
+            remote_ip,
+            message: Some(err.message.chars().take(500).collect()),
+        })
+        .await;
 }
 
 pub async fn device(

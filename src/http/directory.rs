@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::activation::read_limited;
+use super::activation::{audit_failure, read_limited};
 use super::auth::{AdminAuth, bearer};
 use super::{ApiError, AppState, Code};
 use crate::activation::{ActivationError, AttemptContext};
@@ -19,7 +19,7 @@ use crate::directory::{CallError, ForwardRequest};
 use crate::domain::ldap::Dn;
 use crate::domain::request::{ActivationRequest, RawActivation, RawDevice, RawUser, login_key};
 use crate::resolve::ldap::{Decision, LoginName};
-use crate::store::{ActivationRecord, OrgRow};
+use crate::store::OrgRow;
 
 /// The connector channel: checks the protocol version and the credential before upgrading.
 pub async fn channel(
@@ -479,24 +479,16 @@ pub async fn activate_password(
                 throttle.failed(&state, now).await;
             }
             let err = ApiError::from(e);
-            state
-                .audit
-                .record(ActivationRecord {
-                    org_id: ctx.org_id,
-                    token_id: ctx.token_id,
-                    created_at: now,
-                    outcome: err.code.as_str().into(),
-                    status: err.code.status().as_u16(),
-                    device_id: None,
-                    user_id: None,
-                    hostname: request.hostname.clone(),
-                    serial: request.serial.clone(),
-                    uuid: request.uuid.clone(),
-                    login: Some(name.display()),
-                    remote_ip: ip,
-                    message: Some(err.message.chars().take(500).collect()),
-                })
-                .await;
+            audit_failure(
+                &state,
+                ctx,
+                &err,
+                Some(&request),
+                Some(name.display()),
+                ip,
+                now,
+            )
+            .await;
             Err(err)
         }
     }

@@ -848,6 +848,33 @@ pub fn login_norm(login: &str) -> String {
     crate::domain::request::login_key(login)
 }
 
+/// A user's directory attributes as the `users` columns hold them (both backends bind these).
+pub(crate) struct AttrCols<'a> {
+    pub display_name: Option<&'a str>,
+    pub login: Option<&'a str>,
+    pub login_norm: Option<String>,
+    pub upn: Option<&'a str>,
+    pub dn: Option<&'a str>,
+    pub department: Option<&'a str>,
+    pub country: Option<&'a str>,
+    pub groups: Option<String>,
+}
+
+impl<'a> AttrCols<'a> {
+    pub fn of(a: Option<&'a crate::domain::directory::DirectoryAttrs>) -> AttrCols<'a> {
+        AttrCols {
+            display_name: a.and_then(|a| a.display_name.as_deref()),
+            login: a.and_then(|a| a.login.as_deref()),
+            login_norm: a.and_then(|a| a.login.as_deref()).map(login_norm),
+            upn: a.and_then(|a| a.upn.as_deref()),
+            dn: a.and_then(|a| a.dn.as_deref()),
+            department: a.and_then(|a| a.department.as_deref()),
+            country: a.and_then(|a| a.country.as_deref()),
+            groups: a.map(|a| groups_json(&a.groups)),
+        }
+    }
+}
+
 /// Group DNs as stored in `users.groups`.
 pub fn groups_json(groups: &[String]) -> String {
     serde_json::to_string(groups).unwrap_or_else(|_| "[]".into())

@@ -323,7 +323,7 @@ impl WriteTx for PgTx {
         now: i64,
     ) -> TxFuture<'a, ()> {
         Box::pin(async move {
-            let a = u.attrs;
+            let a = crate::store::AttrCols::of(u.attrs);
             sqlx::query(
                 "UPDATE users SET external_id = $2, source = $3, display_name = $4, login = $5,
                         login_norm = $6, upn = $7, dn = $8, department = $9, country = $10,
@@ -333,17 +333,14 @@ impl WriteTx for PgTx {
             .bind(user_id)
             .bind(u.external_id)
             .bind(u.source)
-            .bind(a.and_then(|a| a.display_name.as_deref()))
-            .bind(a.and_then(|a| a.login.as_deref()))
-            .bind(
-                a.and_then(|a| a.login.as_deref())
-                    .map(crate::store::login_norm),
-            )
-            .bind(a.and_then(|a| a.upn.as_deref()))
-            .bind(a.and_then(|a| a.dn.as_deref()))
-            .bind(a.and_then(|a| a.department.as_deref()))
-            .bind(a.and_then(|a| a.country.as_deref()))
-            .bind(a.map(|a| crate::store::groups_json(&a.groups)))
+            .bind(a.display_name)
+            .bind(a.login)
+            .bind(a.login_norm)
+            .bind(a.upn)
+            .bind(a.dn)
+            .bind(a.department)
+            .bind(a.country)
+            .bind(a.groups)
             .bind(u.mapping_id)
             .bind(now)
             .execute(self.conn())
@@ -646,6 +643,7 @@ impl WriteTx for PgTx {
             // One round trip: insert unless taken, else the existing row. Planned per call
             // (see `user_by_email`). The read half sees the statement's snapshot, so a user a
             // concurrent transaction committed meanwhile needs the second look below.
+            let a = crate::store::AttrCols::of(u.attrs);
             let row = sqlx::query(
                 "WITH ins AS (
                    INSERT INTO users (id, org_id, email, email_norm, user_name, external_id, source,
@@ -672,19 +670,15 @@ impl WriteTx for PgTx {
             .bind(u.storage_region)
             .bind(u.quota_bytes)
             .bind(now)
-            .bind(u.attrs.and_then(|a| a.login.as_deref()))
-            .bind(
-                u.attrs
-                    .and_then(|a| a.login.as_deref())
-                    .map(crate::store::login_norm),
-            )
-            .bind(u.attrs.and_then(|a| a.upn.as_deref()))
-            .bind(u.attrs.and_then(|a| a.dn.as_deref()))
-            .bind(u.attrs.and_then(|a| a.department.as_deref()))
-            .bind(u.attrs.and_then(|a| a.country.as_deref()))
-            .bind(u.attrs.map(|a| crate::store::groups_json(&a.groups)))
+            .bind(a.login)
+            .bind(a.login_norm)
+            .bind(a.upn)
+            .bind(a.dn)
+            .bind(a.department)
+            .bind(a.country)
+            .bind(a.groups)
             .bind(u.mapping_id)
-            .bind(u.attrs.and_then(|a| a.display_name.as_deref()))
+            .bind(a.display_name)
             .fetch_optional(self.conn())
             .await?;
             if let Some(r) = row {

@@ -315,7 +315,7 @@ pub fn user_by_external_id(
 
 /// Inserts the user unless the email or (source, external id) is taken: `Some` if inserted.
 pub fn insert_user(c: &Connection, u: &NewUser<'_>, now: i64) -> Result<Option<UserRow>> {
-    let a = u.attrs;
+    let a = crate::store::AttrCols::of(u.attrs);
     Ok(c.prepare_cached(concat!(
         "INSERT INTO users (id, org_id, email, email_norm, user_name, external_id, source, profile,
                             storage_region, quota_bytes, created_at, updated_at, login, login_norm,
@@ -339,16 +339,15 @@ pub fn insert_user(c: &Connection, u: &NewUser<'_>, now: i64) -> Result<Option<U
             u.storage_region,
             u.quota_bytes,
             now,
-            a.and_then(|a| a.login.as_deref()),
-            a.and_then(|a| a.login.as_deref())
-                .map(crate::store::login_norm),
-            a.and_then(|a| a.upn.as_deref()),
-            a.and_then(|a| a.dn.as_deref()),
-            a.and_then(|a| a.department.as_deref()),
-            a.and_then(|a| a.country.as_deref()),
-            a.map(|a| crate::store::groups_json(&a.groups)),
+            a.login,
+            a.login_norm,
+            a.upn,
+            a.dn,
+            a.department,
+            a.country,
+            a.groups,
             u.mapping_id,
-            a.and_then(|a| a.display_name.as_deref()),
+            a.display_name,
         ],
         user_row,
     )
@@ -356,7 +355,7 @@ pub fn insert_user(c: &Connection, u: &NewUser<'_>, now: i64) -> Result<Option<U
 }
 
 pub fn link_external_id(c: &Connection, user_id: &str, u: &NewUser<'_>, now: i64) -> Result<()> {
-    let a = u.attrs;
+    let a = crate::store::AttrCols::of(u.attrs);
     c.prepare_cached(
         "UPDATE users SET external_id = ?2, source = ?3, display_name = ?4, login = ?5,
                 login_norm = ?6, upn = ?7, dn = ?8, department = ?9, country = ?10,
@@ -367,15 +366,14 @@ pub fn link_external_id(c: &Connection, user_id: &str, u: &NewUser<'_>, now: i64
         user_id,
         u.external_id,
         u.source,
-        a.and_then(|a| a.display_name.as_deref()),
-        a.and_then(|a| a.login.as_deref()),
-        a.and_then(|a| a.login.as_deref())
-            .map(crate::store::login_norm),
-        a.and_then(|a| a.upn.as_deref()),
-        a.and_then(|a| a.dn.as_deref()),
-        a.and_then(|a| a.department.as_deref()),
-        a.and_then(|a| a.country.as_deref()),
-        a.map(|a| crate::store::groups_json(&a.groups)),
+        a.display_name,
+        a.login,
+        a.login_norm,
+        a.upn,
+        a.dn,
+        a.department,
+        a.country,
+        a.groups,
         u.mapping_id,
         now
     ])?;
