@@ -19,6 +19,8 @@ use serde_json::{Value, json};
 
 use crate::loadgen::{self, Fleet, PhaseStats, SimDevice, count};
 
+pub mod directory;
+
 /// Targets the figures are held against.
 const TARGET_RATIO_PCT: f64 = 17.0;
 const TARGET_P99_MS: f64 = 50.0;
@@ -37,7 +39,10 @@ const TICKS_PER_SEC: f64 = 100.0;
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
+    #[command(subcommand)]
+    pub command: Option<BenchCommand>,
     /// Devices to map and activate; also the number of baseline requests.
     #[arg(long, default_value_t = 20_000, value_parser = count(1, 1_000_000))]
     pub devices: usize,
@@ -61,6 +66,13 @@ pub struct BenchArgs {
     /// load across them); a single-replica run is always made too.
     #[arg(long, default_value_t = 2, value_parser = count(2, 8))]
     pub replicas: usize,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchCommand {
+    /// IMD v2 activations through one connector against a throwaway slapd, next to the raw rate
+    /// of the same look-ups made directly with ldap3 (docs/performance.md).
+    Directory(directory::DirectoryBenchArgs),
 }
 
 /// One measured configuration: a backend and a number of `imd serve` processes.
@@ -1154,7 +1166,10 @@ fn print_comparison(results: &[(Setup, Figures)]) {
     }
 }
 
-pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(mut args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if let Some(BenchCommand::Directory(a)) = args.command.take() {
+        return directory::run(a).await;
+    }
     let limit = Duration::from_secs(args.duration_limit_secs);
     let mut setups = vec![Setup {
         label: "SQLite, 1 server".into(),
