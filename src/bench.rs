@@ -4,7 +4,8 @@
 //! one run. Servers run as separate processes (this binary's `serve`, on loopback ports in a
 //! temporary data directory) so their memory can be read from /proc and their CPU (and
 //! PostgreSQL's, when it runs here) told apart from the load generator's. Figures are printed
-//! next to the targets; missing a target is informational.
+//! next to the targets; missing a target is informational. `imd bench directory` (in
+//! `bench/directory.rs`) measures IMD v2 activations through a connector instead.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;

@@ -1005,6 +1005,7 @@ pub async fn run(args: DirectoryBenchArgs) -> anyhow::Result<ExitCode> {
                 "activations": out.phases[0].json(),
                 "raw_multiplexed": out.phases[1].json(),
                 "raw_exclusive": out.phases[2].json(),
+                "connector_in_process": out.phases[3].json(),
                 "ratio": r,
                 "errors": errors,
                 "wrong_groups": out.wrong_groups,

@@ -459,23 +459,24 @@ impl ConnectorConfig {
             ("country", &a.country),
             ("groups", &a.groups),
         ] {
-            if let Some(v) = v {
-                if !is_attr_name(v) {
-                    return Err(invalid(
-                        &format!("directory.attributes.{key}"),
-                        format!("{v:?} is not an attribute name"),
-                    ));
-                }
+            if let Some(v) = v
+                && !is_attr_name(v)
+            {
+                return Err(invalid(
+                    &format!("directory.attributes.{key}"),
+                    format!("{v:?} is not an attribute name"),
+                ));
             }
         }
         for (key, v) in [("upn", &a.upn), ("enabled", &a.enabled)] {
-            if let Some(v) = v {
-                if !v.is_empty() && !is_attr_name(v) {
-                    return Err(invalid(
-                        &format!("directory.attributes.{key}"),
-                        format!("{v:?} is not an attribute name"),
-                    ));
-                }
+            if let Some(v) = v
+                && !v.is_empty()
+                && !is_attr_name(v)
+            {
+                return Err(invalid(
+                    &format!("directory.attributes.{key}"),
+                    format!("{v:?} is not an attribute name"),
+                ));
             }
         }
         Ok(())

@@ -864,12 +864,11 @@ impl Directory {
         if value.is_empty() || value.len() > MAX_NAME_LEN {
             return Ok(None);
         }
-        if q.upn.is_none() {
-            if let Some(d) = q.domain.as_deref().filter(|d| !d.is_empty()) {
-                if !self.domain_ok(d).await? {
-                    return Ok(None);
-                }
-            }
+        if q.upn.is_none()
+            && let Some(d) = q.domain.as_deref().filter(|d| !d.is_empty())
+            && !self.domain_ok(d).await?
+        {
+            return Ok(None);
         }
         let filter = self.user_filter(&attr, value);
         let mut c = self.inner.acquire().await?;
@@ -1037,14 +1036,13 @@ impl Inner {
     fn store_cursor(&self, cur: Cursor) -> String {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let mut map = self.cursors.lock().expect("lock");
-        if map.len() >= MAX_CURSORS {
-            if let Some(oldest) = map
+        if map.len() >= MAX_CURSORS
+            && let Some(oldest) = map
                 .iter()
                 .min_by_key(|(_, c)| c.last_used)
                 .map(|(k, _)| k.clone())
-            {
-                map.remove(&oldest);
-            }
+        {
+            map.remove(&oldest);
         }
         map.insert(id.clone(), cur);
         id
@@ -1246,7 +1244,7 @@ fn map_rc(res: &LdapResult, base: &str) -> OpError {
             OpErrorCode::InvalidRequest,
             format!("the directory refused the request: {res}"),
         ),
-        50 | 51 | 52 => err(
+        50..=52 => err(
             OpErrorCode::DirectoryUnavailable,
             format!("the directory refused the service account: {res}"),
         ),

@@ -22,6 +22,7 @@ pub enum Kind {
 pub struct Dir {
     pub kind: Kind,
     pub url: String,
+    #[allow(dead_code)] // part of the environment contract; no suite reads it yet
     pub ldaps_url: String,
     pub ca: String,
     pub bind_dn: String,
@@ -151,6 +152,7 @@ impl Dir {
 pub struct Connector {
     pub id: String,
     pub child: Child,
+    #[allow(dead_code)] // never read: held so the state directory outlives the process
     pub state: tempfile::TempDir,
 }
 

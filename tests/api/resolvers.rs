@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{HEADER, TestApp, activation, error_code, spawn_app_full};
 
+#[allow(clippy::large_enum_variant)] // a handful per test, never moved in a hot path
 enum Behaviour {
     /// Never answers (a hung directory).
     Hang,
