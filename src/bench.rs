@@ -4,7 +4,8 @@
 //! one run. Servers run as separate processes (this binary's `serve`, on loopback ports in a
 //! temporary data directory) so their memory can be read from /proc and their CPU (and
 //! PostgreSQL's, when it runs here) told apart from the load generator's. Figures are printed
-//! next to the targets; missing a target is informational.
+//! next to the targets; missing a target is informational. `imd bench directory` (in
+//! `bench/directory.rs`) measures IMD v2 activations through a connector instead.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -18,6 +19,8 @@ use indicatif::ProgressBar;
 use serde_json::{Value, json};
 
 use crate::loadgen::{self, Fleet, PhaseStats, SimDevice, count};
+
+pub mod directory;
 
 /// Targets the figures are held against.
 const TARGET_RATIO_PCT: f64 = 17.0;
@@ -37,7 +40,10 @@ const TICKS_PER_SEC: f64 = 100.0;
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
+    #[command(subcommand)]
+    pub command: Option<BenchCommand>,
     /// Devices to map and activate; also the number of baseline requests.
     #[arg(long, default_value_t = 20_000, value_parser = count(1, 1_000_000))]
     pub devices: usize,
@@ -61,6 +67,13 @@ pub struct BenchArgs {
     /// load across them); a single-replica run is always made too.
     #[arg(long, default_value_t = 2, value_parser = count(2, 8))]
     pub replicas: usize,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchCommand {
+    /// IMD v2 activations through one connector against a throwaway slapd, next to the raw rate
+    /// of the same look-ups made directly with ldap3 (docs/performance.md).
+    Directory(directory::DirectoryBenchArgs),
 }
 
 /// One measured configuration: a backend and a number of `imd serve` processes.
@@ -1154,7 +1167,10 @@ fn print_comparison(results: &[(Setup, Figures)]) {
     }
 }
 
-pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(mut args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if let Some(BenchCommand::Directory(a)) = args.command.take() {
+        return directory::run(a).await;
+    }
     let limit = Duration::from_secs(args.duration_limit_secs);
     let mut setups = vec![Setup {
         label: "SQLite, 1 server".into(),

@@ -65,6 +65,8 @@ struct Inner {
     cursors: Mutex<HashMap<String, Cursor>>,
     domain: tokio::sync::OnceCell<DomainNames>,
     group_parents: Mutex<HashMap<String, (Instant, Vec<String>)>>,
+    /// OpenLDAP look-ups: group → groups naming it in `member`/`uniqueMember`.
+    nested_parents: Mutex<HashMap<String, (Instant, Vec<String>)>>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -143,6 +145,7 @@ impl Directory {
             cursors: Mutex::new(HashMap::new()),
             domain: tokio::sync::OnceCell::new(),
             group_parents: Mutex::new(HashMap::new()),
+            nested_parents: Mutex::new(HashMap::new()),
             tls,
             cfg,
         });
@@ -649,34 +652,79 @@ impl Directory {
         let posix = login
             .map(|l| format!("(memberUid={})", escape::filter_value(l)))
             .unwrap_or_default();
-        let mut filter = format!(
+        let filter = format!(
             "(&{}(|(member={esc})(uniqueMember={esc}){posix}))",
             self.group_class_filter()
         );
+        // Level 1 is the user's own membership and always read fresh; the levels above are
+        // group-to-group edges, the same for every member, so they come from `nested_parents`
+        // (one query per group not seen within `GROUP_CACHE_TTL`).
+        let entries = search_all(ldap, to, base, Scope::Subtree, &filter, &["1.1"]).await?;
         let mut visited: HashSet<String> = HashSet::new();
+        let mut fresh: Vec<String> = entries
+            .into_iter()
+            .map(|e| e.dn)
+            .filter(|d| visited.insert(d.to_lowercase()))
+            .collect();
         let mut out = Vec::new();
-        for _ in 0..self.inner.cfg.max_group_depth {
-            let entries = search_all(ldap, to, base, Scope::Subtree, &filter, &["1.1"]).await?;
-            let fresh: Vec<String> = entries
-                .into_iter()
-                .map(|e| e.dn)
-                .filter(|d| visited.insert(d.to_lowercase()))
-                .collect();
+        for level in 1..=self.inner.cfg.max_group_depth {
             if fresh.is_empty() {
                 break;
             }
-            let ors: String = fresh
-                .iter()
-                .map(|g| {
-                    let e = escape::filter_value(g);
-                    format!("(member={e})(uniqueMember={e})")
-                })
-                .collect();
-            filter =
-                format!("(&(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames))(|{ors}))");
-            out.extend(fresh);
+            out.extend(fresh.iter().cloned());
+            if level == self.inner.cfg.max_group_depth {
+                break;
+            }
+            let mut next = Vec::new();
+            for g in &fresh {
+                for p in self.nested_parents(ldap, g).await? {
+                    if visited.insert(p.to_lowercase()) {
+                        next.push(p);
+                    }
+                }
+            }
+            fresh = next;
         }
         Ok(out)
+    }
+
+    /// The groups (`groupOfNames` / `groupOfUniqueNames`) that name group `dn` as a member,
+    /// cached for `GROUP_CACHE_TTL`.
+    async fn nested_parents(&self, ldap: &mut Ldap, dn: &str) -> OpRes<Vec<String>> {
+        let key = dn.to_lowercase();
+        let cached = self
+            .inner
+            .nested_parents
+            .lock()
+            .expect("lock")
+            .get(&key)
+            .filter(|(t, _)| t.elapsed() < GROUP_CACHE_TTL)
+            .map(|(_, p)| p.clone());
+        if let Some(p) = cached {
+            return Ok(p);
+        }
+        let e = escape::filter_value(dn);
+        let filter = format!(
+            "(&(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames))(|(member={e})(uniqueMember={e})))"
+        );
+        let parents: Vec<String> = search_all(
+            ldap,
+            self.inner.timeout,
+            &self.inner.cfg.base_dn,
+            Scope::Subtree,
+            &filter,
+            &["1.1"],
+        )
+        .await?
+        .into_iter()
+        .map(|e| e.dn)
+        .collect();
+        self.inner
+            .nested_parents
+            .lock()
+            .expect("lock")
+            .insert(key, (Instant::now(), parents.clone()));
+        Ok(parents)
     }
 
     // ---- users ----------------------------------------------------------------------------
@@ -771,6 +819,24 @@ impl Directory {
         }
     }
 
+    fn user_filter(&self, attr: &str, value: &str) -> String {
+        format!(
+            "(&{}({attr}={}))",
+            self.user_class_filter(),
+            escape::filter_value(value)
+        )
+    }
+
+    /// The search a `LookupUser` by login starts with: (base DN, filter, attributes). Public so
+    /// that `imd bench directory` can make exactly this search straight against the directory.
+    pub fn login_search(&self, login: &str) -> (String, String, Vec<String>) {
+        (
+            self.inner.cfg.base_dn.clone(),
+            self.user_filter(&self.inner.attrs.login, login),
+            self.user_attrs(),
+        )
+    }
+
     /// The user's entry (exactly one hit) with groups and matched filters, or `None`.
     async fn lookup_user(&self, q: &Lookup) -> OpRes<Option<DirUser>> {
         for (i, f) in q.filters.iter().enumerate() {
@@ -806,11 +872,7 @@ impl Directory {
         {
             return Ok(None);
         }
-        let filter = format!(
-            "(&{}({attr}={}))",
-            self.user_class_filter(),
-            escape::filter_value(value)
-        );
+        let filter = self.user_filter(&attr, value);
         let mut c = self.inner.acquire().await?;
         let to = self.inner.timeout;
         let attrs = self.user_attrs();
@@ -1084,6 +1146,10 @@ impl Inner {
             .expect("lock")
             .retain(|_, c| c.last_used.elapsed() < CURSOR_IDLE);
         self.group_parents
+            .lock()
+            .expect("lock")
+            .retain(|_, (t, _)| t.elapsed() < GROUP_CACHE_TTL);
+        self.nested_parents
             .lock()
             .expect("lock")
             .retain(|_, (t, _)| t.elapsed() < GROUP_CACHE_TTL);
