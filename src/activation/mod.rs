@@ -251,6 +251,13 @@ impl Activator {
         self
     }
 
+    /// An admin changed an organization's AD/LDAP mappings here.
+    pub fn ldap_mappings_changed(&self, org_id: &str) {
+        if let Some(l) = &self.ldap {
+            l.mappings_changed(org_id);
+        }
+    }
+
     fn ldap(&self) -> Result<&Arc<LdapResolver>, ActivationError> {
         self.ldap.as_ref().ok_or_else(|| {
             ActivationError::InvalidRequest("AD/LDAP is not enabled on this service".into())

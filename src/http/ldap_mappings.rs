@@ -180,6 +180,7 @@ pub async fn create(
         .store
         .create_ldap_mapping(&auth.org_id, &v, state.clock.now())
         .await?;
+    state.activator.ldap_mappings_changed(&auth.org_id);
     Ok(HttpResponse::Created().json(written(w, v.priority)?))
 }
 
@@ -231,6 +232,7 @@ pub async fn patch(
         .update_ldap_mapping(&auth.org_id, &id, &v, state.clock.now())
         .await?
         .ok_or_else(|| ApiError::not_found("ldap mapping"))?;
+    state.activator.ldap_mappings_changed(&auth.org_id);
     Ok(HttpResponse::Ok().json(written(w, v.priority)?))
 }
 
@@ -240,6 +242,7 @@ pub async fn delete(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     if state.store.delete_ldap_mapping(&auth.org_id, &id).await? {
+        state.activator.ldap_mappings_changed(&auth.org_id);
         Ok(HttpResponse::NoContent().finish())
     } else {
         Err(ApiError::not_found("ldap mapping"))

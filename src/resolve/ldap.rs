@@ -158,7 +158,15 @@ pub struct LdapResolver {
     hub: Arc<Hub>,
     store: Store,
     lookups: Coalescer,
+    /// Each organization's mappings, read at most once per `MAPPINGS_TTL` (every v2 activation
+    /// needs them). Changes made through this replica invalidate at once; other replicas see
+    /// them within the TTL.
+    mappings: Mutex<HashMap<String, CachedMappings>>,
 }
+
+type CachedMappings = (Instant, Arc<Vec<LdapMappingRow>>);
+
+pub const MAPPINGS_TTL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The outcome of checking a directory user against the mappings.
 #[derive(Debug, Clone)]
@@ -173,7 +181,29 @@ impl LdapResolver {
             hub,
             store,
             lookups: Coalescer::default(),
+            mappings: Mutex::default(),
         }
+    }
+
+    /// The organization's mappings by priority (cached, see `MAPPINGS_TTL`).
+    async fn mappings(&self, org_id: &str) -> Result<Arc<Vec<LdapMappingRow>>, ResolveError> {
+        let now = Instant::now();
+        if let Some((at, m)) = self.mappings.lock().unwrap().get(org_id)
+            && now.duration_since(*at) < MAPPINGS_TTL
+        {
+            return Ok(m.clone());
+        }
+        let m = Arc::new(self.store.ldap_mappings(org_id).await?);
+        self.mappings
+            .lock()
+            .unwrap()
+            .insert(org_id.to_string(), (now, m.clone()));
+        Ok(m)
+    }
+
+    /// After an admin changed the organization's mappings on this replica.
+    pub fn mappings_changed(&self, org_id: &str) {
+        self.mappings.lock().unwrap().remove(org_id);
     }
 
     /// One round trip per user however many activations ask at once: the first asks, the
@@ -209,7 +239,7 @@ impl LdapResolver {
         name: &LoginName,
         deadline: Instant,
     ) -> Result<Decision, ResolveError> {
-        let mappings = self.store.ldap_mappings(&org.id).await?;
+        let mappings = self.mappings(&org.id).await?;
         if mappings.is_empty() {
             return Err(ResolveError::UserNotMapped(
                 "no AD/LDAP mappings are configured: create one with POST /api/v1/admin/ldap-mappings".into(),
@@ -248,7 +278,7 @@ impl LdapResolver {
         if password.is_empty() {
             return Err(ResolveError::InvalidCredentials);
         }
-        let mappings = self.store.ldap_mappings(&org.id).await?;
+        let mappings = self.mappings(&org.id).await?;
         let (filters, index) = filter_list(&mappings);
         let op = Operation::VerifyPassword {
             login: name.login.clone(),
