@@ -194,7 +194,15 @@ pub struct Activator {
     /// IMD v2's resolver, for password activations and web logins.
     ldap: Option<Arc<LdapResolver>>,
     network_budget: Budget,
+    /// The read-only pre-check of network look-ups, kept for `PRECHECK_TTL` (the write
+    /// transaction checks the rows again, so a stale entry can only cost a wasted look-up).
+    precheck: std::sync::Mutex<HashMap<(String, String), Prechecked>>,
 }
+
+type Prechecked = (tokio::time::Instant, OrgRow, TokenRow);
+
+const PRECHECK_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+const PRECHECK_MAX: usize = 10_000;
 
 /// Password activations have no deployment token; they are recorded against this per-organization
 /// token row (never signed, so it cannot be presented). Revoking it turns password activation off.
@@ -236,7 +244,40 @@ impl Activator {
             resolvers,
             ldap: None,
             network_budget,
+            precheck: Default::default(),
         }
+    }
+
+    /// An admin changed the organization's settings or tokens here: drop its cached pre-checks.
+    pub fn org_changed(&self, org_id: &str) {
+        self.precheck
+            .lock()
+            .unwrap()
+            .retain(|(o, _), _| o != org_id);
+    }
+
+    async fn org_and_token_cached(
+        &self,
+        org_id: &str,
+        token_id: &str,
+    ) -> Result<(OrgRow, TokenRow), ActivationError> {
+        let key = (org_id.to_string(), token_id.to_string());
+        let now = tokio::time::Instant::now();
+        if let Some((at, o, t)) = self.precheck.lock().unwrap().get(&key)
+            && now.duration_since(*at) < PRECHECK_TTL
+        {
+            return Ok((o.clone(), t.clone()));
+        }
+        let (org, token) = self.store.org_and_token(org_id, token_id).await?;
+        let org =
+            org.ok_or_else(|| ActivationError::TokenInvalid("unknown organization".into()))?;
+        let token = token.ok_or_else(|| ActivationError::TokenInvalid("unknown token".into()))?;
+        let mut cache = self.precheck.lock().unwrap();
+        if cache.len() >= PRECHECK_MAX {
+            cache.clear();
+        }
+        cache.insert(key, (now, org.clone(), token.clone()));
+        Ok((org, token))
     }
 
     /// Enables IMD v2 (and password activation / web login) with this resolver.
@@ -409,10 +450,7 @@ impl Activator {
         req: &ActivationRequest,
         now: i64,
     ) -> Result<Prepared, ActivationError> {
-        let (org, token) = self.store.org_and_token(&claims.sub, &claims.jti).await?;
-        let org =
-            org.ok_or_else(|| ActivationError::TokenInvalid("unknown organization".into()))?;
-        let token = token.ok_or_else(|| ActivationError::TokenInvalid("unknown token".into()))?;
+        let (org, token) = self.org_and_token_cached(&claims.sub, &claims.jti).await?;
         check_token_row(&token, now)?;
         let name = slot.resolver.name();
         let _permit = permits.clone().try_acquire_owned().map_err(|_| {

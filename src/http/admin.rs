@@ -131,7 +131,10 @@ pub async fn patch_org(
         },
     };
     match state.store.update_org(&auth.org_id, &patch).await {
-        Ok(org) => Ok(HttpResponse::Ok().json(org)),
+        Ok(org) => {
+            state.activator.org_changed(&auth.org_id);
+            Ok(HttpResponse::Ok().json(org))
+        }
         Err(StoreError::Conflict) if matches!(patch.slug, Some(Some(_))) => Err(ApiError::new(
             Code::Conflict,
             "this slug is taken by another organization",
@@ -253,6 +256,7 @@ pub async fn revoke_token(
         .revoke_token(&auth.org_id, &id, now)
         .await
         .map_err(not_found("token"))?;
+    state.activator.org_changed(&auth.org_id);
     Ok(HttpResponse::Ok().json(token_view(&t, now)))
 }
 
