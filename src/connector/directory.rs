@@ -1110,9 +1110,12 @@ impl Directory {
 impl Inner {
     /// A handle on a shared connection: the least-loaded one below `MAX_IN_FLIGHT`; a new one
     /// (up to `pool_size`) when every connection is busy; else waits for a free slot, up to
-    /// the operation timeout (then `busy`, as the exclusive pool answers).
+    /// the operation timeout (then `busy`, as the exclusive pool answers). A failed connect is
+    /// this operation's error only when no shared connection is open.
     async fn shared(self: &Arc<Self>) -> OpRes<Shared> {
         let deadline = tokio::time::Instant::now() + self.timeout;
+        // false after a failed connect while others are open: use (or wait for) those instead
+        let mut may_connect = true;
         loop {
             let freed = self.shared_freed.notified();
             tokio::pin!(freed);
@@ -1121,7 +1124,7 @@ impl Inner {
             let can_connect = {
                 let mut set = self.shared.lock().expect("lock");
                 set.conns.retain_mut(|c| !c.ldap.is_closed());
-                let room = set.conns.len() + set.connecting < self.cfg.pool_size;
+                let room = may_connect && set.conns.len() + set.connecting < self.cfg.pool_size;
                 let best = set
                     .conns
                     .iter_mut()
@@ -1148,7 +1151,16 @@ impl Inner {
             };
             if can_connect {
                 let _place = Connecting(self);
-                let conn = self.connect(Some(())).await?;
+                let conn = match self.connect(Some(())).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        if self.shared.lock().expect("lock").conns.is_empty() {
+                            return Err(e);
+                        }
+                        may_connect = false;
+                        continue;
+                    }
+                };
                 let mut set = self.shared.lock().expect("lock");
                 let id = set.next_id;
                 set.next_id += 1;
