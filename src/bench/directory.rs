@@ -10,7 +10,8 @@
 //! What "raw" means: one search per user, which is the least any resolver must ask the
 //! directory. It is measured twice: multiplexed (all requests in flight at once over the pool's
 //! connections, the directory's limit; the ratio is taken against this one) and one request per
-//! connection at a time (how the connector's pool uses its connections).
+//! connection at a time (how the connector used its pool before look-ups were multiplexed; it
+//! still uses connections that way for paging cursors).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitCode, Stdio};
@@ -488,7 +489,7 @@ enum RawMode {
     /// Every request in flight at once, spread over the connections (LDAP allows many
     /// outstanding operations per connection).
     Multiplexed,
-    /// One request per connection at a time, as the connector's pool checks them out.
+    /// One request per connection at a time, as the connector's exclusive connections are used.
     Exclusive,
 }
 

@@ -1,8 +1,15 @@
 //! The connector's directory side: answers the service's `Operation`s from AD or OpenLDAP with
-//! `ldap3`. Owns the pool of service-account connections (URL fail-over, TLS roots, idle close),
-//! paging cursors (RFC 2696 cookies are bound to their connection, so a cursor keeps both),
-//! user look-ups with transitive groups, password checks on a connection of their own, and
-//! `check` for `imd connector check`. Read-only: nothing here writes to the directory.
+//! `ldap3`. Owns the service-account connections (URL fail-over, TLS roots, idle close), paging
+//! cursors (RFC 2696 cookies are bound to their connection, so a cursor keeps both), user
+//! look-ups with transitive groups, password checks on a connection of their own, and `check`
+//! for `imd connector check`. Read-only: nothing here writes to the directory.
+//!
+//! Two kinds of service-account connection: *shared* ones (up to `pool_size`), on which plain
+//! searches are multiplexed (LDAP allows many outstanding operations per connection; each
+//! operation gets its own `Ldap` clone, at most `MAX_IN_FLIGHT` per connection, least-loaded
+//! first), and *exclusive* ones (a pool of `pool_size` as well), checked out by one operation at
+//! a time: paging cursors, and a search whose results do not fit one page (OpenLDAP keeps one
+//! paged-results state per connection, so paging never continues on a shared connection).
 //!
 //! Safety rules kept throughout: every value put into a filter is escaped (`escape`), DNs from
 //! the server are used verbatim, referrals are never chased (`Ldap::search` drops them), and an
@@ -39,6 +46,10 @@ const PREFER_RESET: Duration = Duration::from_secs(300);
 const MAX_NAME_LEN: usize = 1024;
 /// Entries listed by `ListOus` (one level) at most.
 const MAX_LIST: usize = 10_000;
+/// Page size of internally paged searches (`search_all`).
+const ALL_PAGE: i32 = 500;
+/// Operations outstanding at once on one shared connection, at most.
+const MAX_IN_FLIGHT: usize = 32;
 
 type OpRes<T> = Result<T, OpError>;
 
@@ -57,8 +68,13 @@ struct Inner {
     attrs: AttributeMap,
     tls: Option<Arc<rustls::ClientConfig>>,
     timeout: Duration,
+    /// Exclusive connections: one operation at a time each (cursors, multi-page searches).
     permits: Arc<Semaphore>,
     idle: Mutex<Vec<Conn>>,
+    /// Shared connections, multiplexed.
+    shared: Mutex<SharedSet>,
+    /// Woken when a shared connection gets a free slot or a connect attempt ends.
+    shared_freed: tokio::sync::Notify,
     /// Index into `urls` that answered last, and since when.
     preferred: Mutex<(usize, Instant)>,
     last_url: Mutex<Option<String>>,
@@ -81,7 +97,72 @@ struct Conn {
     last_used: Instant,
 }
 
-/// A pooled connection checked out for one operation. Dropped without `release` (after a
+#[derive(Default)]
+struct SharedSet {
+    conns: Vec<SharedConn>,
+    /// Connect attempts under way (they count against `pool_size`).
+    connecting: usize,
+    next_id: u64,
+}
+
+struct SharedConn {
+    id: u64,
+    ldap: Ldap,
+    url: String,
+    in_flight: usize,
+    last_used: Instant,
+}
+
+/// One operation's handle on a shared connection: its own `Ldap` clone (so `with_timeout` and
+/// controls apply to this operation only) and a slot of the connection's `MAX_IN_FLIGHT`.
+/// `settle` gives the slot back and retires the connection after a transport error or a
+/// timeout; dropped unsettled (the operation was cancelled) the connection is retired too, as
+/// an exclusive connection would be discarded. A retired connection takes no new operations
+/// and closes when its last clone is dropped.
+struct Shared {
+    ldap: Ldap,
+    url: String,
+    id: u64,
+    inner: Arc<Inner>,
+    settled: bool,
+}
+
+impl Shared {
+    fn ldap(&mut self) -> &mut Ldap {
+        &mut self.ldap
+    }
+
+    fn settle<T>(mut self, r: OpRes<T>) -> OpRes<T> {
+        let broken = matches!(
+            &r,
+            Err(e) if matches!(e.code, OpErrorCode::Timeout | OpErrorCode::DirectoryUnavailable)
+        );
+        self.settled = true;
+        self.inner
+            .shared_done(self.id, broken || self.ldap.is_closed());
+        r
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.inner.shared_done(self.id, true);
+        }
+    }
+}
+
+/// Gives back a connect attempt's place in `SharedSet::connecting`, also when cancelled.
+struct Connecting<'a>(&'a Inner);
+
+impl Drop for Connecting<'_> {
+    fn drop(&mut self) {
+        self.0.shared.lock().expect("lock").connecting -= 1;
+        self.0.shared_freed.notify_waiters();
+    }
+}
+
+/// An exclusive connection checked out for one operation. Dropped without `release` (after a
 /// transport error) it is discarded, not returned.
 struct Pooled {
     conn: Option<Conn>,
@@ -140,6 +221,8 @@ impl Directory {
             timeout: Duration::from_secs(cfg.timeout_secs),
             permits: Arc::new(Semaphore::new(cfg.pool_size)),
             idle: Mutex::new(Vec::new()),
+            shared: Mutex::new(SharedSet::default()),
+            shared_freed: tokio::sync::Notify::new(),
             preferred: Mutex::new((0, Instant::now())),
             last_url: Mutex::new(None),
             cursors: Mutex::new(HashMap::new()),
@@ -162,6 +245,11 @@ impl Directory {
     /// The URL of the last successful connection.
     pub fn last_url(&self) -> Option<String> {
         self.inner.last_url.lock().expect("lock").clone()
+    }
+
+    /// Shared (multiplexed) service-account connections open now; at most `pool_size`.
+    pub fn shared_connections(&self) -> usize {
+        self.inner.shared_count()
     }
 
     /// Answers one operation. The channel puts its deadline around this call.
@@ -225,8 +313,13 @@ impl Directory {
     // ---- root DSE -------------------------------------------------------------------------
 
     async fn root_dse(&self) -> OpRes<RootDse> {
-        let mut c = self.inner.acquire().await?;
-        let url = c.conn.as_ref().map(|c| c.url.clone()).unwrap_or_default();
+        let mut c = self.inner.shared().await?;
+        let url = c.url.clone();
+        let r = self.root_dse_on(c.ldap(), url).await;
+        c.settle(r)
+    }
+
+    async fn root_dse_on(&self, ldap: &mut Ldap, url: String) -> OpRes<RootDse> {
         let attrs = [
             "namingContexts",
             "defaultNamingContext",
@@ -238,8 +331,7 @@ impl Directory {
             "vendorVersion",
         ];
         let to = self.inner.timeout;
-        let res = c
-            .ldap()
+        let res = ldap
             .with_timeout(to)
             .search("", Scope::Base, "(objectClass=*)", attrs.to_vec())
             .await
@@ -253,10 +345,9 @@ impl Directory {
         let mut names = DomainNames::default();
         if let (Some(config_nc), Some(dnc)) = (first(&e, "configurationNamingContext"), &default_nc)
         {
-            names = read_domain_names(c.ldap(), to, &config_nc, dnc).await?;
+            names = read_domain_names(ldap, to, &config_nc, dnc).await?;
             let _ = self.inner.domain.set(names.clone());
         }
-        c.release();
         let supports_paging = all(&e, "supportedControl").iter().any(|o| o == PAGED_OID);
         Ok(RootDse {
             directory_kind: self.inner.cfg.kind,
@@ -305,17 +396,18 @@ impl Directory {
 
     async fn list_ous(&self, base: Option<String>) -> OpRes<OpResult> {
         let base = self.base(base)?;
-        let mut c = self.inner.acquire().await?;
-        let entries = search_all(
-            c.ldap(),
-            self.inner.timeout,
-            &base,
-            Scope::OneLevel,
-            "(|(objectClass=organizationalUnit)(objectClass=container))",
-            &["ou", "cn", "objectClass"],
-        )
-        .await?;
-        c.release();
+        let mut c = self.inner.shared().await?;
+        let r = self
+            .inner
+            .search_all_shared(
+                c.ldap(),
+                &base,
+                Scope::OneLevel,
+                "(|(objectClass=organizationalUnit)(objectClass=container))",
+                &["ou", "cn", "objectClass"],
+            )
+            .await;
+        let entries = c.settle(r)?;
         let mut items: Vec<DirEntry> = entries
             .iter()
             .map(|e| {
@@ -554,78 +646,84 @@ impl Directory {
         let mut known: HashMap<String, Vec<String>> = HashMap::new();
         let mut frontier: Vec<String> = start.cloned().collect();
         let mut seen: HashSet<String> = HashSet::new();
-        let mut pooled: Option<Pooled> = None;
-        for _ in 0..self.inner.cfg.max_group_depth {
-            let mut todo = Vec::new();
-            for g in frontier.drain(..) {
-                let key = g.to_lowercase();
-                if !seen.insert(key.clone()) {
-                    continue;
-                }
-                let cached = self
-                    .inner
-                    .group_parents
-                    .lock()
-                    .expect("lock")
-                    .get(&key)
-                    .filter(|(t, _)| t.elapsed() < GROUP_CACHE_TTL)
-                    .map(|(_, p)| p.clone());
-                match cached {
-                    Some(p) => {
-                        known.insert(key, p);
-                    }
-                    None => todo.push(g),
-                }
-            }
-            for chunk in todo.chunks(50) {
-                if pooled.is_none() {
-                    pooled = Some(self.inner.acquire().await?);
-                }
-                let c = pooled.as_mut().expect("connection");
-                let dn_attr = match self.inner.cfg.kind {
-                    DirectoryKind::Ad => "distinguishedName",
-                    DirectoryKind::Openldap => "entryDN",
-                };
-                let ors: String = chunk
-                    .iter()
-                    .map(|g| format!("({dn_attr}={})", escape::filter_value(g)))
-                    .collect();
-                let filter = format!("(&{}(|{ors}))", self.group_class_filter());
-                let groups_attr = self.inner.attrs.groups.clone();
-                let entries = search_all(
-                    c.ldap(),
-                    self.inner.timeout,
-                    &self.inner.cfg.base_dn,
-                    Scope::Subtree,
-                    &filter,
-                    &[groups_attr.as_str()],
-                )
-                .await?;
-                let mut cache = self.inner.group_parents.lock().expect("lock");
-                for g in chunk {
-                    let parents = entries
-                        .iter()
-                        .find(|e| escape::dn_within(&e.dn, g) && escape::dn_within(g, &e.dn))
-                        .map(|e| all(e, &groups_attr))
-                        .unwrap_or_default();
+        let mut shared: Option<Shared> = None;
+        let r = async {
+            for _ in 0..self.inner.cfg.max_group_depth {
+                let mut todo = Vec::new();
+                for g in frontier.drain(..) {
                     let key = g.to_lowercase();
-                    cache.insert(key.clone(), (Instant::now(), parents.clone()));
-                    known.insert(key, parents);
+                    if !seen.insert(key.clone()) {
+                        continue;
+                    }
+                    let cached = self
+                        .inner
+                        .group_parents
+                        .lock()
+                        .expect("lock")
+                        .get(&key)
+                        .filter(|(t, _)| t.elapsed() < GROUP_CACHE_TTL)
+                        .map(|(_, p)| p.clone());
+                    match cached {
+                        Some(p) => {
+                            known.insert(key, p);
+                        }
+                        None => todo.push(g),
+                    }
+                }
+                for chunk in todo.chunks(50) {
+                    if shared.is_none() {
+                        shared = Some(self.inner.shared().await?);
+                    }
+                    let c = shared.as_mut().expect("connection");
+                    let dn_attr = match self.inner.cfg.kind {
+                        DirectoryKind::Ad => "distinguishedName",
+                        DirectoryKind::Openldap => "entryDN",
+                    };
+                    let ors: String = chunk
+                        .iter()
+                        .map(|g| format!("({dn_attr}={})", escape::filter_value(g)))
+                        .collect();
+                    let filter = format!("(&{}(|{ors}))", self.group_class_filter());
+                    let groups_attr = self.inner.attrs.groups.clone();
+                    let entries = self
+                        .inner
+                        .search_all_shared(
+                            c.ldap(),
+                            &self.inner.cfg.base_dn,
+                            Scope::Subtree,
+                            &filter,
+                            &[groups_attr.as_str()],
+                        )
+                        .await?;
+                    let mut cache = self.inner.group_parents.lock().expect("lock");
+                    for g in chunk {
+                        let parents = entries
+                            .iter()
+                            .find(|e| escape::dn_within(&e.dn, g) && escape::dn_within(g, &e.dn))
+                            .map(|e| all(e, &groups_attr))
+                            .unwrap_or_default();
+                        let key = g.to_lowercase();
+                        cache.insert(key.clone(), (Instant::now(), parents.clone()));
+                        known.insert(key, parents);
+                    }
+                }
+                frontier = known
+                    .values()
+                    .flatten()
+                    .filter(|p| !seen.contains(&p.to_lowercase()))
+                    .cloned()
+                    .collect();
+                if frontier.is_empty() {
+                    break;
                 }
             }
-            frontier = known
-                .values()
-                .flatten()
-                .filter(|p| !seen.contains(&p.to_lowercase()))
-                .cloned()
-                .collect();
-            if frontier.is_empty() {
-                break;
-            }
+            Ok(())
         }
-        if let Some(c) = pooled {
-            c.release();
-        }
+        .await;
+        match shared {
+            Some(c) => c.settle(r),
+            None => r,
+        }?;
         Ok(known)
     }
 
@@ -638,14 +736,16 @@ impl Directory {
         dn: &str,
         login: Option<&str>,
     ) -> OpRes<Vec<String>> {
-        let to = self.inner.timeout;
         let base = &self.inner.cfg.base_dn;
         if self.inner.cfg.kind == DirectoryKind::Ad {
             let f = format!(
                 "(&(objectClass=group)(member:{IN_CHAIN}:={}))",
                 escape::filter_value(dn)
             );
-            let entries = search_all(ldap, to, base, Scope::Subtree, &f, &["1.1"]).await?;
+            let entries = self
+                .inner
+                .search_all_shared(ldap, base, Scope::Subtree, &f, &["1.1"])
+                .await?;
             return Ok(entries.into_iter().map(|e| e.dn).collect());
         }
         let esc = escape::filter_value(dn);
@@ -659,7 +759,10 @@ impl Directory {
         // Level 1 is the user's own membership and always read fresh; the levels above are
         // group-to-group edges, the same for every member, so they come from `nested_parents`
         // (one query per group not seen within `GROUP_CACHE_TTL`).
-        let entries = search_all(ldap, to, base, Scope::Subtree, &filter, &["1.1"]).await?;
+        let entries = self
+            .inner
+            .search_all_shared(ldap, base, Scope::Subtree, &filter, &["1.1"])
+            .await?;
         let mut visited: HashSet<String> = HashSet::new();
         let mut fresh: Vec<String> = entries
             .into_iter()
@@ -707,18 +810,19 @@ impl Directory {
         let filter = format!(
             "(&(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames))(|(member={e})(uniqueMember={e})))"
         );
-        let parents: Vec<String> = search_all(
-            ldap,
-            self.inner.timeout,
-            &self.inner.cfg.base_dn,
-            Scope::Subtree,
-            &filter,
-            &["1.1"],
-        )
-        .await?
-        .into_iter()
-        .map(|e| e.dn)
-        .collect();
+        let parents: Vec<String> = self
+            .inner
+            .search_all_shared(
+                ldap,
+                &self.inner.cfg.base_dn,
+                Scope::Subtree,
+                &filter,
+                &["1.1"],
+            )
+            .await?
+            .into_iter()
+            .map(|e| e.dn)
+            .collect();
         self.inner
             .nested_parents
             .lock()
@@ -873,40 +977,47 @@ impl Directory {
             return Ok(None);
         }
         let filter = self.user_filter(&attr, value);
-        let mut c = self.inner.acquire().await?;
+        let mut c = self.inner.shared().await?;
+        let r = self.lookup_on(c.ldap(), q, &attr, value, &filter).await;
+        c.settle(r)
+    }
+
+    /// `lookup_user`'s searches, on one shared connection.
+    async fn lookup_on(
+        &self,
+        ldap: &mut Ldap,
+        q: &Lookup,
+        attr: &str,
+        value: &str,
+        filter: &str,
+    ) -> OpRes<Option<DirUser>> {
+        let a = &self.inner.attrs;
         let to = self.inner.timeout;
         let attrs = self.user_attrs();
-        let res = c
-            .ldap()
+        let res = ldap
             .with_timeout(to)
             .with_search_options(SearchOptions::new().sizelimit(2))
-            .search(&self.inner.cfg.base_dn, Scope::Subtree, &filter, attrs)
+            .search(&self.inner.cfg.base_dn, Scope::Subtree, filter, attrs)
             .await
             .map_err(map_ldap_err)?;
         let SearchResult(raw, res) = res;
         if raw.len() > 1 {
-            c.release();
             return Err(err(
                 OpErrorCode::InvalidRequest,
                 format!("ambiguous: more than one user has {attr}={value:?}"),
             ));
         }
         if res.rc != 0 {
-            c.release();
             return Err(map_rc(&res, &self.inner.cfg.base_dn));
         }
         let Some(entry) = raw.into_iter().next().map(SearchEntry::construct) else {
-            c.release();
             return Ok(None);
         };
         let login = first(&entry, &a.login);
-        let groups = self
-            .user_groups(c.ldap(), &entry.dn, login.as_deref())
-            .await?;
+        let groups = self.user_groups(ldap, &entry.dn, login.as_deref()).await?;
         let mut matched = Vec::new();
         for (i, f) in q.filters.iter().enumerate() {
-            let res = c
-                .ldap()
+            let res = ldap
                 .with_timeout(to)
                 .search(
                     &entry.dn,
@@ -923,7 +1034,6 @@ impl Directory {
                     }
                 }
                 _ => {
-                    c.release();
                     return Err(err(
                         OpErrorCode::InvalidRequest,
                         format!("filters[{i}] {f:?}: the directory refused it: {}", res.1),
@@ -931,7 +1041,6 @@ impl Directory {
                 }
             }
         }
-        c.release();
         Ok(self.to_user(&entry, groups, matched, unix_now()))
     }
 
@@ -999,6 +1108,158 @@ impl Directory {
 // ---- pool -----------------------------------------------------------------------------------
 
 impl Inner {
+    /// A handle on a shared connection: the least-loaded one below `MAX_IN_FLIGHT`; a new one
+    /// (up to `pool_size`) when every connection is busy; else waits for a free slot, up to
+    /// the operation timeout (then `busy`, as the exclusive pool answers). A failed connect is
+    /// this operation's error only when no shared connection is open.
+    async fn shared(self: &Arc<Self>) -> OpRes<Shared> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        // false after a failed connect while others are open: use (or wait for) those instead
+        let mut may_connect = true;
+        loop {
+            let freed = self.shared_freed.notified();
+            tokio::pin!(freed);
+            // registered before the state is read, so a slot freed in between is not missed
+            freed.as_mut().enable();
+            let can_connect = {
+                let mut set = self.shared.lock().expect("lock");
+                set.conns.retain_mut(|c| !c.ldap.is_closed());
+                let room = may_connect && set.conns.len() + set.connecting < self.cfg.pool_size;
+                let best = set
+                    .conns
+                    .iter_mut()
+                    .filter(|c| c.in_flight < MAX_IN_FLIGHT)
+                    .min_by_key(|c| c.in_flight);
+                match best {
+                    Some(c) if c.in_flight == 0 || !room => {
+                        c.in_flight += 1;
+                        c.last_used = Instant::now();
+                        return Ok(Shared {
+                            ldap: c.ldap.clone(),
+                            url: c.url.clone(),
+                            id: c.id,
+                            inner: self.clone(),
+                            settled: false,
+                        });
+                    }
+                    _ if room => {
+                        set.connecting += 1;
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            if can_connect {
+                let _place = Connecting(self);
+                let conn = match self.connect(Some(())).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        if self.shared.lock().expect("lock").conns.is_empty() {
+                            return Err(e);
+                        }
+                        may_connect = false;
+                        continue;
+                    }
+                };
+                let mut set = self.shared.lock().expect("lock");
+                let id = set.next_id;
+                set.next_id += 1;
+                set.conns.push(SharedConn {
+                    id,
+                    ldap: conn.ldap.clone(),
+                    url: conn.url.clone(),
+                    in_flight: 1,
+                    last_used: Instant::now(),
+                });
+                return Ok(Shared {
+                    ldap: conn.ldap,
+                    url: conn.url,
+                    id,
+                    inner: self.clone(),
+                    settled: false,
+                });
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return Err(err(OpErrorCode::Busy, "all directory connections are busy"));
+            }
+        }
+    }
+
+    /// An operation on shared connection `id` ended; `retire` takes the connection out of the
+    /// set (operations still running on it finish on their clones).
+    fn shared_done(&self, id: u64, retire: bool) {
+        {
+            let mut set = self.shared.lock().expect("lock");
+            if let Some(i) = set.conns.iter().position(|c| c.id == id) {
+                if retire {
+                    set.conns.swap_remove(i);
+                } else {
+                    let c = &mut set.conns[i];
+                    c.in_flight -= 1;
+                    c.last_used = Instant::now();
+                }
+            }
+        }
+        self.shared_freed.notify_waiters();
+    }
+
+    /// `search_all` on a shared connection: the first page there, which is all of it for the
+    /// searches the connector multiplexes (a user's groups, a batch of 50 groups, one level of
+    /// OUs); a result set that needs more pages is abandoned there and read again, paged, on an
+    /// exclusive connection, because paging must not continue on a shared connection.
+    async fn search_all_shared(
+        self: &Arc<Self>,
+        ldap: &mut Ldap,
+        base: &str,
+        scope: Scope,
+        filter: &str,
+        attrs: &[&str],
+    ) -> OpRes<Vec<SearchEntry>> {
+        self.search_all_shared_paged(ldap, ALL_PAGE, base, scope, filter, attrs)
+            .await
+    }
+
+    async fn search_all_shared_paged(
+        self: &Arc<Self>,
+        ldap: &mut Ldap,
+        page: i32,
+        base: &str,
+        scope: Scope,
+        filter: &str,
+        attrs: &[&str],
+    ) -> OpRes<Vec<SearchEntry>> {
+        let to = self.timeout;
+        let res = ldap
+            .with_timeout(to)
+            .with_controls(PagedResults {
+                size: page,
+                cookie: Vec::new(),
+            })
+            .search(base, scope, filter, attrs.to_vec())
+            .await
+            .map_err(map_ldap_err)?;
+        let (entries, r) = check_result(res, base)?;
+        let cookie = paged_cookie(&r.ctrls);
+        if cookie.is_empty() {
+            return Ok(entries);
+        }
+        // best effort: the server may already have dropped the state for another paged search
+        let _ = ldap
+            .with_timeout(to)
+            .with_controls(PagedResults { size: 0, cookie })
+            .search(base, scope, filter, attrs.to_vec())
+            .await;
+        let mut c = self.acquire().await?;
+        let out = search_all(c.ldap(), to, page, base, scope, filter, attrs).await?;
+        c.release();
+        Ok(out)
+    }
+
+    /// Shared connections open (for tests and the bench).
+    fn shared_count(&self) -> usize {
+        self.shared.lock().expect("lock").conns.len()
+    }
+
     async fn acquire(self: &Arc<Self>) -> OpRes<Pooled> {
         let permit = tokio::time::timeout(self.timeout, self.permits.clone().acquire_owned())
             .await
@@ -1141,6 +1402,9 @@ impl Inner {
             .lock()
             .expect("lock")
             .retain_mut(|c| c.last_used.elapsed() < max_idle && !c.ldap.is_closed());
+        self.shared.lock().expect("lock").conns.retain_mut(|c| {
+            (c.in_flight > 0 || c.last_used.elapsed() < max_idle) && !c.ldap.is_closed()
+        });
         self.cursors
             .lock()
             .expect("lock")
@@ -1297,10 +1561,11 @@ async fn search_page(
     Ok((entries, paged_cookie(&r.ctrls)))
 }
 
-/// All entries, paging internally (500 per page) so server size limits do not cut it short.
+/// All entries, paging internally (`page` per page, `ALL_PAGE` = 500) so server size limits do not cut it short.
 async fn search_all(
     ldap: &mut Ldap,
     to: Duration,
+    page: i32,
     base: &str,
     scope: Scope,
     filter: &str,
@@ -1311,7 +1576,7 @@ async fn search_all(
     loop {
         let res = ldap
             .with_timeout(to)
-            .with_controls(PagedResults { size: 500, cookie })
+            .with_controls(PagedResults { size: page, cookie })
             .search(base, scope, filter, attrs.to_vec())
             .await
             .map_err(map_ldap_err)?;
@@ -1609,6 +1874,72 @@ timeout_secs = 2
         c.directory.ca_file = Some(p);
         let e = Directory::new(&c).err().unwrap();
         assert!(e.message.contains("ca_file"), "{}", e.message);
+    }
+
+    /// The OpenLDAP test server from `scripts/directories.sh` (TEST_OPENLDAP_*), if set.
+    fn openldap(pool_size: usize) -> Option<Directory> {
+        let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
+        let got = (|| {
+            Some(
+                ConnectorConfig::from_toml_str(&format!(
+                    "[directory]\nkind = \"openldap\"\nurls = [{:?}]\nbind_dn = {:?}\n\
+                     bind_password = {:?}\nbase_dn = {:?}\ntimeout_secs = 5\npool_size = {pool_size}\n",
+                    var("TEST_OPENLDAP_URL")?,
+                    var("TEST_OPENLDAP_BIND_DN")?,
+                    var("TEST_OPENLDAP_BIND_PASSWORD")?,
+                    var("TEST_OPENLDAP_BASE")?,
+                ))
+                .unwrap(),
+            )
+        })();
+        if got.is_none() && var("REQUIRE_DIRECTORIES").as_deref() == Some("1") {
+            panic!("TEST_OPENLDAP_* unset; run: eval \"$(scripts/directories.sh start DIR)\"");
+        }
+        got.map(|c| Directory::new(&c).unwrap())
+    }
+
+    /// A result set of several pages is not paged on a shared connection (OpenLDAP keeps one
+    /// paged state per connection): many such searches at once on 2 shared connections, beside
+    /// one-page searches, each get all their entries exactly once.
+    #[tokio::test]
+    async fn multi_page_results_move_to_an_exclusive_connection() {
+        let Some(dir) = openldap(2) else {
+            eprintln!("skipping: TEST_OPENLDAP_* unset");
+            return;
+        };
+        let inner = dir.inner.clone();
+        let base = format!("ou=bulk,{}", inner.cfg.base_dn);
+        let runs = (0..24).map(|i| {
+            let inner = inner.clone();
+            let base = base.clone();
+            async move {
+                let mut sh = inner.shared().await?;
+                let (page, filter) = if i % 2 == 0 {
+                    (100, "(objectClass=inetOrgPerson)".to_owned())
+                } else {
+                    (ALL_PAGE, format!("(uid=bulk{:04})", i))
+                };
+                let r = inner
+                    .search_all_shared_paged(
+                        sh.ldap(),
+                        page,
+                        &base,
+                        Scope::OneLevel,
+                        &filter,
+                        &["1.1"],
+                    )
+                    .await;
+                sh.settle(r).map(|e| (i, e))
+            }
+        });
+        for r in futures_util::future::join_all(runs).await {
+            let (i, entries) = r.unwrap();
+            let dns: HashSet<String> = entries.iter().map(|e| e.dn.to_lowercase()).collect();
+            let want = if i % 2 == 0 { 1200 } else { 1 };
+            assert_eq!(entries.len(), want, "search {i}");
+            assert_eq!(dns.len(), want, "search {i}: duplicates");
+        }
+        assert!(dir.shared_connections() <= 2);
     }
 
     #[test]

@@ -536,6 +536,76 @@ async fn paging_users_and_groups() {
     }
 }
 
+/// Look-ups multiplexed on shared connections (many in flight on `pool_size` = 2) give the same
+/// users and groups as one at a time, never open more than `pool_size` shared connections, and
+/// do not disturb a paging cursor (which keeps a connection of its own) running beside them.
+#[tokio::test]
+async fn concurrent_lookups_share_connections_beside_a_cursor() {
+    for s in both() {
+        let logins = [
+            "alice", "bob", "carol", "dave", "frank", "heidi", "zoe", "jmueller", "bulk0001",
+            "bulk0017", "nobody",
+        ];
+        let reference = s.dir();
+        let mut expected = Vec::new();
+        for l in logins {
+            let u = lookup(&reference, l, &[]).await;
+            expected.push(u.map(|u| (u.id, lower(&u.groups))));
+        }
+        let dir = Directory::new(&s.config_with(&[&s.url], "pool_size = 2")).unwrap();
+        let bulk = match s.kind {
+            Kind::OpenLdap => s.dn("ou=bulk"),
+            Kind::Samba => s.dn("OU=Bulk"),
+        };
+        let page = |cursor| Operation::SearchUsers {
+            base: Some(bulk.clone()),
+            filter: None,
+            page_size: 200,
+            cursor,
+        };
+        let (mut dns, mut cursor) = match dir.execute(page(None)).await.unwrap() {
+            OpResult::Users { items, next_cursor } => (
+                items.into_iter().map(|u| u.dn).collect::<Vec<_>>(),
+                next_cursor,
+            ),
+            other => panic!("{other:?}"),
+        };
+        assert!(cursor.is_some());
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let dir = dir.clone();
+            let l = logins[i % logins.len()];
+            tasks.push(tokio::spawn(async move {
+                let u = lookup(&dir, l, &[]).await;
+                (i, u.map(|u| (u.id, lower(&u.groups))))
+            }));
+        }
+        // the cursor pages while the look-ups are in flight
+        while let Some(c) = cursor.take() {
+            match dir.execute(page(Some(c))).await.unwrap() {
+                OpResult::Users { items, next_cursor } => {
+                    dns.extend(items.into_iter().map(|u| u.dn));
+                    cursor = next_cursor;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        for t in tasks {
+            let (i, got) = t.await.unwrap();
+            assert_eq!(
+                got,
+                expected[i % logins.len()],
+                "{}",
+                logins[i % logins.len()]
+            );
+        }
+        assert_eq!(lower(&dns).len(), 1200);
+        assert_eq!(dns.len(), 1200);
+        let n = dir.shared_connections();
+        assert!((1..=2).contains(&n), "{n} shared connections");
+    }
+}
+
 #[tokio::test]
 async fn search_users_carry_transitive_groups() {
     for s in both() {
