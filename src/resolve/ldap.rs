@@ -10,8 +10,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use futures_util::FutureExt;
-use futures_util::future::{BoxFuture, Shared};
+use futures_util::future::BoxFuture;
 use tokio::time::Instant;
 
 use super::{
@@ -105,59 +104,12 @@ impl LoginName {
     }
 }
 
-type SharedLookup = Shared<BoxFuture<'static, Result<OpResult, CallError>>>;
-
-/// Concurrent identical look-ups share one: the first caller's future runs, later callers with
-/// the same key wait for its answer; the entry goes when the answer is in.
-#[derive(Default)]
-pub struct Coalescer {
-    inflight: Arc<Mutex<HashMap<String, (Instant, SharedLookup)>>>,
-}
-
-impl Coalescer {
-    /// `deadline` is the look-up's own: an entry whose callers all gave up (and so left it
-    /// unfinished) is replaced once its deadline has passed.
-    pub async fn run<F>(
-        &self,
-        key: String,
-        deadline: Instant,
-        start: F,
-    ) -> Result<OpResult, CallError>
-    where
-        F: FnOnce() -> BoxFuture<'static, Result<OpResult, CallError>>,
-    {
-        let fut = {
-            let mut map = self.inflight.lock().unwrap();
-            let now = Instant::now();
-            match map.get(&key).filter(|(d, _)| *d > now) {
-                Some((_, f)) => f.clone(),
-                None => {
-                    let (map2, key2) = (self.inflight.clone(), key.clone());
-                    let inner = start();
-                    let f: BoxFuture<'static, Result<OpResult, CallError>> = Box::pin(async move {
-                        let r = inner.await;
-                        map2.lock().unwrap().remove(&key2);
-                        r
-                    });
-                    let f = f.shared();
-                    map.insert(key, (deadline, f.clone()));
-                    f
-                }
-            }
-        };
-        fut.await
-    }
-
-    /// Look-ups in flight (tests).
-    pub fn in_flight(&self) -> usize {
-        self.inflight.lock().unwrap().len()
-    }
-}
+pub use super::coalesce::Coalescer;
 
 pub struct LdapResolver {
     hub: Arc<Hub>,
     store: Store,
-    lookups: Coalescer,
+    lookups: Coalescer<Result<OpResult, CallError>>,
     /// Each organization's mappings, read at most once per `MAPPINGS_TTL` (every v2 activation
     /// needs them). Changes made through this replica invalidate at once; other replicas see
     /// them within the TTL.
@@ -574,7 +526,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_identical_lookups_share_one_round_trip() {
-        let c = Arc::new(Coalescer::default());
+        let c: Arc<Coalescer<Result<OpResult, CallError>>> = Arc::new(Coalescer::default());
         let calls = Arc::new(AtomicUsize::new(0));
         let gate = Arc::new(tokio::sync::Notify::new());
         let mut tasks = Vec::new();

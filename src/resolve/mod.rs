@@ -8,6 +8,7 @@
 //!   through `WriteTx` (the v4 device map lives there, and reading it in the same transaction
 //!   that consumes it is what makes concurrent activations of one device converge).
 
+pub mod coalesce;
 mod device_map;
 pub mod ldap;
 
