@@ -231,7 +231,10 @@ impl Activator {
                 // Each network resolver gets permits of its own: one slow directory cannot use
                 // up another's, and the device map needs none.
                 let permits = resolver.network_phase().then(|| {
-                    let b = network_budget;
+                    let mut b = network_budget;
+                    if let Some(t) = resolver.timeout() {
+                        b.timeout = t;
+                    }
                     (b, Arc::new(Semaphore::new(b.max_in_flight.max(1))))
                 });
                 (v, Slot { resolver, permits })
@@ -297,6 +300,20 @@ impl Activator {
         if let Some(l) = &self.ldap {
             l.mappings_changed(org_id);
         }
+    }
+
+    /// Enables IMD v5 with this resolver (an explicitly given v5 resolver takes precedence).
+    pub fn with_azure(mut self, azure: Arc<dyn Resolver>) -> Self {
+        let mut b = self.network_budget;
+        if let Some(t) = azure.timeout() {
+            b.timeout = t;
+        }
+        let permits = Arc::new(Semaphore::new(b.max_in_flight.max(1)));
+        self.resolvers.entry(ImdVersion::V5).or_insert(Slot {
+            resolver: azure,
+            permits: Some((b, permits)),
+        });
+        self
     }
 
     fn ldap(&self) -> Result<&Arc<LdapResolver>, ActivationError> {
@@ -934,6 +951,12 @@ async fn ensure_user(
     for _ in 0..2 {
         if let Some(ext) = &spec.external_id
             && let Some(u) = tx.user_by_external_id(org_id, spec.source, ext).await?
+        {
+            return Ok((u, false));
+        }
+        // The same person known from another directory (a hybrid user activated through v2).
+        if let Some((source, ext)) = &spec.also_known_as
+            && let Some(u) = tx.user_by_external_id(org_id, source, ext).await?
         {
             return Ok((u, false));
         }

@@ -58,6 +58,7 @@ impl Resolver for DeviceMapResolver {
                     quota_bytes: ctx.org.default_quota_bytes,
                     attrs: None,
                     mapping_id: None,
+                    also_known_as: None,
                 },
                 device_name: Some(m.device_name),
                 mapping_id: Some(m.id),

@@ -457,6 +457,7 @@ fn finish(user: &DirUser, m: &LdapMappingRow) -> Result<Decision, ResolveError> 
                 quota_bytes: m.quota_bytes,
             }),
             note: None,
+            also_known_as: None,
         },
     })
 }

@@ -10,6 +10,7 @@
 
 pub mod coalesce;
 mod device_map;
+pub mod azure;
 pub mod ldap;
 
 pub use device_map::DeviceMapResolver;
@@ -70,6 +71,9 @@ pub struct DirectoryUser {
     pub assignment: Option<Assignment>,
     /// Recorded in the audit trail with the activation.
     pub note: Option<String>,
+    /// The same person's identity in another directory (a hybrid Entra user's AD objectGUID),
+    /// so a user an earlier activation created there is found instead of duplicated.
+    pub also_known_as: Option<(&'static str, String)>,
 }
 
 /// A directory mapping's assignment for users it creates.
@@ -103,6 +107,8 @@ pub struct UserSpec {
     pub quota_bytes: Option<i64>,
     pub attrs: Option<DirectoryAttrs>,
     pub mapping_id: Option<String>,
+    /// Another directory's identity of the same person, matched after `external_id`.
+    pub also_known_as: Option<(&'static str, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -162,6 +168,11 @@ pub trait Resolver: Send + Sync {
         false
     }
 
+    /// This resolver's own look-up timeout, instead of `resolvers.network_timeout_ms`.
+    fn timeout(&self) -> Option<Duration> {
+        None
+    }
+
     /// Before the transaction: the directory look-up. Only called with a network phase.
     fn lookup<'a>(
         &'a self,
@@ -217,6 +228,7 @@ pub fn bind_directory_user(
             quota_bytes,
             attrs: u.attrs.clone(),
             mapping_id,
+            also_known_as: u.also_known_as.clone(),
         },
         device_name: None,
         mapping_id: None,

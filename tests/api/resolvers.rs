@@ -117,6 +117,7 @@ fn user(ext: &str, email: &str, login: &str) -> DirectoryUser {
         attrs: None,
         assignment: None,
         note: None,
+        also_known_as: None,
     }
 }
 

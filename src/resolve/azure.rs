@@ -1,0 +1,381 @@
+//! IMD v5: the user is resolved through the organization's Entra ID (Azure AD) app registration
+//! with Microsoft Graph. The network phase finds the signed-in user by UPN (or email), with its
+//! transitive group ids; look-ups are cached briefly per organization (`[azure]
+//! lookup_cache_secs`; disabled users and errors are never cached as success) and concurrent
+//! look-ups of one user share one round trip, so a building of laptops activating at 9:00 costs
+//! one Graph user read per new user. The first Azure AD mapping by priority whose group
+//! (transitive) or attribute matches decides profile, storage region and quota; users are keyed
+//! by the Entra object id, and a hybrid user's `onPremisesImmutableId` (its AD objectGUID) finds
+//! the user an earlier v2 activation created.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use futures_util::future::BoxFuture;
+use tokio::time::Instant;
+
+use super::coalesce::Coalescer;
+use super::{
+    Assignment, DirectoryUser, LookupContext, Prepared, Resolution, ResolveContext, ResolveError,
+    Resolver,
+};
+use crate::directory::graph::{GraphClients, GraphError, GraphUser};
+use crate::domain::directory::DirectoryAttrs;
+use crate::domain::{Email, normalize_email};
+use crate::store::{AzureMappingRow, OrgRow, Store, WriteTx};
+
+pub const SOURCE: &str = "azure";
+
+/// A user as Graph reports it, with its transitive group ids.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub user: GraphUser,
+    pub groups: Vec<String>,
+}
+
+type Cached = (Instant, Arc<Found>);
+type LookupResult = Result<Option<Arc<Found>>, GraphError>;
+
+pub struct AzureResolver {
+    clients: Arc<GraphClients>,
+    store: Store,
+    timeout: Duration,
+    cache_ttl: Duration,
+    cache: Mutex<HashMap<String, Cached>>,
+    lookups: Coalescer<LookupResult>,
+    mappings: Mutex<HashMap<String, (Instant, Arc<Vec<AzureMappingRow>>)>>,
+}
+
+const MAPPINGS_TTL: Duration = Duration::from_secs(2);
+const CACHE_MAX: usize = 100_000;
+
+/// The attributes a mapping may compare, as Graph names them.
+pub const MAPPABLE_ATTRIBUTES: &[&str] = &[
+    "department",
+    "country",
+    "companyName",
+    "jobTitle",
+    "officeLocation",
+    "employeeType",
+];
+
+impl AzureResolver {
+    pub fn new(
+        clients: Arc<GraphClients>,
+        store: Store,
+        timeout: Duration,
+        cache_ttl: Duration,
+    ) -> AzureResolver {
+        AzureResolver {
+            clients,
+            store,
+            timeout,
+            cache_ttl,
+            cache: Mutex::default(),
+            lookups: Coalescer::default(),
+            mappings: Mutex::default(),
+        }
+    }
+
+    /// After an admin changed the organization's Azure settings or mappings on this replica.
+    pub fn changed(&self, org_id: &str) {
+        self.mappings.lock().unwrap().remove(org_id);
+        let prefix = format!("{org_id}\u{1}");
+        self.cache.lock().unwrap().retain(|k, _| !k.starts_with(&prefix));
+    }
+
+    async fn mappings(&self, org_id: &str) -> Result<Arc<Vec<AzureMappingRow>>, ResolveError> {
+        let now = Instant::now();
+        if let Some((at, m)) = self.mappings.lock().unwrap().get(org_id)
+            && now.duration_since(*at) < MAPPINGS_TTL
+        {
+            return Ok(m.clone());
+        }
+        let m = Arc::new(self.store.azure_mappings(org_id).await?);
+        self.mappings
+            .lock()
+            .unwrap()
+            .insert(org_id.to_string(), (now, m.clone()));
+        Ok(m)
+    }
+
+    /// The user and its groups: from the cache, or one shared Graph round trip.
+    async fn find(
+        &self,
+        org: &OrgRow,
+        key: &str,
+        extensions: Vec<String>,
+        deadline: Instant,
+    ) -> Result<Option<Arc<Found>>, ResolveError> {
+        let cache_key = format!("{}\u{1}{}", org.id, normalize_email(key));
+        let now = Instant::now();
+        if let Some((at, f)) = self.cache.lock().unwrap().get(&cache_key)
+            && now.duration_since(*at) < self.cache_ttl
+        {
+            return Ok(Some(f.clone()));
+        }
+        let client = self
+            .clients
+            .get(&org.id)
+            .await
+            .map_err(|e| ResolveError::Directory(e.to_string()))?
+            .ok_or_else(|| {
+                ResolveError::Directory(
+                    "Azure AD is not configured for this organization: PUT /api/v1/admin/azure"
+                        .into(),
+                )
+            })?;
+        let key2 = key.to_string();
+        let found = self
+            .lookups
+            .run(cache_key.clone(), deadline, move || {
+                Box::pin(async move {
+                    let Some(user) = client.user(&key2, &extensions, deadline).await? else {
+                        return Ok(None);
+                    };
+                    // A disabled user's groups are not needed: it is refused either way.
+                    let groups = if user.account_enabled {
+                        client.transitive_group_ids(&user.id, deadline).await?
+                    } else {
+                        Vec::new()
+                    };
+                    Ok(Some(Arc::new(Found { user, groups })))
+                })
+            })
+            .await
+            .map_err(graph_error)?;
+        if let Some(f) = &found
+            && f.user.account_enabled
+        {
+            let mut cache = self.cache.lock().unwrap();
+            if cache.len() >= CACHE_MAX {
+                cache.clear();
+            }
+            cache.insert(cache_key, (Instant::now(), f.clone()));
+        }
+        Ok(found)
+    }
+
+    /// During an outage, with `directory_outage = "allow_known_users"`: the stored user.
+    async fn known_user(&self, org: &OrgRow, key: &str) -> Result<Option<DirectoryUser>, ResolveError> {
+        let Some(u) = self.store.user_by_upn(&org.id, SOURCE, key).await? else {
+            return Ok(None);
+        };
+        let (Some(ext), Ok(email)) = (u.external_id.clone(), Email::parse(&u.email)) else {
+            return Ok(None);
+        };
+        Ok(Some(DirectoryUser {
+            external_id: ext,
+            email,
+            user_name: u.user_name.clone(),
+            enabled: true,
+            attrs: None,
+            assignment: None,
+            note: Some("directory outage: activated from the stored user (allow_known_users)".into()),
+            also_known_as: None,
+        }))
+    }
+}
+
+fn graph_error(e: GraphError) -> ResolveError {
+    match e {
+        GraphError::Unavailable(m) => ResolveError::Unavailable(m),
+        other => ResolveError::Directory(other.to_string()),
+    }
+}
+
+/// The AD objectGUID a hybrid user's `onPremisesImmutableId` carries (base64 of the 16 GUID
+/// bytes in AD's wire order), as the canonical string v2 stores.
+pub fn immutable_id_guid(immutable_id: &str) -> Option<String> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(immutable_id.trim())
+        .ok()?;
+    let b: [u8; 16] = bytes.try_into().ok()?;
+    Some(uuid::Uuid::from_bytes_le(b).to_string())
+}
+
+fn attribute<'a>(u: &'a GraphUser, name: &str) -> Option<&'a str> {
+    match name {
+        "department" => u.department.as_deref(),
+        "country" => u.country.as_deref(),
+        "companyName" => u.company_name.as_deref(),
+        "jobTitle" => u.job_title.as_deref(),
+        "officeLocation" => u.office_location.as_deref(),
+        "employeeType" => u.employee_type.as_deref(),
+        ext => u.extensions.get(ext).map(String::as_str),
+    }
+}
+
+/// The first mapping by priority the user falls under, or why not.
+pub fn decide(
+    f: &Found,
+    mappings: &[AzureMappingRow],
+    allow_guests: bool,
+) -> Result<DirectoryUser, ResolveError> {
+    let u = &f.user;
+    if !u.account_enabled {
+        return Err(ResolveError::UserDisabled(format!(
+            "{} is disabled in Entra ID (accountEnabled = false)",
+            u.user_principal_name
+        )));
+    }
+    if u.user_type.as_deref().is_some_and(|t| t.eq_ignore_ascii_case("guest")) && !allow_guests {
+        return Err(ResolveError::UserNotMapped(format!(
+            "{} is a guest (userType = Guest); guests activate only with allow_guests = true on PUT /api/v1/admin/azure",
+            u.user_principal_name
+        )));
+    }
+    if mappings.is_empty() {
+        return Err(ResolveError::UserNotMapped(
+            "no Azure AD mappings are configured: create one with POST /api/v1/admin/azure-mappings".into(),
+        ));
+    }
+    let winner = mappings.iter().find(|m| match m.source_kind.as_str() {
+        "group" => m
+            .group_id
+            .as_deref()
+            .is_some_and(|g| f.groups.iter().any(|x| x.eq_ignore_ascii_case(g))),
+        _ => match (m.attribute.as_deref(), m.value.as_deref()) {
+            (Some(a), Some(v)) => attribute(u, a).is_some_and(|x| x.trim().eq_ignore_ascii_case(v.trim())),
+            _ => false,
+        },
+    });
+    let Some(m) = winner else {
+        let names: Vec<String> = mappings.iter().take(5).map(|m| format!("\"{}\"", m.name)).collect();
+        return Err(ResolveError::UserNotMapped(format!(
+            "{} is in none of the mappings' groups and matches none of their attributes (checked {}); add the user to a mapped group or adjust a mapping",
+            u.user_principal_name,
+            names.join(", ")
+        )));
+    };
+    // No mail: the UPN is the email.
+    let email_src = u.mail.as_deref().unwrap_or(&u.user_principal_name);
+    let email = Email::parse(email_src).map_err(|e| {
+        ResolveError::UserNotMapped(format!("the user's mail/UPN is not a valid email ({e})"))
+    })?;
+    Ok(DirectoryUser {
+        external_id: u.id.to_ascii_lowercase(),
+        email,
+        user_name: u.user_principal_name.clone(),
+        enabled: true,
+        attrs: Some(DirectoryAttrs {
+            display_name: u.display_name.clone(),
+            login: None,
+            upn: Some(u.user_principal_name.clone()),
+            dn: None,
+            department: u.department.clone(),
+            country: u.country.clone(),
+            groups: f.groups.clone(),
+        }),
+        assignment: Some(Assignment {
+            mapping_id: m.id.clone(),
+            profile: m.profile.clone(),
+            storage_region: m.storage_region.clone(),
+            quota_bytes: m.quota_bytes,
+        }),
+        note: None,
+        also_known_as: u
+            .on_premises_immutable_id
+            .as_deref()
+            .and_then(immutable_id_guid)
+            .map(|g| (super::ldap::SOURCE, g)),
+    })
+}
+
+impl Resolver for AzureResolver {
+    fn name(&self) -> &'static str {
+        "azure"
+    }
+
+    fn network_phase(&self) -> bool {
+        true
+    }
+
+    fn timeout(&self) -> Option<Duration> {
+        Some(self.timeout)
+    }
+
+    fn lookup<'a>(
+        &'a self,
+        ctx: &'a LookupContext<'a>,
+    ) -> BoxFuture<'a, Result<Prepared, ResolveError>> {
+        Box::pin(async move {
+            let u = &ctx.request.user;
+            let key = u
+                .upn
+                .as_deref()
+                .or(u.email.as_deref())
+                .ok_or_else(|| {
+                    ResolveError::InvalidRequest(
+                        "user.upn (or user.email) is required for IMD v5".into(),
+                    )
+                })?
+                .to_string();
+            let cfg = self.store.azure_config(&ctx.org.id).await?;
+            let allow_guests = cfg.as_ref().is_some_and(|c| c.allow_guests);
+            let mappings = self.mappings(&ctx.org.id).await?;
+            let extensions: Vec<String> = mappings
+                .iter()
+                .filter_map(|m| m.attribute.clone())
+                .filter(|a| a.starts_with("extension_"))
+                .collect();
+            // Keep part of the budget for the outage fall-back.
+            let budget = ctx.deadline.saturating_duration_since(Instant::now());
+            let deadline = ctx.deadline - (budget / 5).min(Duration::from_millis(500));
+            match self.find(ctx.org, &key, extensions, deadline).await {
+                Ok(Some(f)) => Ok(Prepared::User(decide(&f, &mappings, allow_guests)?)),
+                Ok(None) => Err(ResolveError::UserNotFound(format!(
+                    "no user {key} in Entra ID; check the UPN the client reports"
+                ))),
+                Err(ResolveError::Unavailable(why))
+                    if ctx.org.directory_outage == "allow_known_users" =>
+                {
+                    match self.known_user(ctx.org, &key).await? {
+                        Some(u) => Ok(Prepared::User(u)),
+                        None => Err(ResolveError::Unavailable(why)),
+                    }
+                }
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn resolve<'a>(
+        &'a self,
+        _tx: &'a mut dyn WriteTx,
+        ctx: &'a ResolveContext<'a>,
+        prepared: &'a Prepared,
+    ) -> BoxFuture<'a, Result<Resolution, ResolveError>> {
+        Box::pin(async move {
+            match prepared {
+                Prepared::User(u) => super::bind_directory_user(ctx.org, u, SOURCE),
+                Prepared::Nothing => Err(ResolveError::Directory(
+                    "the Graph look-up did not run".into(),
+                )),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn immutable_id_is_the_objectguid_in_ad_byte_order() {
+        // Wire bytes 49dd96e0 629a 2445 932d 5b7ef3171d6b (active-directory.md's lab example).
+        let wire: [u8; 16] = [
+            0x49, 0xdd, 0x96, 0xe0, 0x62, 0x9a, 0x24, 0x45, 0x93, 0x2d, 0x5b, 0x7e, 0xf3, 0x17,
+            0x1d, 0x6b,
+        ];
+        let b64 = base64::engine::general_purpose::STANDARD.encode(wire);
+        assert_eq!(
+            immutable_id_guid(&b64).as_deref(),
+            Some("e096dd49-9a62-4524-932d-5b7ef3171d6b")
+        );
+        assert_eq!(immutable_id_guid("not base64!"), None);
+        assert_eq!(immutable_id_guid("AAAA"), None);
+    }
+}
