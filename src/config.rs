@@ -50,6 +50,8 @@ pub struct Settings {
     pub resolvers: ResolverSettings,
     #[serde(default)]
     pub connectors: ConnectorSettings,
+    #[serde(default)]
+    pub azure: AzureSettings,
 }
 
 /// A database URL; its `Debug` form hides the password, so printing settings never leaks it.
@@ -122,6 +124,40 @@ impl Default for ConnectorSettings {
         }
     }
 }
+
+/// Entra ID through Microsoft Graph (docs/configuration.md, `[azure]`). The app registration
+/// itself is per organization (`PUT /api/v1/admin/azure`), not configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AzureSettings {
+    /// Everything Graph is asked for one activation (token, user, groups, retries) must finish
+    /// within this; past it the activation gets 503 `directory_unavailable`.
+    #[serde(deserialize_with = "num")]
+    pub timeout_ms: u64,
+    /// How long a user look-up (and its groups) is reused; 0 turns the cache off.
+    #[serde(deserialize_with = "num")]
+    pub lookup_cache_secs: u64,
+    /// Retries of one Graph call after throttling (429), 503, 504 or a transport error, each
+    /// still inside `timeout_ms`.
+    #[serde(deserialize_with = "num")]
+    pub max_retries: u64,
+}
+
+impl Default for AzureSettings {
+    fn default() -> Self {
+        AzureSettings {
+            timeout_ms: 10_000,
+            lookup_cache_secs: 300,
+            max_retries: 4,
+        }
+    }
+}
+
+/// Upper bounds for `[azure]`: a longer deadline would hold activations (and their clients)
+/// for minutes; more retries only burn the deadline.
+const AZURE_MAX_TIMEOUT_MS: u64 = 120_000;
+const AZURE_MAX_RETRIES: u64 = 10;
+const AZURE_MAX_CACHE_SECS: u64 = 86_400;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -342,6 +378,25 @@ impl Settings {
                     .into(),
             ));
         }
+        let a = &self.azure;
+        if !(1..=AZURE_MAX_TIMEOUT_MS).contains(&a.timeout_ms) {
+            return Err(ConfigError::Invalid(format!(
+                "azure.timeout_ms must be between 1 and {AZURE_MAX_TIMEOUT_MS}, got {}",
+                a.timeout_ms
+            )));
+        }
+        if a.max_retries > AZURE_MAX_RETRIES {
+            return Err(ConfigError::Invalid(format!(
+                "azure.max_retries must be at most {AZURE_MAX_RETRIES}, got {}",
+                a.max_retries
+            )));
+        }
+        if a.lookup_cache_secs > AZURE_MAX_CACHE_SECS {
+            return Err(ConfigError::Invalid(format!(
+                "azure.lookup_cache_secs must be at most {AZURE_MAX_CACHE_SECS} (a day), got {}",
+                a.lookup_cache_secs
+            )));
+        }
         if c.heartbeat_window_secs <= c.heartbeat_interval_secs {
             return Err(ConfigError::Invalid(format!(
                 "connectors.heartbeat_window_secs ({}) must be longer than connectors.heartbeat_interval_secs ({})",
@@ -493,6 +548,48 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("heartbeat_window"), "{e}");
+    }
+
+    #[test]
+    fn azure_settings_have_defaults_are_checked_and_reject_unknown_keys() {
+        let s = load(Some(Path::new("/dev/null")), env(&[]), &[]).unwrap();
+        assert_eq!(s.azure.timeout_ms, 10_000);
+        assert_eq!(s.azure.lookup_cache_secs, 300);
+        assert_eq!(s.azure.max_retries, 4);
+        let s = load(
+            Some(Path::new("/dev/null")),
+            env(&[
+                ("IMD_AZURE__TIMEOUT_MS", "2500"),
+                ("IMD_AZURE__LOOKUP_CACHE_SECS", "0"),
+                ("IMD_AZURE__MAX_RETRIES", "0"),
+            ]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                s.azure.timeout_ms,
+                s.azure.lookup_cache_secs,
+                s.azure.max_retries
+            ),
+            (2500, 0, 0)
+        );
+        for (k, v, needle) in [
+            ("IMD_AZURE__TIMEOUT_MS", "0", "azure.timeout_ms"),
+            ("IMD_AZURE__TIMEOUT_MS", "999999", "azure.timeout_ms"),
+            ("IMD_AZURE__MAX_RETRIES", "50", "azure.max_retries"),
+            (
+                "IMD_AZURE__LOOKUP_CACHE_SECS",
+                "100000",
+                "azure.lookup_cache_secs",
+            ),
+            ("IMD_AZURE__TIMEOUT", "5", "timeout"),
+        ] {
+            let e = load(Some(Path::new("/dev/null")), env(&[(k, v)]), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{k}={v}: {e}");
+        }
     }
 
     #[test]

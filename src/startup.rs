@@ -18,6 +18,7 @@ use crate::activation::limiter::FailureLimiter;
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::crypto::MasterKey;
+use crate::directory::graph::GraphClients;
 use crate::directory::{Hub, HubSettings};
 use crate::http::{self, AppState};
 use crate::resolve::{Budget, DeviceMapResolver, LdapResolver, Resolver};
@@ -210,6 +211,12 @@ impl Application {
             },
         )
         .with_ldap(ldap);
+        let graph = Arc::new(GraphClients::new(
+            store.clone(),
+            master.clone(),
+            GraphClients::http_client(),
+            settings.azure.max_retries as u32,
+        ));
         let (audit, audit_task) = AuditSink::start(store.clone());
         let limits = settings.limits.clone();
         let state = web::Data::new(AppState {
@@ -225,6 +232,9 @@ impl Application {
             inflight: AtomicU64::new(0),
             started_at: now,
             hub,
+            master,
+            graph,
+            azure: settings.azure.clone(),
         });
 
         let server = HttpServer::new(move || {

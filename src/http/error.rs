@@ -39,8 +39,10 @@ pub enum Code {
     DeviceMapInvalid,
     /// A connector registration key that is used, expired or unknown (not told apart).
     RegistrationKeyInvalid,
-    /// An LDAP mapping field failed validation (the body names the field).
+    /// An LDAP or Azure AD mapping field failed validation (the body names the field).
     MappingInvalid,
+    /// An Azure AD call (test, group search) before `PUT /api/v1/admin/azure`.
+    AzureNotConfigured,
     PayloadTooLarge,
     RateLimited,
     Unavailable,
@@ -76,6 +78,7 @@ impl Code {
             Code::DeviceMapInvalid => "device_map_invalid",
             Code::RegistrationKeyInvalid => "registration_key_invalid",
             Code::MappingInvalid => "mapping_invalid",
+            Code::AzureNotConfigured => "azure_not_configured",
             Code::PayloadTooLarge => "payload_too_large",
             Code::RateLimited => "rate_limited",
             Code::Unavailable => "unavailable",
@@ -103,7 +106,9 @@ impl Code {
             | Code::UserDeleted => StatusCode::FORBIDDEN,
             Code::NotFound => StatusCode::NOT_FOUND,
             Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Code::DeviceConflict | Code::Conflict => StatusCode::CONFLICT,
+            Code::DeviceConflict | Code::Conflict | Code::AzureNotConfigured => {
+                StatusCode::CONFLICT
+            }
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Code::DeviceMapInvalid | Code::MappingInvalid => StatusCode::UNPROCESSABLE_ENTITY,

@@ -16,12 +16,12 @@ use crate::store::{EMAIL_FALLBACKS, LdapMappingValues, LdapMappingWrite};
 pub const MAX_PRIORITY: i64 = 1_000_000;
 const MAX_TEXT: usize = 100;
 
-fn invalid(field: &'static str, problem: impl std::fmt::Display) -> ApiError {
+pub(super) fn invalid(field: &'static str, problem: impl std::fmt::Display) -> ApiError {
     ApiError::new(Code::MappingInvalid, format!("{field}: {problem}"))
         .with_detail("field", json!(field))
 }
 
-fn text(field: &'static str, v: &str) -> Result<String, ApiError> {
+pub(super) fn text(field: &'static str, v: &str) -> Result<String, ApiError> {
     let v = v.trim();
     if v.is_empty() {
         return Err(invalid(field, "must not be empty"));

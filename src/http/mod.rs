@@ -4,6 +4,7 @@
 mod activation;
 mod admin;
 mod auth;
+mod azure;
 mod connectors;
 mod device_maps;
 mod directory;
@@ -23,7 +24,9 @@ use crate::activation::Activator;
 use crate::activation::audit::AuditSink;
 use crate::activation::limiter::FailureLimiter;
 use crate::clock::Clock;
-use crate::config::{ConnectorSettings, Limits};
+use crate::config::{AzureSettings, ConnectorSettings, Limits};
+use crate::crypto::MasterKey;
+use crate::directory::graph::GraphClients;
 use crate::store::Store;
 use crate::tokens::TokenService;
 pub use error::{ApiError, Code};
@@ -44,6 +47,11 @@ pub struct AppState {
     pub started_at: i64,
     /// Live connector channels, and calls through them.
     pub hub: std::sync::Arc<crate::directory::Hub>,
+    /// Seals secrets admins hand in (the Azure client secret).
+    pub master: Arc<MasterKey>,
+    /// One Microsoft Graph client per organization with an Azure AD configuration.
+    pub graph: Arc<GraphClients>,
+    pub azure: AzureSettings,
 }
 
 /// A path with its handlers; any other method on it is 405 in the JSON error shape.
@@ -180,6 +188,24 @@ pub fn routes(cfg: &mut web::ServiceConfig, limits: &Limits) {
                                 .route(web::get().to(ldap_mappings::get))
                                 .route(web::patch().to(ldap_mappings::patch))
                                 .route(web::delete().to(ldap_mappings::delete)),
+                        )
+                        .service(
+                            resource("/azure")
+                                .route(web::put().to(azure::put_config))
+                                .route(web::get().to(azure::get_config)),
+                        )
+                        .service(resource("/azure/test").route(web::post().to(azure::test)))
+                        .service(resource("/azure/groups").route(web::get().to(azure::groups)))
+                        .service(
+                            resource("/azure-mappings")
+                                .route(web::post().to(azure::create_mapping))
+                                .route(web::get().to(azure::list_mappings)),
+                        )
+                        .service(
+                            resource("/azure-mappings/{id}")
+                                .route(web::get().to(azure::get_mapping))
+                                .route(web::patch().to(azure::patch_mapping))
+                                .route(web::delete().to(azure::delete_mapping)),
                         ),
                 ),
         );

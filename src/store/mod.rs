@@ -11,6 +11,7 @@
 //! modules) and compiled for both backends; SQL that differs lives in the backend's folder.
 
 pub mod activations;
+pub mod azure;
 pub mod connectors;
 pub mod devices;
 pub mod keys;
@@ -28,6 +29,10 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 
 pub use activations::{ActivationRecord, ActivationRow};
+pub use azure::{
+    AZURE_SOURCE_KINDS, AzureConfigRow, AzureMappingRow, AzureMappingValues, AzureMappingWrite,
+    azure_secret_aad,
+};
 pub use connectors::{ConnectorRow, ConnectorSessionRow};
 pub use devices::{DeviceReport, DeviceRow, NewDevice, Reassignment, name_norm};
 pub use keys::SigningKeyRow;
@@ -813,6 +818,48 @@ impl Store {
     /// `false`: no such mapping.
     pub async fn delete_ldap_mapping(&self, org_id: &str, id: &str) -> Result<bool> {
         on!(self, s => s.delete_ldap_mapping(org_id, id).await)
+    }
+
+    // Entra ID (see `azure`): the app registration and the Azure AD mappings.
+    /// The organization's app registration (its secret sealed), if configured.
+    pub async fn azure_config(&self, org_id: &str) -> Result<Option<AzureConfigRow>> {
+        on!(self, s => s.azure_config(org_id).await)
+    }
+    /// Inserts or replaces the app registration (`client_secret_enc` already sealed); the
+    /// stored row keeps the first `created_at`.
+    pub async fn put_azure_config(&self, row: &AzureConfigRow) -> Result<AzureConfigRow> {
+        on!(self, s => s.put_azure_config(row).await)
+    }
+    /// The organization's Azure AD mappings by priority, lowest first (one indexed query).
+    pub async fn azure_mappings(&self, org_id: &str) -> Result<Vec<AzureMappingRow>> {
+        on!(self, s => s.azure_mappings(org_id).await)
+    }
+    pub async fn azure_mapping(&self, org_id: &str, id: &str) -> Result<Option<AzureMappingRow>> {
+        on!(self, s => s.azure_mapping(org_id, id).await)
+    }
+    /// A new Azure AD mapping, unless its priority or name is taken in the organization.
+    pub async fn create_azure_mapping(
+        &self,
+        org_id: &str,
+        v: &AzureMappingValues,
+        now: i64,
+    ) -> Result<AzureMappingWrite> {
+        on!(self, s => s.write_azure_mapping(org_id, None, v, now).await)?
+            .ok_or_else(|| StoreError::Internal("insert returned no row".into()))
+    }
+    /// Replaces mapping `id`'s values (a patch merged by the caller); `None`: no such mapping.
+    pub async fn update_azure_mapping(
+        &self,
+        org_id: &str,
+        id: &str,
+        v: &AzureMappingValues,
+        now: i64,
+    ) -> Result<Option<AzureMappingWrite>> {
+        on!(self, s => s.write_azure_mapping(org_id, Some(id), v, now).await)
+    }
+    /// `false`: no such mapping.
+    pub async fn delete_azure_mapping(&self, org_id: &str, id: &str) -> Result<bool> {
+        on!(self, s => s.delete_azure_mapping(org_id, id).await)
     }
 
     // The audit trail.

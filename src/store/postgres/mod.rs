@@ -13,10 +13,11 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
 
 use crate::store::{
-    ActivationRow, AdminKeyRow, ConnectorRow, ConnectorSessionRow, DeviceRow, ImportTx,
-    LdapMappingRow, LdapMappingValues, LdapMappingWrite, MappingFilter, NewToken, OrgRow,
-    OrgSettingsPatch, Result, Rotation, SigningKeyRow, StoreError, StoreOptions, StoredMapping,
-    TokenRow, TxJob, UserRow, pending_migrations, scrub,
+    ActivationRow, AdminKeyRow, AzureConfigRow, AzureMappingRow, AzureMappingValues,
+    AzureMappingWrite, ConnectorRow, ConnectorSessionRow, DeviceRow, ImportTx, LdapMappingRow,
+    LdapMappingValues, LdapMappingWrite, MappingFilter, NewToken, OrgRow, OrgSettingsPatch, Result,
+    Rotation, SigningKeyRow, StoreError, StoreOptions, StoredMapping, TokenRow, TxJob, UserRow,
+    pending_migrations, scrub,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -224,6 +225,7 @@ impl PgStore {
     crate::store::activations::activation_sql!();
     crate::store::connectors::connector_sql!();
     crate::store::ldap_mappings::ldap_mapping_sql!();
+    crate::store::azure::azure_sql!();
 }
 
 /// A new, empty database on the server `admin_url` points at (tooling: the benchmark); returns its

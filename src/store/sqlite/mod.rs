@@ -23,10 +23,11 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Sqlite, SqlitePool};
 
 use crate::store::{
-    ActivationRow, AdminKeyRow, ConnectorRow, ConnectorSessionRow, DeviceRow, ImportTx,
-    LdapMappingRow, LdapMappingValues, LdapMappingWrite, MappingFilter, NewToken, OrgRow,
-    OrgSettingsPatch, Result, Rotation, SigningKeyRow, StoreError, StoreOptions, StoredMapping,
-    TokenRow, TxJob, UserRow, pending_migrations,
+    ActivationRow, AdminKeyRow, AzureConfigRow, AzureMappingRow, AzureMappingValues,
+    AzureMappingWrite, ConnectorRow, ConnectorSessionRow, DeviceRow, ImportTx, LdapMappingRow,
+    LdapMappingValues, LdapMappingWrite, MappingFilter, NewToken, OrgRow, OrgSettingsPatch, Result,
+    Rotation, SigningKeyRow, StoreError, StoreOptions, StoredMapping, TokenRow, TxJob, UserRow,
+    pending_migrations,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -275,4 +276,5 @@ impl SqliteStore {
     crate::store::activations::activation_sql!();
     crate::store::connectors::connector_sql!();
     crate::store::ldap_mappings::ldap_mapping_sql!();
+    crate::store::azure::azure_sql!();
 }
