@@ -306,6 +306,7 @@ impl LdapResolver {
             note: Some(
                 "directory outage: activated from the stored user (allow_known_users)".into(),
             ),
+            also_known_as: None,
         }))
     }
 }
