@@ -189,8 +189,7 @@ pub(crate) enum Reply {
     Text(String),
 }
 
-fn require(r: &GraphReq, ok: bool) -> Result<(), GraphError> {
-    let _ = r;
+fn require(ok: bool) -> Result<(), GraphError> {
     if ok {
         Ok(())
     } else {
@@ -200,14 +199,13 @@ fn require(r: &GraphReq, ok: bool) -> Result<(), GraphError> {
 
 pub(crate) fn handle(t: Target, r: &GraphReq, dir: &mut Directory) -> Result<Reply, GraphError> {
     let want_post = t.post();
-    if (r.method == "POST") != want_post || !matches!(r.method, "GET" | "POST") {
-        if !matches!(t, Target::Unknown(_)) {
-            return Err(GraphError::new(
-                405,
-                "Request_BadRequest",
-                "Specified HTTP method is not allowed for the request target.",
-            ));
-        }
+    let wrong_method = (r.method == "POST") != want_post || !matches!(r.method, "GET" | "POST");
+    if wrong_method && !matches!(t, Target::Unknown(_)) {
+        return Err(GraphError::new(
+            405,
+            "Request_BadRequest",
+            "Specified HTTP method is not allowed for the request target.",
+        ));
     }
     match t {
         Target::Unknown(p) => Err(GraphError::new(
@@ -245,7 +243,7 @@ fn context(r: &GraphReq, set: &str, select: Option<&str>, entity: bool) -> Strin
 }
 
 fn get_user(r: &GraphReq, dir: &Directory, key: &str) -> Result<Reply, GraphError> {
-    require(r, has(&r.perms, READ_USERS))?;
+    require(has(&r.perms, READ_USERS))?;
     let select = parse_select(r.query.get("$select"), &[&USER])?;
     let i = dir
         .find_user(key)
@@ -265,7 +263,7 @@ fn get_user(r: &GraphReq, dir: &Directory, key: &str) -> Result<Reply, GraphErro
 }
 
 fn get_group(r: &GraphReq, dir: &Directory, gid: &str) -> Result<Reply, GraphError> {
-    require(r, has(&r.perms, READ_GROUP_MEMBERS))?;
+    require(has(&r.perms, READ_GROUP_MEMBERS))?;
     let select = parse_select(r.query.get("$select"), &[&GROUP])?;
     let (g, role) = dir.group(gid).ok_or_else(|| GraphError::not_found(gid))?;
     if role {
@@ -281,7 +279,7 @@ fn get_group(r: &GraphReq, dir: &Directory, gid: &str) -> Result<Reply, GraphErr
 }
 
 fn users_count(r: &GraphReq, dir: &Directory) -> Result<Reply, GraphError> {
-    require(r, has(&r.perms, READ_USERS))?;
+    require(has(&r.perms, READ_USERS))?;
     if !r.eventual {
         return Err(GraphError::bad_request(
             "$count is not currently supported.",
@@ -458,7 +456,7 @@ fn list(r: &GraphReq, dir: &Directory, kind: Kind) -> Result<Reply, GraphError> 
         Kind::Users => has(&r.perms, READ_USERS),
         Kind::Groups => has(&r.perms, READ_GROUP_MEMBERS),
     };
-    require(r, ok)?;
+    require(ok)?;
     let mut p = list_params(r, route, None)?;
     let select = parse_select(p.token.select.as_deref(), &[schema])?;
     let expr = prepare_query(r, &mut p, caps, false)?;
@@ -528,10 +526,7 @@ fn member_of(
     cast: Option<String>,
     transitive: bool,
 ) -> Result<Reply, GraphError> {
-    require(
-        r,
-        has(&r.perms, READ_USERS) || has(&r.perms, READ_GROUP_MEMBERS),
-    )?;
+    require(has(&r.perms, READ_USERS) || has(&r.perms, READ_GROUP_MEMBERS))?;
     let cast = cast_type(&cast, &["group", "directoryRole", "administrativeUnit"])?;
     let i = dir
         .find_user(key)
@@ -590,7 +585,7 @@ fn transitive_members(
     gid: &str,
     cast: Option<String>,
 ) -> Result<Reply, GraphError> {
-    require(r, has(&r.perms, READ_GROUP_MEMBERS))?;
+    require(has(&r.perms, READ_GROUP_MEMBERS))?;
     let cast = cast_type(&cast, &["user", "group"])?;
     match dir.group(gid) {
         Some((_, false)) => {}
@@ -653,7 +648,7 @@ fn check_member(
     } else {
         has(&r.perms, READ_USERS)
     };
-    require(r, ok)?;
+    require(ok)?;
     let field = if groups_only { "groupIds" } else { "ids" };
     let body: Value = serde_json::from_slice(r.body)
         .map_err(|e| GraphError::bad_request(format!("Invalid request body: {e}")))?;
@@ -721,7 +716,7 @@ fn delta_expired(r: &GraphReq, seq: u64) -> Result<(), GraphError> {
 }
 
 fn delta(r: &GraphReq, dir: &Directory) -> Result<Reply, GraphError> {
-    require(r, has(&r.perms, READ_USERS))?;
+    require(has(&r.perms, READ_USERS))?;
     let skip = r.query.get("$skiptoken");
     let dtok = r.query.get("$deltatoken").filter(|t| !t.is_empty());
     let latest = dtok.is_some_and(|t| t.eq_ignore_ascii_case("latest"));

@@ -142,9 +142,9 @@ impl StandIn {
         ctl.recorded.clear();
     }
 
-    /// Every request so far, in arrival order.
+    /// Every request so far (the most recent 200,000), in arrival order.
     pub fn requests(&self) -> Vec<Recorded> {
-        lock(&self.shared.ctl).recorded.clone()
+        lock(&self.shared.ctl).recorded.iter().cloned().collect()
     }
 
     /// The next `times` requests to `route` (`"*"`: any route) get `429` with the §9 body and
@@ -335,7 +335,10 @@ async fn dispatch(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>)
     let (fault, delay) = {
         let mut ctl = lock(&shared.ctl);
         *ctl.calls.entry(route.to_owned()).or_default() += 1;
-        ctl.recorded.push(Recorded {
+        if ctl.recorded.len() >= state::RECORD_CAP {
+            ctl.recorded.pop_front();
+        }
+        ctl.recorded.push_back(Recorded {
             route: route.to_owned(),
             method: req.method().to_string(),
             path: raw_path.clone(),

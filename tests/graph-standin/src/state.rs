@@ -8,6 +8,9 @@ use serde_json::Value;
 
 use crate::tenant::{Props, Tenant, id_of};
 
+/// Recorded requests kept (oldest dropped first), so a long benchmark run stays bounded.
+pub(crate) const RECORD_CAP: usize = 200_000;
+
 /// Locks a mutex, ignoring poisoning (a panicking handler must not wedge every later test).
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -96,7 +99,8 @@ pub(crate) struct Control {
     pub tokens: HashMap<String, IssuedToken>,
     pub secret_expired: bool,
     pub perms: Vec<String>,
-    pub recorded: Vec<Recorded>,
+    /// The most recent requests (at most [`RECORD_CAP`]).
+    pub recorded: VecDeque<Recorded>,
     /// Delta tokens minted at or before this directory sequence number are expired.
     pub delta_expired_upto: Option<(u64, DeltaExpiry)>,
 }
@@ -112,7 +116,7 @@ impl Control {
             tokens: HashMap::new(),
             secret_expired: false,
             perms: vec!["User.Read.All".into(), "GroupMember.Read.All".into()],
-            recorded: Vec::new(),
+            recorded: VecDeque::new(),
             delta_expired_upto: None,
         }
     }
