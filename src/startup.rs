@@ -200,6 +200,18 @@ impl Application {
         ));
         hub.set_forward_url(forward_url(&settings, addr));
         let ldap = Arc::new(LdapResolver::new(hub.clone(), store.clone()));
+        let graph = Arc::new(GraphClients::new(
+            store.clone(),
+            master.clone(),
+            GraphClients::http_client(),
+            settings.azure.max_retries as u32,
+        ));
+        let azure = Arc::new(crate::resolve::azure::AzureResolver::new(
+            graph.clone(),
+            store.clone(),
+            Duration::from_millis(settings.azure.timeout_ms),
+            Duration::from_secs(settings.azure.lookup_cache_secs),
+        ));
         let activator = Activator::new(
             store.clone(),
             tokens.clone(),
@@ -210,13 +222,8 @@ impl Application {
                 max_in_flight: settings.resolvers.network_max_in_flight as usize,
             },
         )
-        .with_ldap(ldap);
-        let graph = Arc::new(GraphClients::new(
-            store.clone(),
-            master.clone(),
-            GraphClients::http_client(),
-            settings.azure.max_retries as u32,
-        ));
+        .with_ldap(ldap)
+        .with_azure(azure);
         let (audit, audit_task) = AuditSink::start(store.clone());
         let limits = settings.limits.clone();
         let state = web::Data::new(AppState {

@@ -23,6 +23,7 @@ use tokio::sync::Semaphore;
 
 use crate::crypto::{CredentialKey, ct_eq, sha256_hex};
 use crate::domain::request::ActivationRequest;
+use crate::resolve::azure::AzureResolver;
 use crate::resolve::ldap::{Decision, LoginName};
 use crate::resolve::{
     Binding, Budget, LdapResolver, LookupContext, Prepared, Resolution, ResolveContext,
@@ -193,6 +194,7 @@ pub struct Activator {
     resolvers: HashMap<ImdVersion, Slot>,
     /// IMD v2's resolver, for password activations and web logins.
     ldap: Option<Arc<LdapResolver>>,
+    azure: Option<Arc<AzureResolver>>,
     network_budget: Budget,
     /// The read-only pre-check of network look-ups, kept for `PRECHECK_TTL` (the write
     /// transaction checks the rows again, so a stale entry can only cost a wasted look-up).
@@ -246,6 +248,7 @@ impl Activator {
             binder: Binder { credentials },
             resolvers,
             ldap: None,
+            azure: None,
             network_budget,
             precheck: Default::default(),
         }
@@ -303,17 +306,25 @@ impl Activator {
     }
 
     /// Enables IMD v5 with this resolver (an explicitly given v5 resolver takes precedence).
-    pub fn with_azure(mut self, azure: Arc<dyn Resolver>) -> Self {
+    pub fn with_azure(mut self, azure: Arc<AzureResolver>) -> Self {
         let mut b = self.network_budget;
         if let Some(t) = azure.timeout() {
             b.timeout = t;
         }
         let permits = Arc::new(Semaphore::new(b.max_in_flight.max(1)));
         self.resolvers.entry(ImdVersion::V5).or_insert(Slot {
-            resolver: azure,
+            resolver: azure.clone(),
             permits: Some((b, permits)),
         });
+        self.azure = Some(azure);
         self
+    }
+
+    /// An admin changed the organization's Azure AD settings or mappings here.
+    pub fn azure_changed(&self, org_id: &str) {
+        if let Some(a) = &self.azure {
+            a.changed(org_id);
+        }
     }
 
     fn ldap(&self) -> Result<&Arc<LdapResolver>, ActivationError> {

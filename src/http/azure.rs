@@ -197,6 +197,7 @@ pub async fn put_config(
             updated_at: now,
         })
         .await?;
+    state.activator.azure_changed(&auth.org_id);
     tracing::info!(org_id = %auth.org_id, tenant_id = %row.tenant_id, client_id = %row.client_id, "Azure AD configuration stored");
     Ok(HttpResponse::Ok().json(config_json(&row)))
 }
@@ -551,6 +552,7 @@ pub async fn create_mapping(
         .store
         .create_azure_mapping(&auth.org_id, &v, state.clock.now())
         .await?;
+    state.activator.azure_changed(&auth.org_id);
     Ok(HttpResponse::Created().json(mapping_json(&written(w, v.priority)?)))
 }
 
@@ -604,6 +606,7 @@ pub async fn patch_mapping(
         .update_azure_mapping(&auth.org_id, &id, &v, state.clock.now())
         .await?
         .ok_or_else(|| ApiError::not_found("azure mapping"))?;
+    state.activator.azure_changed(&auth.org_id);
     Ok(HttpResponse::Ok().json(mapping_json(&written(w, v.priority)?)))
 }
 
@@ -613,6 +616,7 @@ pub async fn delete_mapping(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     if state.store.delete_azure_mapping(&auth.org_id, &id).await? {
+        state.activator.azure_changed(&auth.org_id);
         Ok(HttpResponse::NoContent().finish())
     } else {
         Err(ApiError::not_found("azure mapping"))

@@ -43,7 +43,7 @@ pub struct AzureResolver {
     store: Store,
     timeout: Duration,
     cache_ttl: Duration,
-    cache: Mutex<HashMap<String, Cached>>,
+    cache: Arc<Mutex<HashMap<String, Cached>>>,
     lookups: Coalescer<LookupResult>,
     mappings: Mutex<HashMap<String, (Instant, Arc<Vec<AzureMappingRow>>)>>,
 }
@@ -73,7 +73,7 @@ impl AzureResolver {
             store,
             timeout,
             cache_ttl,
-            cache: Mutex::default(),
+            cache: Arc::default(),
             lookups: Coalescer::default(),
             mappings: Mutex::default(),
         }
@@ -83,7 +83,10 @@ impl AzureResolver {
     pub fn changed(&self, org_id: &str) {
         self.mappings.lock().unwrap().remove(org_id);
         let prefix = format!("{org_id}\u{1}");
-        self.cache.lock().unwrap().retain(|k, _| !k.starts_with(&prefix));
+        self.cache
+            .lock()
+            .unwrap()
+            .retain(|k, _| !k.starts_with(&prefix));
     }
 
     async fn mappings(&self, org_id: &str) -> Result<Arc<Vec<AzureMappingRow>>, ResolveError> {
@@ -128,6 +131,7 @@ impl AzureResolver {
                 )
             })?;
         let key2 = key.to_string();
+        let (cache, ttl_on) = (self.cache.clone(), !self.cache_ttl.is_zero());
         let found = self
             .lookups
             .run(cache_key.clone(), deadline, move || {
@@ -141,25 +145,30 @@ impl AzureResolver {
                     } else {
                         Vec::new()
                     };
-                    Ok(Some(Arc::new(Found { user, groups })))
+                    let found = Arc::new(Found { user, groups });
+                    // Cached before the shared answer is handed out, so no caller arriving
+                    // between the two asks Graph again. Disabled users are not cached.
+                    if ttl_on && found.user.account_enabled {
+                        let mut c = cache.lock().unwrap();
+                        if c.len() >= CACHE_MAX {
+                            c.clear();
+                        }
+                        c.insert(cache_key, (Instant::now(), found.clone()));
+                    }
+                    Ok(Some(found))
                 })
             })
             .await
             .map_err(graph_error)?;
-        if let Some(f) = &found
-            && f.user.account_enabled
-        {
-            let mut cache = self.cache.lock().unwrap();
-            if cache.len() >= CACHE_MAX {
-                cache.clear();
-            }
-            cache.insert(cache_key, (Instant::now(), f.clone()));
-        }
         Ok(found)
     }
 
     /// During an outage, with `directory_outage = "allow_known_users"`: the stored user.
-    async fn known_user(&self, org: &OrgRow, key: &str) -> Result<Option<DirectoryUser>, ResolveError> {
+    async fn known_user(
+        &self,
+        org: &OrgRow,
+        key: &str,
+    ) -> Result<Option<DirectoryUser>, ResolveError> {
         let Some(u) = self.store.user_by_upn(&org.id, SOURCE, key).await? else {
             return Ok(None);
         };
@@ -173,7 +182,9 @@ impl AzureResolver {
             enabled: true,
             attrs: None,
             assignment: None,
-            note: Some("directory outage: activated from the stored user (allow_known_users)".into()),
+            note: Some(
+                "directory outage: activated from the stored user (allow_known_users)".into(),
+            ),
             also_known_as: None,
         }))
     }
@@ -221,7 +232,11 @@ pub fn decide(
             u.user_principal_name
         )));
     }
-    if u.user_type.as_deref().is_some_and(|t| t.eq_ignore_ascii_case("guest")) && !allow_guests {
+    if u.user_type
+        .as_deref()
+        .is_some_and(|t| t.eq_ignore_ascii_case("guest"))
+        && !allow_guests
+    {
         return Err(ResolveError::UserNotMapped(format!(
             "{} is a guest (userType = Guest); guests activate only with allow_guests = true on PUT /api/v1/admin/azure",
             u.user_principal_name
@@ -238,12 +253,18 @@ pub fn decide(
             .as_deref()
             .is_some_and(|g| f.groups.iter().any(|x| x.eq_ignore_ascii_case(g))),
         _ => match (m.attribute.as_deref(), m.value.as_deref()) {
-            (Some(a), Some(v)) => attribute(u, a).is_some_and(|x| x.trim().eq_ignore_ascii_case(v.trim())),
+            (Some(a), Some(v)) => {
+                attribute(u, a).is_some_and(|x| x.trim().eq_ignore_ascii_case(v.trim()))
+            }
             _ => false,
         },
     });
     let Some(m) = winner else {
-        let names: Vec<String> = mappings.iter().take(5).map(|m| format!("\"{}\"", m.name)).collect();
+        let names: Vec<String> = mappings
+            .iter()
+            .take(5)
+            .map(|m| format!("\"{}\"", m.name))
+            .collect();
         return Err(ResolveError::UserNotMapped(format!(
             "{} is in none of the mappings' groups and matches none of their attributes (checked {}); add the user to a mapped group or adjust a mapping",
             u.user_principal_name,

@@ -8,9 +8,9 @@
 //!   through `WriteTx` (the v4 device map lives there, and reading it in the same transaction
 //!   that consumes it is what makes concurrent activations of one device converge).
 
+pub mod azure;
 pub mod coalesce;
 mod device_map;
-pub mod azure;
 pub mod ldap;
 
 pub use device_map::DeviceMapResolver;

@@ -10,6 +10,7 @@ mod device_maps;
 mod directory;
 mod helpers;
 mod imd_v2;
+mod imd_v5;
 mod ldap_mappings;
 mod replicas;
 mod resolvers;
