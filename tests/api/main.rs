@@ -3,6 +3,7 @@
 
 mod activation;
 mod admin;
+mod azure;
 mod client;
 mod concurrency;
 mod connectors;
