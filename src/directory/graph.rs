@@ -282,6 +282,13 @@ impl std::fmt::Debug for GraphClient {
 }
 
 impl GraphClient {
+    /// The same app registration with no cached token: diagnostics (`azure/test`) must see
+    /// what a token issued now carries (permissions are fixed in a token when it is issued).
+    pub fn fresh(&self) -> GraphClient {
+        GraphClient::new(self.settings.clone(), self.http.clone())
+            .with_max_retries(self.max_retries)
+    }
+
     pub fn new(settings: GraphSettings, http: reqwest::Client) -> GraphClient {
         let authority = settings.authority_url.trim_end_matches('/');
         let graph = settings.graph_url.trim_end_matches('/').to_string();

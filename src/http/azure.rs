@@ -272,7 +272,7 @@ pub async fn test(state: web::Data<AppState>, auth: AdminAuth) -> Result<HttpRes
         }
         r => r?,
     };
-    let body = match client.test(deadline(&state)).await {
+    let body = match client.fresh().test(deadline(&state)).await {
         Ok(report) => json!({
             "ok": true,
             "token": "ok",

@@ -512,9 +512,9 @@ async fn azure_test_reports_success_and_each_problem_with_its_code() {
     );
     assert_eq!(v["group_sample"]["id"], GROUP);
     assert_eq!(v["group_sample"]["kind"], "security");
-    // The client (and its token) is reused across requests while the configuration stays.
+    // Each test asks for a token of its own (a cached one would hide a permission change).
     run_test(&app).await;
-    assert_eq!(fake.token_calls.load(Ordering::SeqCst), 1);
+    assert_eq!(fake.token_calls.load(Ordering::SeqCst), 2);
 
     let r = app.admin_get("/api/v1/admin/azure/groups?q=Laptop").await;
     assert_eq!(r.status(), StatusCode::OK);

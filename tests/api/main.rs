@@ -4,6 +4,7 @@
 mod activation;
 mod admin;
 mod azure;
+mod azure_standin;
 mod client;
 mod concurrency;
 mod connectors;
