@@ -21,7 +21,7 @@ use super::{
     Assignment, DirectoryUser, LookupContext, Prepared, Resolution, ResolveContext, ResolveError,
     Resolver,
 };
-use crate::directory::graph::{GraphClients, GraphError, GraphUser};
+use crate::directory::graph::{GraphClients, GraphClientsError, GraphError, GraphUser};
 use crate::domain::directory::DirectoryAttrs;
 use crate::domain::{Email, normalize_email};
 use crate::store::{AzureMappingRow, OrgRow, Store, WriteTx};
@@ -36,6 +36,7 @@ pub struct Found {
 }
 
 type Cached = (Instant, Arc<Found>);
+type CachedMappings = (Instant, Arc<Vec<AzureMappingRow>>);
 type LookupResult = Result<Option<Arc<Found>>, GraphError>;
 
 pub struct AzureResolver {
@@ -45,7 +46,7 @@ pub struct AzureResolver {
     cache_ttl: Duration,
     cache: Arc<Mutex<HashMap<String, Cached>>>,
     lookups: Coalescer<LookupResult>,
-    mappings: Mutex<HashMap<String, (Instant, Arc<Vec<AzureMappingRow>>)>>,
+    mappings: Mutex<HashMap<String, CachedMappings>>,
 }
 
 const MAPPINGS_TTL: Duration = Duration::from_secs(2);
@@ -119,23 +120,27 @@ impl AzureResolver {
         {
             return Ok(Some(f.clone()));
         }
-        let client = self
-            .clients
-            .get(&org.id)
-            .await
-            .map_err(|e| ResolveError::Directory(e.to_string()))?
-            .ok_or_else(|| {
-                ResolveError::Directory(
-                    "Azure AD is not configured for this organization: PUT /api/v1/admin/azure"
-                        .into(),
-                )
-            })?;
+        // No await between the cache check above and joining the shared look-up below: a
+        // caller arriving meanwhile would otherwise miss both and ask Graph again.
         let key2 = key.to_string();
         let (cache, ttl_on) = (self.cache.clone(), !self.cache_ttl.is_zero());
+        let (clients, org_id) = (self.clients.clone(), org.id.clone());
         let found = self
             .lookups
             .run(cache_key.clone(), deadline, move || {
                 Box::pin(async move {
+                    let client = clients
+                        .get(&org_id)
+                        .await
+                        .map_err(|e| match e {
+                            GraphClientsError::Store(s) => GraphError::Unavailable(s.to_string()),
+                            other => GraphError::BadRequest(other.to_string()),
+                        })?
+                        .ok_or_else(|| {
+                            GraphError::BadRequest(
+                                "Azure AD is not configured for this organization: PUT /api/v1/admin/azure".into(),
+                            )
+                        })?;
                     let Some(user) = client.user(&key2, &extensions, deadline).await? else {
                         return Ok(None);
                     };

@@ -287,14 +287,3 @@ async fn preserved_and_deleted_users_devices_are_refused() {
     let (s, _) = app.activate_ok(&activation(&v2, "S1", "PC-1", "p")).await;
     assert_eq!(s, StatusCode::OK, "an active user's device is back");
 }
-
-#[tokio::test]
-async fn a_version_without_a_resolver_cannot_be_minted() {
-    let app = crate::helpers::spawn_app().await;
-    let r = app.mint(&json!({"version": "v5", "name": "x"})).await;
-    let (s, c, _) = error_code(r).await;
-    assert_eq!(
-        (s, c.as_str()),
-        (StatusCode::BAD_REQUEST, "invalid_request")
-    );
-}
