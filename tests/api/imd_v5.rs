@@ -178,6 +178,18 @@ async fn guests_activate_only_when_allowed_and_a_user_without_mail_uses_the_upn(
     let users = app.list("/api/v1/admin/users").await;
     let nora = users.iter().find(|u| u["id"] == n["user_id"]).unwrap();
     assert_eq!(nora["email"], "nora.nomail@contoso.test");
+    // The guest, in the Microsoft 365 group Project Falcon, activates now that guests are allowed.
+    let falcon = Tenant::fixture().group_id("Project Falcon").unwrap();
+    mapping(
+        &app,
+        json!({"name": "falcon", "priority": 1, "source": {"group_id": falcon},
+               "profile": "falcon", "storage_region": "eu"}),
+    )
+    .await;
+    let (_, a) = app
+        .activate_ok(&v5(&token, "G-ALEX", "alex_fabrikam.test#EXT#@contoso.onmicrosoft.com"))
+        .await;
+    assert_eq!(a["profile"], "falcon");
 }
 
 #[tokio::test]
@@ -386,4 +398,52 @@ async fn the_client_secret_is_never_returned() {
         .await
         .unwrap();
     assert!(!text.contains(&g.client_secret), "{text}");
+}
+
+/// Captures everything the service logs (debug and up) in this test process.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn the_client_secret_never_reaches_the_logs() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || writer.clone())
+        .finish();
+    // Each test runs in a process of its own (nextest), so this is the only subscriber.
+    let _ = tracing::subscriber::set_global_default(subscriber);
+    let (app, g) = azure_app().await;
+    let token = v5_token(&app).await;
+    app.activate_ok(&v5(&token, "LOG-1", "AdeleV@contoso.test")).await;
+    let r = app.admin_post("/api/v1/admin/azure/test", &json!({})).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    g.set_secret_expired(true);
+    g.expire_tokens();
+    let _ = app.activate(&v5(&token, "LOG-2", "sam@contoso.test")).await;
+    let _ = app.admin_post("/api/v1/admin/azure/test", &json!({})).await;
+    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    assert!(text.len() > 100, "the service logged: {text}");
+    assert!(!text.contains(&g.client_secret), "secret in the logs");
+    // Nor its form-encoded shape.
+    let encoded: String = g
+        .client_secret
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    assert!(!text.contains(&encoded), "encoded secret in the logs");
 }
