@@ -389,6 +389,40 @@ impl GraphClient {
         body.map(|v| parse_user(&v, extensions)).transpose()
     }
 
+    /// A user by its `mail` (a client that reports an email, not a UPN): exactly one match, or
+    /// none (`mail` is neither required nor unique).
+    pub async fn user_by_mail(
+        &self,
+        mail: &str,
+        extensions: &[String],
+        deadline: Instant,
+    ) -> Result<Option<GraphUser>, GraphError> {
+        let mut select: Vec<&str> = USER_SELECT.to_vec();
+        for e in extensions {
+            if is_extension_name(e) && !select.contains(&e.as_str()) {
+                select.push(e);
+            }
+        }
+        let url = format!(
+            "{}/users?$filter={}&$select={}&$top=2",
+            self.base,
+            encode_query(&format!("mail eq {}", odata_string(mail.trim()))),
+            select.join(",")
+        );
+        let call = Call {
+            what: "find user by mail",
+            permission: "User.Read.All",
+            advanced: false,
+        };
+        let Some(page) = self.get_json(&url, call, deadline).await? else {
+            return Ok(None);
+        };
+        match page.get("value").and_then(Value::as_array) {
+            Some(v) if v.len() == 1 => parse_user(&v[0], extensions).map(Some),
+            _ => Ok(None),
+        }
+    }
+
     /// The ids of every group the user belongs to, directly or through nested groups, all
     /// pages (`/transitiveMemberOf/microsoft.graph.group`, §4).
     pub async fn transitive_group_ids(

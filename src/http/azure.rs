@@ -105,6 +105,19 @@ fn base_url(field: &'static str, v: Option<&str>, default: &str) -> Result<Strin
     if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
         return Err(config_invalid(field, "must be an http:// or https:// URL"));
     }
+    // The secret and access tokens travel there: plain http only to this host (a test server).
+    let loopback = match u.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(a)) => a.is_loopback(),
+        Some(url::Host::Ipv6(a)) => a.is_loopback(),
+        None => false,
+    };
+    if u.scheme() == "http" && !loopback {
+        return Err(config_invalid(
+            field,
+            "must be https:// (plain http only to a loopback address)",
+        ));
+    }
     if !u.username().is_empty() || u.password().is_some() {
         return Err(config_invalid(field, "must not carry credentials"));
     }
@@ -141,13 +154,23 @@ pub async fn put_config(
             "must be the Application (client) ID GUID from the app registration's overview page",
         ));
     }
+    let current = state.store.azure_config(&auth.org_id).await?;
+    // Left out, the URLs stay as stored (a secret rotation on a national cloud must not move
+    // the organization to the public cloud); the public cloud is only the first default.
     let authority_url = base_url(
         "authority_url",
         b.authority_url.as_deref(),
-        DEFAULT_AUTHORITY_URL,
+        current
+            .as_ref()
+            .map_or(DEFAULT_AUTHORITY_URL, |c| c.authority_url.as_str()),
     )?;
-    let graph_url = base_url("graph_url", b.graph_url.as_deref(), DEFAULT_GRAPH_URL)?;
-    let current = state.store.azure_config(&auth.org_id).await?;
+    let graph_url = base_url(
+        "graph_url",
+        b.graph_url.as_deref(),
+        current
+            .as_ref()
+            .map_or(DEFAULT_GRAPH_URL, |c| c.graph_url.as_str()),
+    )?;
     let client_secret_enc = match b.client_secret {
         Some(secret) => {
             if secret.is_empty() {
@@ -171,7 +194,22 @@ pub async fn put_config(
                 .map_err(ApiError::internal)?
         }
         None => match &current {
-            Some(c) => c.client_secret_enc.clone(),
+            // The stored secret is kept only for the same tenant, app and hosts: sending it to
+            // a host an admin just typed in would hand the tenant's secret to that host.
+            Some(c)
+                if c.tenant_id == tenant_id
+                    && c.client_id == client_id
+                    && c.authority_url == authority_url
+                    && c.graph_url == graph_url =>
+            {
+                c.client_secret_enc.clone()
+            }
+            Some(_) => {
+                return Err(config_invalid(
+                    "client_secret",
+                    "required again when tenant_id, client_id, authority_url or graph_url change",
+                ));
+            }
             None => {
                 return Err(config_invalid(
                     "client_secret",

@@ -110,6 +110,7 @@ impl AzureResolver {
         &self,
         org: &OrgRow,
         key: &str,
+        is_upn: bool,
         extensions: Vec<String>,
         deadline: Instant,
     ) -> Result<Option<Arc<Found>>, ResolveError> {
@@ -125,6 +126,7 @@ impl AzureResolver {
         let key2 = key.to_string();
         let (cache, ttl_on) = (self.cache.clone(), !self.cache_ttl.is_zero());
         let (clients, org_id) = (self.clients.clone(), org.id.clone());
+        let by_mail = !is_upn;
         let found = self
             .lookups
             .run(cache_key.clone(), deadline, move || {
@@ -141,7 +143,12 @@ impl AzureResolver {
                                 "Azure AD is not configured for this organization: PUT /api/v1/admin/azure".into(),
                             )
                         })?;
-                    let Some(user) = client.user(&key2, &extensions, deadline).await? else {
+                    let mut user = client.user(&key2, &extensions, deadline).await?;
+                    // Reported as an email: the UPN often is one; otherwise look for the mail.
+                    if user.is_none() && by_mail {
+                        user = client.user_by_mail(&key2, &extensions, deadline).await?;
+                    }
+                    let Some(user) = user else {
                         return Ok(None);
                     };
                     // A disabled user's groups are not needed: it is refused either way.
@@ -329,6 +336,7 @@ impl Resolver for AzureResolver {
     ) -> BoxFuture<'a, Result<Prepared, ResolveError>> {
         Box::pin(async move {
             let u = &ctx.request.user;
+            let is_upn = u.upn.is_some();
             let key = u
                 .upn
                 .as_deref()
@@ -350,7 +358,7 @@ impl Resolver for AzureResolver {
             // Keep part of the budget for the outage fall-back.
             let budget = ctx.deadline.saturating_duration_since(Instant::now());
             let deadline = ctx.deadline - (budget / 5).min(Duration::from_millis(500));
-            match self.find(ctx.org, &key, extensions, deadline).await {
+            match self.find(ctx.org, &key, is_upn, extensions, deadline).await {
                 Ok(Some(f)) => Ok(Prepared::User(decide(&f, &mappings, allow_guests)?)),
                 Ok(None) => Err(ResolveError::UserNotFound(format!(
                     "no user {key} in Entra ID; check the UPN the client reports"

@@ -86,7 +86,8 @@ async fn the_configuration_is_stored_with_its_secret_sealed_and_never_returned()
     assert!(!row.client_secret_enc.contains("notReallyASecret"));
     assert!(!format!("{row:?}").contains(&row.client_secret_enc));
 
-    // A PUT without the secret keeps it; national-cloud URLs are kept (without a trailing /).
+    // Moving to other hosts (or another tenant/app) without the secret is refused: the stored
+    // secret must not be sent to a host just typed in.
     let r = put_config(
         &app,
         &json!({"tenant_id": "contoso.onmicrosoft.us", "client_id": CLIENT, "allow_guests": true,
@@ -94,13 +95,45 @@ async fn the_configuration_is_stored_with_its_secret_sealed_and_never_returned()
                 "graph_url": "https://graph.microsoft.us"}),
     )
     .await;
+    let (s, _, body) = error_code(r).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["field"], "client_secret", "{body}");
+    // The same registration without the secret keeps it (here: only allow_guests changes).
+    let current: Value = app.admin_get(CONFIG).await.json().await.unwrap();
+    let r = put_config(
+        &app,
+        &json!({"tenant_id": current["tenant_id"], "client_id": CLIENT, "allow_guests": true}),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::OK);
     let v: Value = r.json().await.unwrap();
-    assert_eq!(v["authority_url"], "https://login.microsoftonline.us");
     assert_eq!(v["allow_guests"], true);
+    assert_eq!(
+        v["authority_url"], current["authority_url"],
+        "URLs stay as stored"
+    );
     let after = app.store.azure_config(&app.org_id).await.unwrap().unwrap();
     assert_eq!(after.client_secret_enc, row.client_secret_enc);
     assert_eq!(after.created_at, row.created_at);
+    // National-cloud URLs, with the secret, are kept (without a trailing /).
+    let r = put_config(
+        &app,
+        &json!({"tenant_id": "contoso.onmicrosoft.us", "client_id": CLIENT, "client_secret": SECRET,
+                "authority_url": "https://login.microsoftonline.us/",
+                "graph_url": "https://graph.microsoft.us"}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["authority_url"], "https://login.microsoftonline.us");
+    // Plain http off loopback is refused.
+    let r = put_config(
+        &app,
+        &json!({"tenant_id": "contoso.onmicrosoft.us", "client_id": CLIENT, "client_secret": SECRET,
+                "graph_url": "http://graph.example.com"}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     // Another organization sees none of it.
     let (_, other_key) = app.other_org().await;
     let (s, code, _) = error_code(app.get_as(CONFIG, &other_key).await).await;

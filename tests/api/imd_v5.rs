@@ -187,9 +187,19 @@ async fn guests_activate_only_when_allowed_and_a_user_without_mail_uses_the_upn(
     )
     .await;
     let (_, a) = app
-        .activate_ok(&v5(&token, "G-ALEX", "alex_fabrikam.test#EXT#@contoso.onmicrosoft.com"))
+        .activate_ok(&v5(
+            &token,
+            "G-ALEX",
+            "alex_fabrikam.test#EXT#@contoso.onmicrosoft.com",
+        ))
         .await;
     assert_eq!(a["profile"], "falcon");
+    // Reported by email only (the guest's mail differs from its UPN): found by mail.
+    let (_, again) = app
+        .activate_ok(&json!({"token": token, "device": {"serial": "G-ALEX-2"},
+                              "user": {"email": "alex@fabrikam.test"}}))
+        .await;
+    assert_eq!(again["user_id"], a["user_id"]);
 }
 
 #[tokio::test]
@@ -426,7 +436,8 @@ async fn the_client_secret_never_reaches_the_logs() {
     let _ = tracing::subscriber::set_global_default(subscriber);
     let (app, g) = azure_app().await;
     let token = v5_token(&app).await;
-    app.activate_ok(&v5(&token, "LOG-1", "AdeleV@contoso.test")).await;
+    app.activate_ok(&v5(&token, "LOG-1", "AdeleV@contoso.test"))
+        .await;
     let r = app.admin_post("/api/v1/admin/azure/test", &json!({})).await;
     assert_eq!(r.status(), StatusCode::OK);
     g.set_secret_expired(true);
@@ -441,7 +452,9 @@ async fn the_client_secret_never_reaches_the_logs() {
         .client_secret
         .bytes()
         .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect();
