@@ -42,6 +42,7 @@ type LookupResult = Result<Option<Arc<Found>>, GraphError>;
 /// The organization's Graph client with the configuration row it was built from; `None`: not
 /// configured.
 type Client = Option<(Arc<GraphClient>, AzureConfigRow)>;
+type Mappings = Arc<Vec<AzureMappingRow>>;
 
 pub struct AzureResolver {
     clients: Arc<GraphClients>,
@@ -50,7 +51,7 @@ pub struct AzureResolver {
     cache_ttl: Duration,
     cache: Arc<Mutex<HashMap<String, Cached>>>,
     lookups: Coalescer<LookupResult>,
-    mappings: Mutex<HashMap<String, (Instant, Arc<Vec<AzureMappingRow>>)>>,
+    mappings: Mutex<HashMap<String, (Instant, Mappings)>>,
     /// The client and configuration, kept as briefly as the mappings: two database reads per
     /// activation less. An admin change on this replica drops it at once (`changed`).
     clients_cache: Mutex<HashMap<String, (Instant, Client)>>,
