@@ -5,7 +5,8 @@
 //! temporary data directory) so their memory can be read from /proc and their CPU (and
 //! PostgreSQL's, when it runs here) told apart from the load generator's. Figures are printed
 //! next to the targets; missing a target is informational. `imd bench directory` (in
-//! `bench/directory.rs`) measures IMD v2 activations through a connector instead.
+//! `bench/directory.rs`) measures IMD v2 activations through a connector instead, `imd bench
+//! azure` (in `bench/azure.rs`) IMD v5 activations through Microsoft Graph (the stand-in).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -20,6 +21,7 @@ use serde_json::{Value, json};
 
 use crate::loadgen::{self, Fleet, PhaseStats, SimDevice, count};
 
+pub mod azure;
 pub mod directory;
 
 /// Targets the figures are held against.
@@ -74,6 +76,10 @@ pub enum BenchCommand {
     /// IMD v2 activations through one connector against a throwaway slapd, next to the raw rate
     /// of the same look-ups made directly with ldap3 (docs/performance.md).
     Directory(directory::DirectoryBenchArgs),
+    /// IMD v5 activations through Microsoft Graph against the Graph stand-in (the
+    /// `graph-standin` binary next to this one: `cargo build --release -p graph-standin`), next
+    /// to v4 activations in the same run, with Graph calls per activation (docs/performance.md).
+    Azure(azure::AzureBenchArgs),
 }
 
 /// One measured configuration: a backend and a number of `imd serve` processes.
@@ -1168,8 +1174,10 @@ fn print_comparison(results: &[(Setup, Figures)]) {
 }
 
 pub async fn run(mut args: BenchArgs) -> anyhow::Result<ExitCode> {
-    if let Some(BenchCommand::Directory(a)) = args.command.take() {
-        return directory::run(a).await;
+    match args.command.take() {
+        Some(BenchCommand::Directory(a)) => return directory::run(a).await,
+        Some(BenchCommand::Azure(a)) => return azure::run(a).await,
+        None => {}
     }
     let limit = Duration::from_secs(args.duration_limit_secs);
     let mut setups = vec![Setup {

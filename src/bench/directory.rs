@@ -68,18 +68,18 @@ pub struct DirectoryBenchArgs {
 // Child processes other than the server (which `super::ServerProcess` covers).
 
 /// A child stopped by its PID on drop: SIGTERM, up to 5 s to exit, then SIGKILL.
-struct Guarded {
-    child: Child,
-    what: &'static str,
-    log: PathBuf,
+pub(super) struct Guarded {
+    pub(super) child: Child,
+    pub(super) what: &'static str,
+    pub(super) log: PathBuf,
 }
 
 impl Guarded {
-    fn pid(&self) -> u32 {
+    pub(super) fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    fn check_alive(&mut self) -> anyhow::Result<()> {
+    pub(super) fn check_alive(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {
             anyhow::bail!(
                 "{} exited ({status}); end of its log:\n{}",

@@ -3,7 +3,7 @@
 //! transitive group ids; look-ups are cached briefly per organization (`[azure]
 //! lookup_cache_secs`; disabled users and errors are never cached as success) and concurrent
 //! look-ups of one user share one round trip, so a building of laptops activating at 9:00 costs
-//! one Graph user read per new user. The first Azure AD mapping by priority whose group
+//! one Graph user read per new user (and one membership read, made alongside it). The first Azure AD mapping by priority whose group
 //! (transitive) or attribute matches decides profile, storage region and quota; users are keyed
 //! by the Entra object id, and a hybrid user's `onPremisesImmutableId` (its AD objectGUID) finds
 //! the user an earlier v2 activation created.
@@ -21,10 +21,12 @@ use super::{
     Assignment, DirectoryUser, LookupContext, Prepared, Resolution, ResolveContext, ResolveError,
     Resolver,
 };
-use crate::directory::graph::{GraphClients, GraphClientsError, GraphError, GraphUser};
+use crate::directory::graph::{
+    GraphClient, GraphClients, GraphClientsError, GraphError, GraphUser, is_guid,
+};
 use crate::domain::directory::DirectoryAttrs;
 use crate::domain::{Email, normalize_email};
-use crate::store::{AzureMappingRow, OrgRow, Store, WriteTx};
+use crate::store::{AzureConfigRow, AzureMappingRow, OrgRow, Store, WriteTx};
 
 pub const SOURCE: &str = "azure";
 
@@ -36,8 +38,11 @@ pub struct Found {
 }
 
 type Cached = (Instant, Arc<Found>);
-type CachedMappings = (Instant, Arc<Vec<AzureMappingRow>>);
 type LookupResult = Result<Option<Arc<Found>>, GraphError>;
+/// The organization's Graph client with the configuration row it was built from; `None`: not
+/// configured.
+type Client = Option<(Arc<GraphClient>, AzureConfigRow)>;
+type Mappings = Arc<Vec<AzureMappingRow>>;
 
 pub struct AzureResolver {
     clients: Arc<GraphClients>,
@@ -46,9 +51,14 @@ pub struct AzureResolver {
     cache_ttl: Duration,
     cache: Arc<Mutex<HashMap<String, Cached>>>,
     lookups: Coalescer<LookupResult>,
-    mappings: Mutex<HashMap<String, CachedMappings>>,
+    mappings: Mutex<HashMap<String, (Instant, Mappings)>>,
+    /// The client and configuration, kept as briefly as the mappings: two database reads per
+    /// activation less. An admin change on this replica drops it at once (`changed`).
+    clients_cache: Mutex<HashMap<String, (Instant, Client)>>,
 }
 
+/// How long mappings and the configuration are reused; a change made on another replica shows
+/// up within this.
 const MAPPINGS_TTL: Duration = Duration::from_secs(2);
 const CACHE_MAX: usize = 100_000;
 
@@ -77,12 +87,14 @@ impl AzureResolver {
             cache: Arc::default(),
             lookups: Coalescer::default(),
             mappings: Mutex::default(),
+            clients_cache: Mutex::default(),
         }
     }
 
     /// After an admin changed the organization's Azure settings or mappings on this replica.
     pub fn changed(&self, org_id: &str) {
         self.mappings.lock().unwrap().remove(org_id);
+        self.clients_cache.lock().unwrap().remove(org_id);
         let prefix = format!("{org_id}\u{1}");
         self.cache
             .lock()
@@ -105,10 +117,30 @@ impl AzureResolver {
         Ok(m)
     }
 
+    async fn client(&self, org_id: &str) -> Result<Client, ResolveError> {
+        let now = Instant::now();
+        if let Some((at, c)) = self.clients_cache.lock().unwrap().get(org_id)
+            && now.duration_since(*at) < MAPPINGS_TTL
+        {
+            return Ok(c.clone());
+        }
+        let c = match self.clients.get_with_config(org_id).await {
+            Ok(c) => c,
+            Err(GraphClientsError::Store(e)) => return Err(e.into()),
+            Err(e) => return Err(ResolveError::Directory(e.to_string())),
+        };
+        self.clients_cache
+            .lock()
+            .unwrap()
+            .insert(org_id.to_string(), (now, c.clone()));
+        Ok(c)
+    }
+
     /// The user and its groups: from the cache, or one shared Graph round trip.
     async fn find(
         &self,
         org: &OrgRow,
+        client: Option<Arc<GraphClient>>,
         key: &str,
         is_upn: bool,
         extensions: Vec<String>,
@@ -121,41 +153,52 @@ impl AzureResolver {
         {
             return Ok(Some(f.clone()));
         }
-        // No await between the cache check above and joining the shared look-up below: a
-        // caller arriving meanwhile would otherwise miss both and ask Graph again.
+        let client = client.ok_or_else(|| {
+            ResolveError::Directory(
+                "Azure AD is not configured for this organization: PUT /api/v1/admin/azure".into(),
+            )
+        })?;
         let key2 = key.to_string();
         let (cache, ttl_on) = (self.cache.clone(), !self.cache_ttl.is_zero());
-        let (clients, org_id) = (self.clients.clone(), org.id.clone());
         let by_mail = !is_upn;
         let found = self
             .lookups
             .run(cache_key.clone(), deadline, move || {
                 Box::pin(async move {
-                    let client = clients
-                        .get(&org_id)
-                        .await
-                        .map_err(|e| match e {
-                            GraphClientsError::Store(s) => GraphError::Unavailable(s.to_string()),
-                            other => GraphError::BadRequest(other.to_string()),
-                        })?
-                        .ok_or_else(|| {
-                            GraphError::BadRequest(
-                                "Azure AD is not configured for this organization: PUT /api/v1/admin/azure".into(),
-                            )
-                        })?;
-                    let mut user = client.user(&key2, &extensions, deadline).await?;
-                    // Reported as an email: the UPN often is one; otherwise look for the mail.
-                    if user.is_none() && by_mail {
-                        user = client.user_by_mail(&key2, &extensions, deadline).await?;
-                    }
+                    // The groups are read by UPN alongside the user (Graph keys both by id or
+                    // UPN): one round trip's wait instead of two. Keys the user read does not
+                    // put plainly in the path (an apostrophe: `$filter`; a leading `$`:
+                    // `users('…')`) wait for the user's id instead, as before.
+                    let k = key2.trim();
+                    let by_key =
+                        !k.is_empty() && (is_guid(k) || !(k.contains('\'') || k.starts_with('$')));
+                    let (user, groups) = if by_key {
+                        let (u, g) = tokio::join!(
+                            client.user(&key2, &extensions, deadline),
+                            client.transitive_group_ids(k, deadline)
+                        );
+                        (u?, Some(g))
+                    } else {
+                        (client.user(&key2, &extensions, deadline).await?, None)
+                    };
+                    // Reported as an email that is not the UPN: look for the mail instead, and
+                    // read the groups by the id found.
+                    let (user, groups) = match user {
+                        None if by_mail => (
+                            client.user_by_mail(&key2, &extensions, deadline).await?,
+                            None,
+                        ),
+                        u => (u, groups),
+                    };
                     let Some(user) = user else {
                         return Ok(None);
                     };
-                    // A disabled user's groups are not needed: it is refused either way.
-                    let groups = if user.account_enabled {
-                        client.transitive_group_ids(&user.id, deadline).await?
-                    } else {
-                        Vec::new()
+                    // A disabled user's groups are not needed (nor their errors): it is
+                    // refused either way.
+                    let groups = match groups {
+                        _ if !user.account_enabled => Vec::new(),
+                        Some(g) => g?,
+                        None => client.transitive_group_ids(&user.id, deadline).await?,
                     };
                     let found = Arc::new(Found { user, groups });
                     // Cached before the shared answer is handed out, so no caller arriving
@@ -347,8 +390,9 @@ impl Resolver for AzureResolver {
                     )
                 })?
                 .to_string();
-            let cfg = self.store.azure_config(&ctx.org.id).await?;
-            let allow_guests = cfg.as_ref().is_some_and(|c| c.allow_guests);
+            let client = self.client(&ctx.org.id).await?;
+            let allow_guests = client.as_ref().is_some_and(|(_, c)| c.allow_guests);
+            let client = client.map(|(c, _)| c);
             let mappings = self.mappings(&ctx.org.id).await?;
             let extensions: Vec<String> = mappings
                 .iter()
@@ -358,7 +402,10 @@ impl Resolver for AzureResolver {
             // Keep part of the budget for the outage fall-back.
             let budget = ctx.deadline.saturating_duration_since(Instant::now());
             let deadline = ctx.deadline - (budget / 5).min(Duration::from_millis(500));
-            match self.find(ctx.org, &key, is_upn, extensions, deadline).await {
+            match self
+                .find(ctx.org, client, &key, is_upn, extensions, deadline)
+                .await
+            {
                 Ok(Some(f)) => Ok(Prepared::User(decide(&f, &mappings, allow_guests)?)),
                 Ok(None) => Err(ResolveError::UserNotFound(format!(
                     "no user {key} in Entra ID; check the UPN the client reports"

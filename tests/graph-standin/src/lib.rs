@@ -83,6 +83,7 @@ impl StandIn {
                         App::new()
                             .app_data(data.clone())
                             .app_data(web::PayloadConfig::new(1 << 20))
+                            .route(STATS_PATH, web::get().to(stats))
                             .default_service(web::to(dispatch))
                     })
                     .workers(2)
@@ -296,6 +297,24 @@ impl Drop for StandIn {
             let _ = t.join();
         }
     }
+}
+
+/// Read-only counters for a caller in another process (the benchmark spawns the binary):
+/// `{"calls": {route: n, ...}, "tokens_issued": n}`. Outside the Graph (`/v1.0/...`) and token
+/// (`/{tenant}/oauth2/...`) namespaces, neither counted nor recorded, never faulted or delayed.
+pub const STATS_PATH: &str = "/_standin/calls";
+
+async fn stats(shared: web::Data<Shared>) -> HttpResponse {
+    let ctl = lock(&shared.ctl);
+    let calls: serde_json::Map<String, Value> = ctl
+        .calls
+        .iter()
+        .map(|(k, v)| (k.clone(), (*v).into()))
+        .collect();
+    HttpResponse::Ok().json(serde_json::json!({
+        "calls": calls,
+        "tokens_issued": ctl.tokens.len(),
+    }))
 }
 
 fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {

@@ -817,3 +817,30 @@ fn bulk_generation_is_fast() {
     );
     assert!(t.group_id("Bulk Group 9").is_some());
 }
+
+#[tokio::test]
+async fn stats_endpoint_reports_route_counters_without_counting_itself() {
+    let s = StandIn::start(Tenant::fixture()).await;
+    let tok = token(&s).await;
+    let (status, _) = get(&s, &tok, &format!("/v1.0/users/{ADELE}")).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = get(&s, &tok, &format!("/v1.0/users/{ADELE}/transitiveMemberOf")).await;
+    assert_eq!(status, StatusCode::OK);
+    let read = || async {
+        let r = client()
+            .get(format!("{}{}", s.graph_url, graph_standin::STATS_PATH))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        r.json::<Value>().await.unwrap()
+    };
+    let v = read().await;
+    assert_eq!(
+        v,
+        json!({"calls": {"token": 1, "user": 1, "transitiveMemberOf": 1}, "tokens_issued": 1})
+    );
+    assert_eq!(read().await, v, "reading the counters is not a call");
+    assert_eq!(s.calls("*"), 3);
+    assert_eq!(s.requests().len(), 3);
+}
