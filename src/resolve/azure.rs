@@ -429,14 +429,7 @@ impl Resolver for AzureResolver {
         ctx: &'a ResolveContext<'a>,
         prepared: &'a Prepared,
     ) -> BoxFuture<'a, Result<Resolution, ResolveError>> {
-        Box::pin(async move {
-            match prepared {
-                Prepared::User(u) => super::bind_directory_user(ctx.org, u, SOURCE),
-                Prepared::Nothing => Err(ResolveError::Directory(
-                    "the Graph look-up did not run".into(),
-                )),
-            }
-        })
+        Box::pin(async move { super::bind_prepared(ctx.org, prepared, SOURCE) })
     }
 }
 

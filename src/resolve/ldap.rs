@@ -510,14 +510,7 @@ impl Resolver for LdapResolver {
         ctx: &'a ResolveContext<'a>,
         prepared: &'a Prepared,
     ) -> BoxFuture<'a, Result<Resolution, ResolveError>> {
-        Box::pin(async move {
-            match prepared {
-                Prepared::User(u) => super::bind_directory_user(ctx.org, u, SOURCE),
-                Prepared::Nothing => Err(ResolveError::Directory(
-                    "the directory look-up did not run".into(),
-                )),
-            }
-        })
+        Box::pin(async move { super::bind_prepared(ctx.org, prepared, SOURCE) })
     }
 }
 

@@ -191,6 +191,20 @@ pub trait Resolver: Send + Sync {
     ) -> BoxFuture<'a, Result<Resolution, ResolveError>>;
 }
 
+/// The in-transaction phase of a network resolver: bind the user its look-up found.
+pub fn bind_prepared(
+    org: &OrgRow,
+    prepared: &Prepared,
+    source: &'static str,
+) -> Result<Resolution, ResolveError> {
+    match prepared {
+        Prepared::User(u) => bind_directory_user(org, u, source),
+        Prepared::Nothing => Err(ResolveError::Directory(format!(
+            "the {source} look-up did not run"
+        ))),
+    }
+}
+
 /// The binding for a user a directory reported (v2, v5): the device gets that user, created
 /// just in time with the organization's defaults.
 pub fn bind_directory_user(
