@@ -25,6 +25,7 @@ use crate::crypto::{CredentialKey, ct_eq, sha256_hex};
 use crate::domain::request::ActivationRequest;
 use crate::resolve::azure::AzureResolver;
 use crate::resolve::ldap::{Decision, LoginName};
+use crate::resolve::ttl::TtlMap;
 use crate::resolve::{
     Binding, Budget, LdapResolver, LookupContext, Prepared, Resolution, ResolveContext,
     ResolveError, Resolver, UserSpec,
@@ -198,10 +199,8 @@ pub struct Activator {
     network_budget: Budget,
     /// The read-only pre-check of network look-ups, kept for `PRECHECK_TTL` (the write
     /// transaction checks the rows again, so a stale entry can only cost a wasted look-up).
-    precheck: std::sync::Mutex<HashMap<(String, String), Prechecked>>,
+    precheck: TtlMap<(String, String), (OrgRow, TokenRow)>,
 }
-
-type Prechecked = (tokio::time::Instant, OrgRow, TokenRow);
 
 const PRECHECK_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 const PRECHECK_MAX: usize = 10_000;
@@ -250,16 +249,13 @@ impl Activator {
             ldap: None,
             azure: None,
             network_budget,
-            precheck: Default::default(),
+            precheck: TtlMap::new(PRECHECK_TTL, PRECHECK_MAX),
         }
     }
 
     /// An admin changed the organization's settings or tokens here: drop its cached pre-checks.
     pub fn org_changed(&self, org_id: &str) {
-        self.precheck
-            .lock()
-            .unwrap()
-            .retain(|(o, _), _| o != org_id);
+        self.precheck.retain(|(o, _)| o != org_id);
     }
 
     async fn org_and_token_cached(
@@ -268,21 +264,14 @@ impl Activator {
         token_id: &str,
     ) -> Result<(OrgRow, TokenRow), ActivationError> {
         let key = (org_id.to_string(), token_id.to_string());
-        let now = tokio::time::Instant::now();
-        if let Some((at, o, t)) = self.precheck.lock().unwrap().get(&key)
-            && now.duration_since(*at) < PRECHECK_TTL
-        {
-            return Ok((o.clone(), t.clone()));
+        if let Some(hit) = self.precheck.get(&key) {
+            return Ok(hit);
         }
         let (org, token) = self.store.org_and_token(org_id, token_id).await?;
         let org =
             org.ok_or_else(|| ActivationError::TokenInvalid("unknown organization".into()))?;
         let token = token.ok_or_else(|| ActivationError::TokenInvalid("unknown token".into()))?;
-        let mut cache = self.precheck.lock().unwrap();
-        if cache.len() >= PRECHECK_MAX {
-            cache.clear();
-        }
-        cache.insert(key, (now, org.clone(), token.clone()));
+        self.precheck.insert(key, (org.clone(), token.clone()));
         Ok((org, token))
     }
 

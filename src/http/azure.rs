@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use super::admin::double_option;
 use super::auth::AdminAuth;
+use super::error::mapping_written as written;
 use super::ldap_mappings::{MAX_PRIORITY, invalid, text};
 use super::{ApiError, AppState, Code};
 use crate::clock::rfc3339;
@@ -23,9 +24,7 @@ use crate::directory::graph::{
     DEFAULT_AUTHORITY_URL, DEFAULT_GRAPH_URL, GraphClient, GraphClientsError, GraphError,
     MAX_SECRET_BYTES, is_extension_name, is_guid,
 };
-use crate::store::{
-    AzureConfigRow, AzureMappingRow, AzureMappingValues, AzureMappingWrite, azure_secret_aad,
-};
+use crate::store::{AzureConfigRow, AzureMappingRow, AzureMappingValues, azure_secret_aad};
 
 /// Graph user properties a mapping may test (besides `extension_*`), as Graph spells them.
 pub const MAPPING_ATTRIBUTES: [&str; 6] = [
@@ -547,24 +546,6 @@ pub fn mapping_json(r: &AzureMappingRow) -> Value {
         "created_at": rfc3339(r.created_at),
         "updated_at": rfc3339(r.updated_at),
     })
-}
-
-fn written(w: AzureMappingWrite, priority: i64) -> Result<AzureMappingRow, ApiError> {
-    match w {
-        AzureMappingWrite::Written(row) => Ok(*row),
-        AzureMappingWrite::PriorityTaken { id, name } => Err(ApiError::new(
-            Code::Conflict,
-            format!("priority {priority} is already used by mapping {name:?} ({id}); priorities are unique per organization"),
-        )
-        .with_detail("field", json!("priority"))
-        .with_detail("conflicting_mapping_id", json!(id))),
-        AzureMappingWrite::NameTaken { id } => Err(ApiError::new(
-            Code::Conflict,
-            format!("another mapping ({id}) already has this name"),
-        )
-        .with_detail("field", json!("name"))
-        .with_detail("conflicting_mapping_id", json!(id))),
-    }
 }
 
 pub async fn create_mapping(

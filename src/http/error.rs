@@ -282,6 +282,27 @@ impl From<ActivationError> for ApiError {
     }
 }
 
+/// A directory-mapping write (LDAP or Azure AD): the row, or a 409 naming the mapping that
+/// holds the priority or the name.
+pub fn mapping_written<T>(w: crate::store::MappingWrite<T>, priority: i64) -> Result<T, ApiError> {
+    use crate::store::MappingWrite;
+    match w {
+        MappingWrite::Written(row) => Ok(*row),
+        MappingWrite::PriorityTaken { id, name } => Err(ApiError::new(
+            Code::Conflict,
+            format!("priority {priority} is already used by mapping {name:?} ({id}); priorities are unique per organization"),
+        )
+        .with_detail("field", json!("priority"))
+        .with_detail("conflicting_mapping_id", json!(id))),
+        MappingWrite::NameTaken { id } => Err(ApiError::new(
+            Code::Conflict,
+            format!("another mapping ({id}) already has this name"),
+        )
+        .with_detail("field", json!("name"))
+        .with_detail("conflicting_mapping_id", json!(id))),
+    }
+}
+
 /// actix's own extractor failures (bad JSON, oversized body, bad query) in our error shape.
 pub fn json_error(err: actix_web::error::JsonPayloadError) -> ApiError {
     use actix_web::error::JsonPayloadError as J;

@@ -9,9 +9,10 @@ use serde_json::json;
 
 use super::admin::double_option;
 use super::auth::AdminAuth;
+use super::error::mapping_written as written;
 use super::{ApiError, AppState, Code};
 use crate::domain::ldap::{Dn, check_filter};
-use crate::store::{EMAIL_FALLBACKS, LdapMappingValues, LdapMappingWrite};
+use crate::store::{EMAIL_FALLBACKS, LdapMappingValues};
 
 pub const MAX_PRIORITY: i64 = 1_000_000;
 const MAX_TEXT: usize = 100;
@@ -137,24 +138,6 @@ pub struct MappingPatch {
     quota_bytes: Option<Option<i64>>,
     auto_import: Option<bool>,
     email_fallback: Option<String>,
-}
-
-fn written(w: LdapMappingWrite, priority: i64) -> Result<crate::store::LdapMappingRow, ApiError> {
-    match w {
-        LdapMappingWrite::Written(row) => Ok(*row),
-        LdapMappingWrite::PriorityTaken { id, name } => Err(ApiError::new(
-            Code::Conflict,
-            format!("priority {priority} is already used by mapping {name:?} ({id}); priorities are unique per organization"),
-        )
-        .with_detail("field", json!("priority"))
-        .with_detail("conflicting_mapping_id", json!(id))),
-        LdapMappingWrite::NameTaken { id } => Err(ApiError::new(
-            Code::Conflict,
-            format!("another mapping ({id}) already has this name"),
-        )
-        .with_detail("field", json!("name"))
-        .with_detail("conflicting_mapping_id", json!(id))),
-    }
 }
 
 pub async fn create(

@@ -8,8 +8,7 @@
 //! by the Entra object id, and a hybrid user's `onPremisesImmutableId` (its AD objectGUID) finds
 //! the user an earlier v2 activation created.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
@@ -17,6 +16,7 @@ use futures_util::future::BoxFuture;
 use tokio::time::Instant;
 
 use super::coalesce::Coalescer;
+use super::ttl::TtlMap;
 use super::{
     Assignment, DirectoryUser, LookupContext, Prepared, Resolution, ResolveContext, ResolveError,
     Resolver,
@@ -37,7 +37,6 @@ pub struct Found {
     pub groups: Vec<String>,
 }
 
-type Cached = (Instant, Arc<Found>);
 type LookupResult = Result<Option<Arc<Found>>, GraphError>;
 /// The organization's Graph client with the configuration row it was built from; `None`: not
 /// configured.
@@ -48,13 +47,13 @@ pub struct AzureResolver {
     clients: Arc<GraphClients>,
     store: Store,
     timeout: Duration,
-    cache_ttl: Duration,
-    cache: Arc<Mutex<HashMap<String, Cached>>>,
+    /// User look-ups (`lookup_cache_secs`; a zero TTL keeps nothing).
+    cache: Arc<TtlMap<String, Arc<Found>>>,
     lookups: Coalescer<LookupResult>,
-    mappings: Mutex<HashMap<String, (Instant, Mappings)>>,
+    mappings: TtlMap<String, Mappings>,
     /// The client and configuration, kept as briefly as the mappings: two database reads per
     /// activation less. An admin change on this replica drops it at once (`changed`).
-    clients_cache: Mutex<HashMap<String, (Instant, Client)>>,
+    clients_cache: TtlMap<String, Client>,
 }
 
 /// How long mappings and the configuration are reused; a change made on another replica shows
@@ -83,56 +82,40 @@ impl AzureResolver {
             clients,
             store,
             timeout,
-            cache_ttl,
-            cache: Arc::default(),
+            cache: Arc::new(TtlMap::new(cache_ttl, CACHE_MAX)),
             lookups: Coalescer::default(),
-            mappings: Mutex::default(),
-            clients_cache: Mutex::default(),
+            mappings: TtlMap::new(MAPPINGS_TTL, CACHE_MAX),
+            clients_cache: TtlMap::new(MAPPINGS_TTL, CACHE_MAX),
         }
     }
 
     /// After an admin changed the organization's Azure settings or mappings on this replica.
     pub fn changed(&self, org_id: &str) {
-        self.mappings.lock().unwrap().remove(org_id);
-        self.clients_cache.lock().unwrap().remove(org_id);
+        self.mappings.remove(org_id);
+        self.clients_cache.remove(org_id);
         let prefix = format!("{org_id}\u{1}");
-        self.cache
-            .lock()
-            .unwrap()
-            .retain(|k, _| !k.starts_with(&prefix));
+        self.cache.retain(|k| !k.starts_with(&prefix));
     }
 
     async fn mappings(&self, org_id: &str) -> Result<Arc<Vec<AzureMappingRow>>, ResolveError> {
-        let now = Instant::now();
-        if let Some((at, m)) = self.mappings.lock().unwrap().get(org_id)
-            && now.duration_since(*at) < MAPPINGS_TTL
-        {
-            return Ok(m.clone());
+        if let Some(m) = self.mappings.get(org_id) {
+            return Ok(m);
         }
         let m = Arc::new(self.store.azure_mappings(org_id).await?);
-        self.mappings
-            .lock()
-            .unwrap()
-            .insert(org_id.to_string(), (now, m.clone()));
+        self.mappings.insert(org_id.to_string(), m.clone());
         Ok(m)
     }
 
     async fn client(&self, org_id: &str) -> Result<Client, ResolveError> {
-        let now = Instant::now();
-        if let Some((at, c)) = self.clients_cache.lock().unwrap().get(org_id)
-            && now.duration_since(*at) < MAPPINGS_TTL
-        {
-            return Ok(c.clone());
+        if let Some(c) = self.clients_cache.get(org_id) {
+            return Ok(c);
         }
         let c = match self.clients.get_with_config(org_id).await {
             Ok(c) => c,
             Err(GraphClientsError::Store(e)) => return Err(e.into()),
             Err(e) => return Err(ResolveError::Directory(e.to_string())),
         };
-        self.clients_cache
-            .lock()
-            .unwrap()
-            .insert(org_id.to_string(), (now, c.clone()));
+        self.clients_cache.insert(org_id.to_string(), c.clone());
         Ok(c)
     }
 
@@ -147,11 +130,8 @@ impl AzureResolver {
         deadline: Instant,
     ) -> Result<Option<Arc<Found>>, ResolveError> {
         let cache_key = format!("{}\u{1}{}", org.id, normalize_email(key));
-        let now = Instant::now();
-        if let Some((at, f)) = self.cache.lock().unwrap().get(&cache_key)
-            && now.duration_since(*at) < self.cache_ttl
-        {
-            return Ok(Some(f.clone()));
+        if let Some(f) = self.cache.get(&cache_key) {
+            return Ok(Some(f));
         }
         let client = client.ok_or_else(|| {
             ResolveError::Directory(
@@ -159,7 +139,7 @@ impl AzureResolver {
             )
         })?;
         let key2 = key.to_string();
-        let (cache, ttl_on) = (self.cache.clone(), !self.cache_ttl.is_zero());
+        let cache = self.cache.clone();
         let by_mail = !is_upn;
         let found = self
             .lookups
@@ -203,12 +183,8 @@ impl AzureResolver {
                     let found = Arc::new(Found { user, groups });
                     // Cached before the shared answer is handed out, so no caller arriving
                     // between the two asks Graph again. Disabled users are not cached.
-                    if ttl_on && found.user.account_enabled {
-                        let mut c = cache.lock().unwrap();
-                        if c.len() >= CACHE_MAX {
-                            c.clear();
-                        }
-                        c.insert(cache_key, (Instant::now(), found.clone()));
+                    if found.user.account_enabled {
+                        cache.insert(cache_key, found.clone());
                     }
                     Ok(Some(found))
                 })

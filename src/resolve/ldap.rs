@@ -7,8 +7,7 @@
 //! connector answering, an organization set to `allow_known_users` may activate a user imd
 //! already stored from the directory; otherwise nothing is written.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use tokio::time::Instant;
@@ -105,6 +104,7 @@ impl LoginName {
 }
 
 pub use super::coalesce::Coalescer;
+use super::ttl::TtlMap;
 
 pub struct LdapResolver {
     hub: Arc<Hub>,
@@ -113,10 +113,8 @@ pub struct LdapResolver {
     /// Each organization's mappings, read at most once per `MAPPINGS_TTL` (every v2 activation
     /// needs them). Changes made through this replica invalidate at once; other replicas see
     /// them within the TTL.
-    mappings: Mutex<HashMap<String, CachedMappings>>,
+    mappings: TtlMap<String, Arc<Vec<LdapMappingRow>>>,
 }
-
-type CachedMappings = (Instant, Arc<Vec<LdapMappingRow>>);
 
 pub const MAPPINGS_TTL: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -133,29 +131,23 @@ impl LdapResolver {
             hub,
             store,
             lookups: Coalescer::default(),
-            mappings: Mutex::default(),
+            mappings: TtlMap::new(MAPPINGS_TTL, 100_000),
         }
     }
 
     /// The organization's mappings by priority (cached, see `MAPPINGS_TTL`).
     async fn mappings(&self, org_id: &str) -> Result<Arc<Vec<LdapMappingRow>>, ResolveError> {
-        let now = Instant::now();
-        if let Some((at, m)) = self.mappings.lock().unwrap().get(org_id)
-            && now.duration_since(*at) < MAPPINGS_TTL
-        {
-            return Ok(m.clone());
+        if let Some(m) = self.mappings.get(org_id) {
+            return Ok(m);
         }
         let m = Arc::new(self.store.ldap_mappings(org_id).await?);
-        self.mappings
-            .lock()
-            .unwrap()
-            .insert(org_id.to_string(), (now, m.clone()));
+        self.mappings.insert(org_id.to_string(), m.clone());
         Ok(m)
     }
 
     /// After an admin changed the organization's mappings on this replica.
     pub fn mappings_changed(&self, org_id: &str) {
-        self.mappings.lock().unwrap().remove(org_id);
+        self.mappings.remove(org_id);
     }
 
     /// One round trip per user however many activations ask at once: the first asks, the

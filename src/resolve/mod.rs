@@ -12,6 +12,7 @@ pub mod azure;
 pub mod coalesce;
 mod device_map;
 pub mod ldap;
+pub mod ttl;
 
 pub use device_map::DeviceMapResolver;
 pub use ldap::LdapResolver;

@@ -98,19 +98,7 @@ impl AzureMappingValues {
 }
 
 /// What an Azure AD mapping write did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AzureMappingWrite {
-    Written(Box<AzureMappingRow>),
-    /// Another mapping of the organization has this priority.
-    PriorityTaken {
-        id: String,
-        name: String,
-    },
-    /// Another mapping of the organization has this name.
-    NameTaken {
-        id: String,
-    },
-}
+pub type AzureMappingWrite = crate::store::MappingWrite<AzureMappingRow>;
 
 /// The SQL, written once and compiled for each backend (`impl` blocks in `sqlite/` and
 /// `postgres/`): `self.read` is the reader pool, `self.begin()` a write transaction.
@@ -185,23 +173,8 @@ macro_rules! azure_sql {
     ) -> crate::store::Result<Option<AzureMappingWrite>> {
         let mut tx = self.begin().await?;
         self.lock_org(&mut tx, org_id).await?;
-        let clash: Option<(String, String, i64)> = sqlx::query_as(
-            "SELECT id, name, priority FROM azure_mappings
-             WHERE org_id = $1 AND (priority = $2 OR name = $3) AND id <> $4
-             ORDER BY priority = $2 DESC LIMIT 1",
-        )
-        .bind(org_id)
-        .bind(v.priority)
-        .bind(&v.name)
-        .bind(id.unwrap_or(""))
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some((other, name, priority)) = clash {
-            return Ok(Some(if priority == v.priority {
-                AzureMappingWrite::PriorityTaken { id: other, name }
-            } else {
-                AzureMappingWrite::NameTaken { id: other }
-            }));
+        if let Some(clash) = crate::store::mapping_clash!(tx, "azure_mappings", org_id, v, id) {
+            return Ok(Some(clash));
         }
         let q = match id {
             None => sqlx::query_as::<_, AzureMappingRow>(
@@ -240,7 +213,7 @@ macro_rules! azure_sql {
             return Ok(None);
         };
         tx.commit().await?;
-        Ok(Some(AzureMappingWrite::Written(Box::new(row))))
+        Ok(Some(crate::store::MappingWrite::Written(Box::new(row))))
     }
 
     /// `false`: no such mapping.

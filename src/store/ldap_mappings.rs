@@ -68,19 +68,7 @@ impl LdapMappingValues {
 }
 
 /// What a mapping write did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LdapMappingWrite {
-    Written(Box<LdapMappingRow>),
-    /// Another mapping of the organization has this priority.
-    PriorityTaken {
-        id: String,
-        name: String,
-    },
-    /// Another mapping of the organization has this name.
-    NameTaken {
-        id: String,
-    },
-}
+pub type LdapMappingWrite = crate::store::MappingWrite<LdapMappingRow>;
 
 /// The SQL, written once and compiled for each backend (`impl` blocks in `sqlite/` and
 /// `postgres/`): `self.read` is the reader pool, `self.begin()` a write transaction.
@@ -119,23 +107,8 @@ macro_rules! ldap_mapping_sql {
     ) -> crate::store::Result<Option<LdapMappingWrite>> {
         let mut tx = self.begin().await?;
         self.lock_org(&mut tx, org_id).await?;
-        let clash: Option<(String, String, i64)> = sqlx::query_as(
-            "SELECT id, name, priority FROM ldap_mappings
-             WHERE org_id = $1 AND (priority = $2 OR name = $3) AND id <> $4
-             ORDER BY priority = $2 DESC LIMIT 1",
-        )
-        .bind(org_id)
-        .bind(v.priority)
-        .bind(&v.name)
-        .bind(id.unwrap_or(""))
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some((other, name, priority)) = clash {
-            return Ok(Some(if priority == v.priority {
-                LdapMappingWrite::PriorityTaken { id: other, name }
-            } else {
-                LdapMappingWrite::NameTaken { id: other }
-            }));
+        if let Some(clash) = crate::store::mapping_clash!(tx, "ldap_mappings", org_id, v, id) {
+            return Ok(Some(clash));
         }
         let q = match id {
             None => sqlx::query_as::<_, LdapMappingRow>(
@@ -175,7 +148,7 @@ macro_rules! ldap_mapping_sql {
             return Ok(None);
         };
         tx.commit().await?;
-        Ok(Some(LdapMappingWrite::Written(Box::new(row))))
+        Ok(Some(crate::store::MappingWrite::Written(Box::new(row))))
     }
 
     /// `false`: no such mapping.

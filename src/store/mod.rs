@@ -37,6 +37,7 @@ pub use connectors::{ConnectorRow, ConnectorSessionRow};
 pub use devices::{DeviceReport, DeviceRow, NewDevice, Reassignment, name_norm};
 pub use keys::SigningKeyRow;
 pub use ldap_mappings::{EMAIL_FALLBACKS, LdapMappingRow, LdapMappingValues, LdapMappingWrite};
+
 pub use mappings::{MappingFilter, MappingsOutcome, StoredMapping};
 pub use orgs::{AdminKeyRow, DIRECTORY_OUTAGE_POLICIES, OrgRow, OrgSettingsPatch};
 pub use tokens::{NewToken, Rotation, TokenRow};
@@ -890,6 +891,50 @@ pub async fn drop_postgres_database(admin_url: &str, name: &str) -> Result<()> {
 }
 
 /// A new time-ordered id (UUIDv7), so ordering by id is ordering by creation.
+/// What a directory-mapping write (LDAP or Azure AD) did: written, or refused because another
+/// mapping of the organization holds the priority or the name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MappingWrite<T> {
+    Written(Box<T>),
+    /// Another mapping of the organization has this priority.
+    PriorityTaken {
+        id: String,
+        name: String,
+    },
+    /// Another mapping of the organization has this name.
+    NameTaken {
+        id: String,
+    },
+}
+
+/// Inside a mapping write's transaction (after `lock_org`): the mapping of `$table` other than
+/// `$id` that already holds `$v.priority` or `$v.name`, as the `MappingWrite` refusal (the
+/// priority clash first). The unique indexes back the check.
+macro_rules! mapping_clash {
+    ($tx:ident, $table:literal, $org_id:expr, $v:expr, $id:expr) => {{
+        let clash: Option<(String, String, i64)> = sqlx::query_as(concat!(
+            "SELECT id, name, priority FROM ",
+            $table,
+            " WHERE org_id = $1 AND (priority = $2 OR name = $3) AND id <> $4
+             ORDER BY priority = $2 DESC LIMIT 1"
+        ))
+        .bind($org_id)
+        .bind($v.priority)
+        .bind(&$v.name)
+        .bind($id.unwrap_or(""))
+        .fetch_optional(&mut *$tx)
+        .await?;
+        clash.map(|(other, name, priority)| {
+            if priority == $v.priority {
+                crate::store::MappingWrite::PriorityTaken { id: other, name }
+            } else {
+                crate::store::MappingWrite::NameTaken { id: other }
+            }
+        })
+    }};
+}
+pub(crate) use mapping_clash;
+
 /// How a directory login is stored for look-ups (`users.login_norm`): as `login_key` does.
 pub fn login_norm(login: &str) -> String {
     crate::domain::request::login_key(login)
