@@ -1017,6 +1017,45 @@ async fn phases(
 }
 
 /// A fresh database on the PostgreSQL server `url` names, dropped with the guard.
+/// One measurement (`imd bench directory|azure`) in a temporary directory, on a throwaway
+/// database of its own when `database_url` names a PostgreSQL cluster (dropped afterwards), and
+/// stopped at `limit_secs`: dropping the future drops the process guards, which stop the
+/// children. `measure` gets the directory, the database URL and the deadline.
+async fn run_limited<T, F, Fut>(
+    prefix: &str,
+    database_url: Option<&str>,
+    limit_secs: u64,
+    measure: F,
+) -> anyhow::Result<T>
+where
+    F: FnOnce(PathBuf, Option<String>, Instant) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let limit = Duration::from_secs(limit_secs);
+    let deadline = Instant::now() + limit;
+    let tmp = tempfile::Builder::new().prefix(prefix).tempdir()?;
+    let db = match database_url {
+        Some(url) => Some(BenchDatabase::create(url).await?),
+        None => None,
+    };
+    let outcome = tokio::time::timeout(
+        limit + Duration::from_secs(10),
+        measure(
+            tmp.path().to_path_buf(),
+            db.as_ref().map(|d| d.url.clone()),
+            deadline,
+        ),
+    )
+    .await;
+    if let Some(db) = db {
+        db.drop_now().await;
+    }
+    match outcome {
+        Ok(r) => r,
+        Err(_) => anyhow::bail!("stopped at the time limit ({limit_secs} s)"),
+    }
+}
+
 struct BenchDatabase {
     admin: String,
     name: String,

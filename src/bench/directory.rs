@@ -941,33 +941,16 @@ async fn check_groups(dir: &Directory, n: usize) -> anyhow::Result<usize> {
 }
 
 pub async fn run(args: DirectoryBenchArgs) -> anyhow::Result<ExitCode> {
-    let limit = Duration::from_secs(args.duration_limit_secs);
-    let deadline = Instant::now() + limit;
-    let tmp = tempfile::Builder::new()
-        .prefix("imd-bench-dir-")
-        .tempdir()?;
-    let db = match &args.database_url {
-        Some(url) => Some(super::BenchDatabase::create(url).await?),
-        None => None,
-    };
-    // Dropping the future (time limit) drops the process guards, which stop the children.
-    let outcome = tokio::time::timeout(
-        limit + Duration::from_secs(10),
-        measure(
-            &args,
-            tmp.path(),
-            db.as_ref().map(|d| d.url.as_str()),
-            deadline,
-        ),
+    let out = super::run_limited(
+        "imd-bench-dir-",
+        args.database_url.as_deref(),
+        args.duration_limit_secs,
+        |dir, db, deadline| {
+            let args = &args;
+            async move { measure(args, &dir, db.as_deref(), deadline).await }
+        },
     )
-    .await;
-    if let Some(db) = db {
-        db.drop_now().await;
-    }
-    let out = match outcome {
-        Ok(r) => r?,
-        Err(_) => anyhow::bail!("stopped at the time limit ({} s)", args.duration_limit_secs),
-    };
+    .await?;
     println!("{}", out.header);
     if cfg!(debug_assertions) {
         println!("  (a debug build: measure with `cargo run --release`)");
