@@ -284,22 +284,7 @@ impl LdapResolver {
             (None, Some(upn)) => self.store.user_by_upn(&org.id, SOURCE, upn).await?,
             _ => None,
         };
-        let Some(u) = u else { return Ok(None) };
-        let (Some(ext), Ok(email)) = (u.external_id.clone(), Email::parse(&u.email)) else {
-            return Ok(None);
-        };
-        Ok(Some(DirectoryUser {
-            external_id: ext,
-            email,
-            user_name: u.user_name.clone(),
-            enabled: true,
-            attrs: None,
-            assignment: None,
-            note: Some(
-                "directory outage: activated from the stored user (allow_known_users)".into(),
-            ),
-            also_known_as: None,
-        }))
+        Ok(super::stored_directory_user(u))
     }
 }
 

@@ -192,6 +192,24 @@ pub trait Resolver: Send + Sync {
     ) -> BoxFuture<'a, Result<Resolution, ResolveError>>;
 }
 
+/// During a directory outage, with `directory_outage = "allow_known_users"`: a user stored
+/// from the directory at an earlier activation, as the network phase would have found it (the
+/// audit row says how it got in). `None` for a user without a directory id or valid email.
+pub fn stored_directory_user(u: Option<crate::store::UserRow>) -> Option<DirectoryUser> {
+    let u = u?;
+    let email = Email::parse(&u.email).ok()?;
+    Some(DirectoryUser {
+        external_id: u.external_id?,
+        email,
+        user_name: u.user_name,
+        enabled: true,
+        attrs: None,
+        assignment: None,
+        note: Some("directory outage: activated from the stored user (allow_known_users)".into()),
+        also_known_as: None,
+    })
+}
+
 /// The in-transaction phase of a network resolver: bind the user its look-up found.
 pub fn bind_prepared(
     org: &OrgRow,
