@@ -80,6 +80,30 @@ pub enum Command {
     /// The on-premises AD/LDAP connector (docs/connector.md).
     #[command(subcommand)]
     Connector(crate::connector::cli::ConnectorCommand),
+    /// Directory sync (docs/sync.md).
+    #[command(subcommand)]
+    Sync(SyncCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SyncCommand {
+    /// Run one sync of an organization in the foreground and print its report. Connectors are
+    /// reached through the running server that holds their channel.
+    Run {
+        #[arg(long)]
+        org: String,
+        /// Compute the report and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// With --dry-run: evaluate retention as of this RFC 3339 time.
+        #[arg(long, value_name = "TIME")]
+        as_of: Option<String>,
+        /// Print the run as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -258,6 +282,17 @@ async fn run_inner(cli: Cli) -> anyhow::Result<ExitCode> {
             db.close().await;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Sync(SyncCommand::Run {
+            org,
+            dry_run,
+            as_of,
+            json: as_json,
+            store,
+        }) => {
+            store_flags(&store, &mut flags);
+            let s = settings(file, &flags)?;
+            sync_run(&s, &org, dry_run, as_of.as_deref(), as_json).await
+        }
         Command::Demo(args) => crate::demo::run(args, file).await,
         Command::Bench(args) => crate::bench::run(args).await,
         Command::Client(cmd) => Ok(crate::client::run(cmd).await),
@@ -277,4 +312,119 @@ pub async fn create_org(
         .await?;
     db.close().await;
     Ok((org, key))
+}
+
+/// `imd sync run`: one run in this process, with a progress bar on stderr.
+async fn sync_run(
+    s: &Settings,
+    org: &str,
+    dry_run: bool,
+    as_of: Option<&str>,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
+    use std::sync::Arc;
+    startup::install_crypto_provider();
+    let db = startup::open_store(s).await?;
+    db.org(org)
+        .await
+        .map_err(|_| anyhow::anyhow!("no organization {org:?} in this database"))?;
+    let as_of = as_of
+        .map(crate::clock::parse_rfc3339)
+        .transpose()
+        .map_err(|m| anyhow::anyhow!("--as-of: {m}"))?;
+    let master = Arc::new(startup::master_key(s)?);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let replica = format!("cli-{}", startup::replica_id());
+    let hub = Arc::new(crate::directory::Hub::new(
+        db.clone(),
+        clock.clone(),
+        replica.clone(),
+        startup::hub_settings(s),
+        master.cluster_key(),
+    ));
+    let graph = Arc::new(crate::directory::graph::GraphClients::new(
+        db.clone(),
+        master.clone(),
+        crate::directory::graph::GraphClients::http_client(),
+        s.azure.max_retries as u32,
+    ));
+    let svc = Arc::new(crate::sync::SyncService::new(
+        db.clone(),
+        hub,
+        graph,
+        clock,
+        s.sync.clone(),
+        replica,
+        s.connectors.heartbeat_window_secs,
+    ));
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_message("starting");
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let progress: crate::sync::Progress = {
+        let bar = bar.clone();
+        Arc::new(move |c: &crate::store::SyncCounts| {
+            bar.set_message(format!(
+                "imported {}  updated {}  re-enabled {}  preserved {}  deleted {}  skipped {}",
+                c.imported, c.updated, c.reenabled, c.preserved, c.deleted, c.skipped
+            ))
+        })
+    };
+    let opts = crate::sync::RunOptions {
+        trigger: crate::sync::Trigger::Cli,
+        dry_run,
+        as_of,
+    };
+    let run = svc.run(org, opts, Some(progress)).await;
+    bar.finish_and_clear();
+    let run = run?;
+    let v = crate::sync::run_json(&run);
+    if as_json {
+        println!("{v}");
+    } else {
+        let c = run.counts();
+        println!(
+            "sync run {} ({}{}): {}",
+            run.id,
+            run.run_trigger,
+            if run.dry_run { ", dry run" } else { "" },
+            run.status
+        );
+        println!(
+            "  seen {}  imported {}  updated {}  re-enabled {}  preserved {}  deleted {}  skipped {}  errors {}",
+            c.seen, c.imported, c.updated, c.reenabled, c.preserved, c.deleted, c.skipped, c.errors
+        );
+        if run.held_preserve + run.held_delete > 0 {
+            println!(
+                "  held back for approval: {} preserves, {} deletes (POST /api/v1/admin/sync-runs/{}/approve)",
+                run.held_preserve, run.held_delete, run.id
+            );
+        }
+        if let Some(e) = &run.error {
+            println!("  error: {e}");
+        }
+        let mut after = 0;
+        loop {
+            let lines = db.sync_run_users(&run.id, None, after, 500).await?;
+            let Some(last) = lines.last() else { break };
+            after = last.seq;
+            for l in lines
+                .iter()
+                .filter(|l| l.action != "imported" && l.action != "updated")
+            {
+                println!(
+                    "  {:<10} {} <{}>: {}",
+                    l.action,
+                    l.name.as_deref().unwrap_or("-"),
+                    l.email.as_deref().unwrap_or("-"),
+                    l.reason.as_deref().unwrap_or("")
+                );
+            }
+        }
+    }
+    db.close().await;
+    Ok(if run.status == "failed" {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

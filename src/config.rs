@@ -52,6 +52,8 @@ pub struct Settings {
     pub connectors: ConnectorSettings,
     #[serde(default)]
     pub azure: AzureSettings,
+    #[serde(default)]
+    pub sync: SyncSettings,
 }
 
 /// A database URL; its `Debug` form hides the password, so printing settings never leaks it.
@@ -150,6 +152,59 @@ impl Default for AzureSettings {
             lookup_cache_secs: 300,
             max_retries: 4,
         }
+    }
+}
+
+/// Directory sync (docs/sync.md, `[sync]`); the per-organization settings are in the database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncSettings {
+    /// Run scheduled syncs from this process (several may: a lease keeps one run per
+    /// organization).
+    #[serde(deserialize_with = "boolean")]
+    pub scheduler: bool,
+    #[serde(deserialize_with = "num")]
+    pub tick_secs: u64,
+    #[serde(deserialize_with = "num")]
+    pub lease_secs: u64,
+    #[serde(deserialize_with = "num")]
+    pub batch_size: u64,
+    #[serde(deserialize_with = "num")]
+    pub page_size: u64,
+    #[serde(deserialize_with = "num")]
+    pub page_timeout_ms: u64,
+}
+
+impl Default for SyncSettings {
+    fn default() -> Self {
+        SyncSettings {
+            scheduler: true,
+            tick_secs: 60,
+            lease_secs: 60,
+            batch_size: 1000,
+            page_size: 500,
+            page_timeout_ms: 60_000,
+        }
+    }
+}
+
+/// Environment values arrive as strings; boolean fields accept both forms.
+fn boolean<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum B {
+        B(bool),
+        S(String),
+    }
+    match B::deserialize(d)? {
+        B::B(b) => Ok(b),
+        B::S(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(true),
+            "false" | "0" | "no" | "off" => Ok(false),
+            _ => Err(serde::de::Error::custom(format!(
+                "expected true or false, got {s:?}"
+            ))),
+        },
     }
 }
 
@@ -396,6 +451,17 @@ impl Settings {
                 "azure.lookup_cache_secs must be at most {AZURE_MAX_CACHE_SECS} (a day), got {}",
                 a.lookup_cache_secs
             )));
+        }
+        let y = &self.sync;
+        if !(1..=86_400).contains(&y.tick_secs)
+            || !(5..=3_600).contains(&y.lease_secs)
+            || !(1..=10_000).contains(&y.batch_size)
+            || !(1..=1_000).contains(&y.page_size)
+            || !(100..=600_000).contains(&y.page_timeout_ms)
+        {
+            return Err(ConfigError::Invalid(
+                "sync: tick_secs 1-86400, lease_secs 5-3600, batch_size 1-10000, page_size 1-1000, page_timeout_ms 100-600000".into(),
+            ));
         }
         if c.heartbeat_window_secs <= c.heartbeat_interval_secs {
             return Err(ConfigError::Invalid(format!(

@@ -18,5 +18,6 @@ pub mod loadgen;
 pub mod resolve;
 pub mod startup;
 pub mod store;
+pub mod sync;
 pub mod telemetry;
 pub mod tokens;

@@ -224,6 +224,18 @@ impl Application {
         )
         .with_ldap(ldap)
         .with_azure(azure);
+        let sync = Arc::new(crate::sync::SyncService::new(
+            store.clone(),
+            hub.clone(),
+            graph.clone(),
+            clock.clone(),
+            settings.sync.clone(),
+            replica.clone(),
+            settings.connectors.heartbeat_window_secs,
+        ));
+        if settings.sync.scheduler {
+            tokio::spawn(sync.clone().scheduler());
+        }
         let (audit, audit_task) = AuditSink::start(store.clone());
         let limits = settings.limits.clone();
         let state = web::Data::new(AppState {
@@ -242,6 +254,7 @@ impl Application {
             master,
             graph,
             azure: settings.azure.clone(),
+            sync,
         });
 
         let server = HttpServer::new(move || {

@@ -749,7 +749,15 @@ impl Binder {
         install_key_hash: Option<&str>,
         now: i64,
     ) -> Result<(ActivationOutcome, bool), ActivationError> {
-        let (user, user_created) = ensure_user(tx, &org.id, &b.user, now).await?;
+        let (mut user, user_created) = ensure_user(tx, &org.id, &b.user, now).await?;
+        if user.status() == UserStatus::Preserved
+            && b.user.reenable
+            && user.source == b.user.source
+            && tx.reenable_user(&org.id, &user.id, now).await?
+        {
+            user.status = UserStatus::Active.as_str().into();
+            user.preserved_at = None;
+        }
         check_user_status(&user)?;
         let name = b
             .device_name

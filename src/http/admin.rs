@@ -263,6 +263,8 @@ pub async fn revoke_token(
 #[derive(Debug, Deserialize)]
 pub struct UserQuery {
     email: Option<String>,
+    status: Option<String>,
+    source: Option<String>,
     #[serde(flatten)]
     page: PageQuery,
 }
@@ -274,10 +276,19 @@ pub async fn list_users(
 ) -> Result<HttpResponse, ApiError> {
     let page = q.page.page()?;
     let email = q.email.as_deref().map(|e| normalize_email(e).into_owned());
-    let rows = state
-        .store
-        .list_users(&auth.org_id, email.as_deref(), &page)
-        .await?;
+    if let Some(s) = q.status.as_deref()
+        && crate::store::UserStatus::parse(s).is_none()
+    {
+        return Err(ApiError::invalid(
+            "status must be active, preserved or deleted",
+        ));
+    }
+    let filter = crate::store::UserFilter {
+        email: email.as_deref(),
+        status: q.status.as_deref(),
+        source: q.source.as_deref(),
+    };
+    let rows = state.store.list_users(&auth.org_id, &filter, &page).await?;
     Ok(HttpResponse::Ok().json(Paged::new(rows, &page, |u| u.id.as_str())))
 }
 

@@ -77,7 +77,22 @@ impl FromRequest for DeviceAuth {
             let cred = bearer(&req)?;
             let state = state(&req)?;
             match state.store.device_for_credential(&cred).await? {
-                Some(d) if d.status != "revoked" => Ok(DeviceAuth { device: d }),
+                Some(d) if d.status != "revoked" => {
+                    // A preserved (or deleted) user's devices stop working until it is
+                    // re-enabled.
+                    let user = state.store.user(&d.org_id, &d.user_id).await?;
+                    match user.status() {
+                        crate::store::UserStatus::Active => Ok(DeviceAuth { device: d }),
+                        crate::store::UserStatus::Preserved => Err(ApiError::new(
+                            Code::UserPreserved,
+                            "this device's user is preserved (disabled or gone from the directory); it works again once the user is re-enabled",
+                        )),
+                        crate::store::UserStatus::Deleted => Err(ApiError::new(
+                            Code::UserDeleted,
+                            "this device's user has been deleted",
+                        )),
+                    }
+                }
                 Some(_) => Err(ApiError::new(
                     Code::Unauthorized,
                     "this device has been revoked",

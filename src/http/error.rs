@@ -43,6 +43,14 @@ pub enum Code {
     MappingInvalid,
     /// An Azure AD call (test, group search) before `PUT /api/v1/admin/azure`.
     AzureNotConfigured,
+    /// A sync setting or profile policy out of range (the body names the field).
+    InvalidSetting,
+    /// Another sync run of the organization holds the lease.
+    SyncInProgress,
+    /// No directory mappings to sync.
+    SyncNotConfigured,
+    /// Approve / reject on a run that is not awaiting approval.
+    SyncRunNotPending,
     PayloadTooLarge,
     RateLimited,
     Unavailable,
@@ -79,6 +87,10 @@ impl Code {
             Code::RegistrationKeyInvalid => "registration_key_invalid",
             Code::MappingInvalid => "mapping_invalid",
             Code::AzureNotConfigured => "azure_not_configured",
+            Code::InvalidSetting => "invalid_setting",
+            Code::SyncInProgress => "sync_in_progress",
+            Code::SyncNotConfigured => "sync_not_configured",
+            Code::SyncRunNotPending => "sync_run_not_pending",
             Code::PayloadTooLarge => "payload_too_large",
             Code::RateLimited => "rate_limited",
             Code::Unavailable => "unavailable",
@@ -111,7 +123,12 @@ impl Code {
             }
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Code::DeviceMapInvalid | Code::MappingInvalid => StatusCode::UNPROCESSABLE_ENTITY,
+            Code::DeviceMapInvalid | Code::MappingInvalid | Code::InvalidSetting => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            Code::SyncInProgress | Code::SyncNotConfigured | Code::SyncRunNotPending => {
+                StatusCode::CONFLICT
+            }
             Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Code::Unavailable | Code::DirectoryUnavailable | Code::ConnectorUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -279,6 +296,24 @@ impl From<ActivationError> for ApiError {
             ActivationError::Internal(m) => return ApiError::internal(m),
         };
         ApiError::new(code, e.to_string())
+    }
+}
+
+impl From<crate::sync::SyncError> for ApiError {
+    fn from(e: crate::sync::SyncError) -> Self {
+        use crate::sync::SyncError as S;
+        let message = e.to_string();
+        match e {
+            S::InProgress(id) => {
+                ApiError::new(Code::SyncInProgress, message).with_detail("running_id", json!(id))
+            }
+            S::NotConfigured => ApiError::new(Code::SyncNotConfigured, message),
+            S::NotPending(_, _) => ApiError::new(Code::SyncRunNotPending, message),
+            S::Invalid(m) => {
+                ApiError::new(Code::InvalidSetting, m).with_detail("field", json!("as_of"))
+            }
+            S::Store(s) => s.into(),
+        }
     }
 }
 

@@ -13,6 +13,7 @@ mod health;
 mod ldap_mappings;
 mod media;
 mod pagination;
+mod sync;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -52,6 +53,8 @@ pub struct AppState {
     /// One Microsoft Graph client per organization with an Azure AD configuration.
     pub graph: Arc<GraphClients>,
     pub azure: AzureSettings,
+    /// Directory sync runs (started here or by the scheduler).
+    pub sync: Arc<crate::sync::SyncService>,
 }
 
 /// A path with its handlers; any other method on it is 405 in the JSON error shape.
@@ -133,6 +136,31 @@ pub fn routes(cfg: &mut web::ServiceConfig, limits: &Limits) {
                                 .route(web::post().to(admin::token_bundle)),
                         )
                         .service(resource("/users").route(web::get().to(admin::list_users)))
+                        .service(
+                            resource("/sync-settings")
+                                .route(web::get().to(sync::get_settings))
+                                .route(web::put().to(sync::put_settings)),
+                        )
+                        .service(resource("/profiles").route(web::get().to(sync::list_profiles)))
+                        .service(
+                            resource("/profiles/{name}")
+                                .route(web::get().to(sync::get_profile))
+                                .route(web::put().to(sync::put_profile))
+                                .route(web::delete().to(sync::delete_profile)),
+                        )
+                        .service(resource("/sync").route(web::post().to(sync::start)))
+                        .service(resource("/sync-runs").route(web::get().to(sync::list_runs)))
+                        .service(resource("/sync-runs/{id}").route(web::get().to(sync::get_run)))
+                        .service(
+                            resource("/sync-runs/{id}/users").route(web::get().to(sync::run_users)),
+                        )
+                        .service(
+                            resource("/sync-runs/{id}/approve")
+                                .route(web::post().to(sync::approve)),
+                        )
+                        .service(
+                            resource("/sync-runs/{id}/reject").route(web::post().to(sync::reject)),
+                        )
                         .service(resource("/users/{id}").route(web::get().to(admin::get_user)))
                         .service(resource("/devices").route(web::get().to(admin::list_devices)))
                         .service(resource("/devices/{id}").route(web::get().to(admin::get_device)))

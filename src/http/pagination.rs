@@ -49,6 +49,11 @@ pub struct Paged<T> {
     pub next_cursor: Option<String>,
 }
 
+/// The opaque cursor naming `last` (the last key of a page).
+pub fn cursor_for(last: &str) -> String {
+    URL_SAFE_NO_PAD.encode(last)
+}
+
 impl<T> Paged<T> {
     pub fn new(items: Vec<T>, page: &Page, id: impl Fn(&T) -> &str) -> Self {
         let next_cursor = if items.len() as u32 == page.limit {

@@ -59,6 +59,7 @@ impl Resolver for DeviceMapResolver {
                     attrs: None,
                     mapping_id: None,
                     also_known_as: None,
+                    reenable: false,
                 },
                 device_name: Some(m.device_name),
                 mapping_id: Some(m.id),

@@ -336,41 +336,12 @@ pub fn decide(
     let groups: Vec<Dn> = user.groups.iter().filter_map(|g| dn_key(g)).collect();
     let mut closest: Option<(usize, &LdapMappingRow, String)> = None;
     for (i, m) in mappings.iter().enumerate() {
-        let mut passed = 0;
-        let mut missing: Vec<String> = Vec::new();
-        let within = |scope: &str| match (&user_dn, dn_key(scope)) {
-            (Some(u), Some(s)) => u.is_within(&s),
-            _ => false,
-        };
-        if within(&m.base_dn) {
-            passed += 1;
-        } else {
-            missing.push(format!("the user's DN is not under base DN {}", m.base_dn));
-        }
-        if let Some(ou) = &m.ou {
-            if within(ou) {
-                passed += 1;
-            } else {
-                missing.push(format!("the user is not in OU {ou}"));
-            }
-        }
-        if let Some(g) = &m.group_dn {
-            let want = dn_key(g);
-            if want.is_some_and(|w| groups.iter().any(|x| x.normalized() == w.normalized())) {
-                passed += 1;
-            } else {
-                missing.push(format!(
-                    "the user is not a member (direct or nested) of {g}"
-                ));
-            }
-        }
-        if let (Some(f), Some(k)) = (&m.filter, filter_index.get(i).copied().flatten()) {
-            if user.matched_filters.contains(&k) {
-                passed += 1;
-            } else {
-                missing.push(format!("the user does not match filter {f}"));
-            }
-        }
+        let filter_ok = filter_index
+            .get(i)
+            .copied()
+            .flatten()
+            .is_some_and(|k| user.matched_filters.contains(&k));
+        let (passed, missing) = gaps(user_dn.as_ref(), &groups, m, filter_ok);
         if missing.is_empty() {
             return finish(user, m);
         }
@@ -387,7 +358,54 @@ pub fn decide(
     )))
 }
 
-fn finish(user: &DirUser, m: &LdapMappingRow) -> Result<Decision, ResolveError> {
+/// How many of `m`'s conditions the user meets, and what it lacks (nothing: it falls under
+/// `m`). `filter_ok`: the user matched the mapping's filter (ignored without one).
+pub fn gaps(
+    user_dn: Option<&Dn>,
+    groups: &[Dn],
+    m: &LdapMappingRow,
+    filter_ok: bool,
+) -> (usize, Vec<String>) {
+    let mut passed = 0;
+    let mut missing: Vec<String> = Vec::new();
+    let within = |scope: &str| match (user_dn, dn_key(scope)) {
+        (Some(u), Some(s)) => u.is_within(&s),
+        _ => false,
+    };
+    if within(&m.base_dn) {
+        passed += 1;
+    } else {
+        missing.push(format!("the user's DN is not under base DN {}", m.base_dn));
+    }
+    if let Some(ou) = &m.ou {
+        if within(ou) {
+            passed += 1;
+        } else {
+            missing.push(format!("the user is not in OU {ou}"));
+        }
+    }
+    if let Some(g) = &m.group_dn {
+        let want = dn_key(g);
+        if want.is_some_and(|w| groups.iter().any(|x| x.normalized() == w.normalized())) {
+            passed += 1;
+        } else {
+            missing.push(format!(
+                "the user is not a member (direct or nested) of {g}"
+            ));
+        }
+    }
+    if let Some(f) = &m.filter {
+        if filter_ok {
+            passed += 1;
+        } else {
+            missing.push(format!("the user does not match filter {f}"));
+        }
+    }
+    (passed, missing)
+}
+
+/// The user as `m` stores it (its email checked), for a user known to fall under `m`.
+pub fn finish(user: &DirUser, m: &LdapMappingRow) -> Result<Decision, ResolveError> {
     let email = match (&user.email, &user.upn) {
         (Some(e), _) => Email::parse(e).map_err(|e| {
             ResolveError::UserNotMapped(format!(

@@ -110,6 +110,9 @@ pub struct UserSpec {
     pub mapping_id: Option<String>,
     /// Another directory's identity of the same person, matched after `external_id`.
     pub also_known_as: Option<(&'static str, String)>,
+    /// The directory itself (not a stored copy) just reported this user enabled and mapped:
+    /// a preserved user of this source is re-enabled in real time.
+    pub reenable: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -262,6 +265,8 @@ pub fn bind_directory_user(
             attrs: u.attrs.clone(),
             mapping_id,
             also_known_as: u.also_known_as.clone(),
+            // The outage fall-back's stored copy carries no attributes: it proves nothing.
+            reenable: u.attrs.is_some() && u.enabled,
         },
         device_name: None,
         mapping_id: None,

@@ -20,6 +20,7 @@ pub mod mappings;
 pub mod orgs;
 mod postgres;
 mod sqlite;
+pub mod sync;
 pub mod tokens;
 pub mod users;
 
@@ -40,8 +41,12 @@ pub use ldap_mappings::{EMAIL_FALLBACKS, LdapMappingRow, LdapMappingValues, Ldap
 
 pub use mappings::{MappingFilter, MappingsOutcome, StoredMapping};
 pub use orgs::{AdminKeyRow, DIRECTORY_OUTAGE_POLICIES, OrgRow, OrgSettingsPatch};
+pub use sync::{
+    ProfileRow, SyncCounts, SyncRunRow, SyncRunUserRow, SyncSettingsRow, SyncUserValues, SyncWrite,
+    SyncWritten,
+};
 pub use tokens::{NewToken, Rotation, TokenRow};
-pub use users::{NewUser, UserRow, UserStatus};
+pub use users::{NewUser, UserFilter, UserRow, UserStatus};
 
 use crate::domain::{DeviceIdentifiers, MappingRow};
 
@@ -244,6 +249,14 @@ pub trait WriteTx: Send {
         u: &'a NewUser<'a>,
         now: i64,
     ) -> TxFuture<'a, ()>;
+    /// Re-enables a preserved user the directory reports enabled and mapped again (real time,
+    /// at activation), with its audit row; `false` if it was not preserved.
+    fn reenable_user<'a>(
+        &'a mut self,
+        org_id: &'a str,
+        user_id: &'a str,
+        now: i64,
+    ) -> TxFuture<'a, bool>;
     /// The pending mapping for these identifiers: serial, then UUID, then hostname.
     fn find_pending<'a>(
         &'a mut self,
@@ -613,10 +626,10 @@ impl Store {
     pub async fn list_users(
         &self,
         org_id: &str,
-        email: Option<&str>,
+        f: &UserFilter<'_>,
         page: &Page,
     ) -> Result<Vec<UserRow>> {
-        on!(self, s => s.list_users(org_id, email, page).await)
+        on!(self, s => s.list_users(org_id, f, page).await)
     }
     /// Sets a user's lifecycle status (directory sync will; tests do now).
     pub async fn set_user_status(
@@ -681,6 +694,136 @@ impl Store {
             now,
         })
         .await
+    }
+
+    // Directory sync (see `sync`).
+    pub async fn sync_settings(&self, org_id: &str) -> Result<SyncSettingsRow> {
+        on!(self, s => s.sync_settings(org_id).await)
+    }
+    pub async fn put_sync_settings(
+        &self,
+        org_id: &str,
+        v: &SyncSettingsRow,
+        now: i64,
+    ) -> Result<()> {
+        on!(self, s => s.put_sync_settings(org_id, v, now).await)
+    }
+    pub async fn profiles(&self, org_id: &str) -> Result<Vec<ProfileRow>> {
+        on!(self, s => s.profiles(org_id).await)
+    }
+    pub async fn profiles_in_use(&self, org_id: &str) -> Result<Vec<(String, i64)>> {
+        on!(self, s => s.profiles_in_use(org_id).await)
+    }
+    pub async fn put_profile(&self, org_id: &str, p: &ProfileRow, now: i64) -> Result<()> {
+        on!(self, s => s.put_profile(org_id, p, now).await)
+    }
+    pub async fn delete_profile(&self, org_id: &str, name: &str) -> Result<bool> {
+        on!(self, s => s.delete_profile(org_id, name).await)
+    }
+    /// Inserts the run and takes the organization's lease; `Err(holder)` when another run holds it.
+    pub async fn start_sync_run(
+        &self,
+        run: &SyncRunRow,
+        lease_expires_at: i64,
+    ) -> Result<std::result::Result<(), Option<String>>> {
+        on!(self, s => s.start_sync_run(run, lease_expires_at).await)
+    }
+    pub async fn renew_sync_lease(
+        &self,
+        org_id: &str,
+        run_id: &str,
+        expires_at: i64,
+    ) -> Result<bool> {
+        on!(self, s => s.renew_sync_lease(org_id, run_id, expires_at).await)
+    }
+    #[allow(clippy::too_many_arguments)]
+    pub async fn record_sync_run(
+        &self,
+        org_id: &str,
+        run_id: &str,
+        status: &str,
+        c: &SyncCounts,
+        held: (i64, i64),
+        sources: &str,
+        error: Option<&str>,
+        ended_at: Option<i64>,
+    ) -> Result<()> {
+        on!(self, s => s.record_sync_run(org_id, run_id, status, c, held, sources, error, ended_at).await)
+    }
+    pub async fn set_sync_run_status(
+        &self,
+        org_id: &str,
+        run_id: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<bool> {
+        on!(self, s => s.set_sync_run_status(org_id, run_id, from, to).await)
+    }
+    pub async fn supersede_pending_runs(&self, org_id: &str, newer: &str) -> Result<u64> {
+        on!(self, s => s.supersede_pending_runs(org_id, newer).await)
+    }
+    pub async fn sync_run(&self, org_id: &str, id: &str) -> Result<SyncRunRow> {
+        on!(self, s => s.sync_run(org_id, id).await)
+    }
+    pub async fn list_sync_runs(&self, org_id: &str, page: &Page) -> Result<Vec<SyncRunRow>> {
+        on!(self, s => s.list_sync_runs(org_id, page).await)
+    }
+    pub async fn last_sync_started(&self, org_id: &str) -> Result<Option<i64>> {
+        on!(self, s => s.last_sync_started(org_id).await)
+    }
+    pub async fn sync_run_users(
+        &self,
+        run_id: &str,
+        action: Option<&str>,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<SyncRunUserRow>> {
+        on!(self, s => s.sync_run_users(run_id, action, after, limit).await)
+    }
+    pub async fn add_sync_run_users(&self, run_id: &str, rows: &[SyncRunUserRow]) -> Result<()> {
+        on!(self, s => s.add_sync_run_users(run_id, rows).await)
+    }
+    pub async fn mark_sync_run_users_applied(&self, run_id: &str, seqs: &[i64]) -> Result<()> {
+        on!(self, s => s.mark_sync_run_users_applied(run_id, seqs).await)
+    }
+    pub async fn directory_users(&self, org_id: &str, source: &str) -> Result<Vec<UserRow>> {
+        on!(self, s => s.directory_users(org_id, source).await)
+    }
+    pub async fn preserved_users(&self, org_id: &str, source: &str) -> Result<Vec<UserRow>> {
+        on!(self, s => s.preserved_users(org_id, source).await)
+    }
+    pub async fn orgs_with_directory_mappings(&self) -> Result<Vec<String>> {
+        on!(self, s => s.orgs_with_directory_mappings().await)
+    }
+    pub async fn azure_sync_state(
+        &self,
+        org_id: &str,
+    ) -> Result<Option<(Option<String>, Option<i64>, Option<String>)>> {
+        on!(self, s => s.azure_sync_state(org_id).await)
+    }
+    pub async fn put_azure_sync_state(
+        &self,
+        org_id: &str,
+        delta_link: Option<&str>,
+        full_at: Option<i64>,
+        mappings_hash: &str,
+        now: i64,
+    ) -> Result<()> {
+        on!(self, s => s.put_azure_sync_state(org_id, delta_link, full_at, mappings_hash, now).await)
+    }
+    /// One batch of a sync run's user changes and report lines, in one transaction.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn apply_sync_batch(
+        &self,
+        org_id: &str,
+        run_id: &str,
+        actor: &str,
+        writes: &[SyncWrite],
+        report: &mut [Option<SyncRunUserRow>],
+        extra_report: &[SyncRunUserRow],
+        now: i64,
+    ) -> Result<Vec<SyncWritten>> {
+        on!(self, s => s.apply_sync_batch(org_id, run_id, actor, writes, report, extra_report, now).await)
     }
 
     // Connectors and their channels (see `connectors`).
@@ -971,6 +1114,10 @@ impl<'a> AttrCols<'a> {
 pub fn groups_json(groups: &[String]) -> String {
     serde_json::to_string(groups).unwrap_or_else(|_| "[]".into())
 }
+
+/// The audit reason of a real-time re-enable.
+pub const REENABLED_AT_ACTIVATION: &str =
+    "re-enabled at activation: the directory reports the user enabled and under a mapping";
 
 pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()

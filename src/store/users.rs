@@ -33,6 +33,10 @@ pub struct UserRow {
     #[serde(serialize_with = "groups_array")]
     pub groups: Option<String>,
     pub mapping_id: Option<String>,
+    #[serde(serialize_with = "crate::clock::ser::ts_opt")]
+    pub preserved_at: Option<i64>,
+    #[serde(serialize_with = "crate::clock::ser::ts_opt")]
+    pub deleted_at: Option<i64>,
 }
 
 fn groups_array<S: serde::Serializer>(g: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
@@ -74,6 +78,14 @@ impl UserRow {
     pub fn status(&self) -> UserStatus {
         UserStatus::parse(&self.status).unwrap_or(UserStatus::Deleted)
     }
+}
+
+/// Filters of the user list (each optional).
+#[derive(Debug, Clone, Default)]
+pub struct UserFilter<'a> {
+    pub email: Option<&'a str>,
+    pub status: Option<&'a str>,
+    pub source: Option<&'a str>,
 }
 
 #[derive(Debug, Clone)]
@@ -174,17 +186,20 @@ macro_rules! user_sql {
     pub async fn list_users(
         &self,
         org_id: &str,
-        email: Option<&str>,
+        f: &crate::store::UserFilter<'_>,
         page: &crate::store::Page,
     ) -> crate::store::Result<Vec<UserRow>> {
         Ok(sqlx::query_as::<_, UserRow>(
             "SELECT * FROM users WHERE org_id = $1 AND id > $2 AND ($3 IS NULL OR email_norm = $3)
+               AND ($5 IS NULL OR status = $5) AND ($6 IS NULL OR source = $6)
              ORDER BY id LIMIT $4",
         )
         .bind(org_id)
         .bind(page.after.as_deref().unwrap_or(""))
-        .bind(email)
+        .bind(f.email)
         .bind(i64::from(page.limit))
+        .bind(f.status)
+        .bind(f.source)
         .fetch_all(&self.read)
         .await?)
     }

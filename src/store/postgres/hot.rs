@@ -349,6 +349,40 @@ impl WriteTx for PgTx {
         })
     }
 
+    fn reenable_user<'a>(
+        &'a mut self,
+        org_id: &'a str,
+        user_id: &'a str,
+        now: i64,
+    ) -> TxFuture<'a, bool> {
+        Box::pin(async move {
+            let n = sqlx::query(
+                "UPDATE users SET status = 'active', preserved_at = NULL, updated_at = $3
+                  WHERE id = $1 AND org_id = $2 AND status = 'preserved'",
+            )
+            .bind(user_id)
+            .bind(org_id)
+            .bind(now)
+            .execute(self.conn())
+            .await?
+            .rows_affected();
+            if n > 0 {
+                sqlx::query(
+                    "INSERT INTO user_events (id, org_id, user_id, action, reason, actor, at)
+                     VALUES ($1, $2, $3, 'reenabled', $4, 'activation', $5)",
+                )
+                .bind(new_id())
+                .bind(org_id)
+                .bind(user_id)
+                .bind(crate::store::REENABLED_AT_ACTIVATION)
+                .bind(now)
+                .execute(self.conn())
+                .await?;
+            }
+            Ok(n > 0)
+        })
+    }
+
     fn find_pending<'a>(
         &'a mut self,
         org_id: &'a str,

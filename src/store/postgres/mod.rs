@@ -25,6 +25,9 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 /// Attempts of one transaction before its caller gets a retryable 503.
 const MAX_ATTEMPTS: u32 = 6;
 
+/// The database type the shared SQL macros (`*_sql!`) name.
+type Db = Postgres;
+
 pub(super) struct PgStore {
     pool: PgPool,
     /// The same pool: the portable SQL reads from `read`.
@@ -226,6 +229,7 @@ impl PgStore {
     crate::store::connectors::connector_sql!();
     crate::store::ldap_mappings::ldap_mapping_sql!();
     crate::store::azure::azure_sql!();
+    crate::store::sync::sync_sql!();
 }
 
 /// A new, empty database on the server `admin_url` points at (tooling: the benchmark); returns its

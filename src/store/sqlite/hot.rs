@@ -26,7 +26,7 @@ macro_rules! token_cols {
 }
 macro_rules! user_cols {
     () => {
-        "id, org_id, email, email_norm, user_name, external_id, source, profile, storage_region, quota_bytes, status, created_at, updated_at, display_name, login, upn, dn, department, country, \"groups\", mapping_id"
+        "id, org_id, email, email_norm, user_name, external_id, source, profile, storage_region, quota_bytes, status, created_at, updated_at, display_name, login, upn, dn, department, country, \"groups\", mapping_id, preserved_at, deleted_at"
     };
 }
 macro_rules! device_cols {
@@ -98,6 +98,8 @@ fn user_row(r: &Row<'_>) -> rusqlite::Result<UserRow> {
         country: r.get(18)?,
         groups: r.get(19)?,
         mapping_id: r.get(20)?,
+        preserved_at: r.get(21)?,
+        deleted_at: r.get(22)?,
     })
 }
 
@@ -352,6 +354,29 @@ pub fn insert_user(c: &Connection, u: &NewUser<'_>, now: i64) -> Result<Option<U
         user_row,
     )
     .optional()?)
+}
+
+pub fn reenable_user(c: &Connection, org_id: &str, user_id: &str, now: i64) -> Result<bool> {
+    let n = c
+        .prepare_cached(
+            "UPDATE users SET status = 'active', preserved_at = NULL, updated_at = ?3
+              WHERE id = ?1 AND org_id = ?2 AND status = 'preserved'",
+        )?
+        .execute(params![user_id, org_id, now])?;
+    if n > 0 {
+        c.prepare_cached(
+            "INSERT INTO user_events (id, org_id, user_id, action, reason, actor, at)
+             VALUES (?1, ?2, ?3, 'reenabled', ?4, 'activation', ?5)",
+        )?
+        .execute(params![
+            new_id(),
+            org_id,
+            user_id,
+            crate::store::REENABLED_AT_ACTIVATION,
+            now
+        ])?;
+    }
+    Ok(n > 0)
 }
 
 pub fn link_external_id(c: &Connection, user_id: &str, u: &NewUser<'_>, now: i64) -> Result<()> {
@@ -660,6 +685,14 @@ impl WriteTx for SqliteTx<'_> {
         now: i64,
     ) -> TxFuture<'a, ()> {
         ready(link_external_id(&*self.0, user_id, u, now))
+    }
+    fn reenable_user<'a>(
+        &'a mut self,
+        org_id: &'a str,
+        user_id: &'a str,
+        now: i64,
+    ) -> TxFuture<'a, bool> {
+        ready(reenable_user(&*self.0, org_id, user_id, now))
     }
     fn find_pending<'a>(
         &'a mut self,

@@ -32,6 +32,9 @@ use crate::store::{
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
+/// The database type the shared SQL macros (`*_sql!`) name.
+type Db = Sqlite;
+
 pub(super) struct SqliteStore {
     write: SqlitePool,
     read: SqlitePool,
@@ -277,4 +280,5 @@ impl SqliteStore {
     crate::store::connectors::connector_sql!();
     crate::store::ldap_mappings::ldap_mapping_sql!();
     crate::store::azure::azure_sql!();
+    crate::store::sync::sync_sql!();
 }
