@@ -16,7 +16,11 @@
 //! - Keys in paths are percent-encoded (`#` → `%23`, `'`, `+`, non-ASCII); a UPN starting with
 //!   `$` uses the `/users('…')` form; a UPN with `'` is looked up through
 //!   `$filter=userPrincipalName eq '…'` (the note's safe form); OData literals double `'`.
-//! - The client secret and access tokens never reach a log or a `Debug` string.
+//! - The client secret and access tokens never reach a log or a `Debug` string, and a link
+//!   (nextLink, deltaLink, one a caller kept) is followed only under `{graph_url}/v1.0`: same
+//!   scheme, host and port, so the bearer token never goes to another host.
+//! - Directory sync (`graph/sync.rs`): group members, filtered users and the users delta one
+//!   page per call; an expired or reset delta token is `GraphError::DeltaExpired` (§7).
 //!
 //! `GraphClients` keeps one client per organization (so tokens are reused across requests),
 //! rebuilt when the organization's `azure_config` row changes.
@@ -183,6 +187,11 @@ pub enum GraphError {
     /// Graph refused the request itself (400 and other unexpected answers).
     #[error("request refused by Microsoft Graph: {0}")]
     BadRequest(String),
+    /// A delta link (or a nextLink of its round) expired or its round was reset: any 410, or a
+    /// 4xx `syncStateNotFound` / `resyncRequired` (§7). Not retryable: drop the link and run a
+    /// full enumeration (which must also reconcile deletions, since they are not replayed).
+    #[error("the users delta link is no longer valid ({0}): run a full synchronization")]
+    DeltaExpired(String),
 }
 
 impl GraphError {
@@ -255,6 +264,8 @@ struct Call {
     permission: &'static str,
     /// Send `ConsistencyLevel: eventual` (the URL carries `$count=true`).
     advanced: bool,
+    /// A users delta request: an expired or reset delta token is `DeltaExpired` (§7).
+    delta: bool,
 }
 
 pub struct GraphClient {
@@ -264,7 +275,8 @@ pub struct GraphClient {
     scope: String,
     /// `{graph_url}/v1.0`.
     base: String,
-    graph_origin: Option<url::Origin>,
+    /// `base` parsed: links are followed only under it (`None`: graph_url is no URL).
+    base_url: Option<url::Url>,
     max_retries: u32,
     backoff: Backoff,
     token: tokio::sync::Mutex<TokenState>,
@@ -299,7 +311,7 @@ impl GraphClient {
             ),
             scope: format!("{graph}/.default"),
             base: format!("{graph}/v1.0"),
-            graph_origin: url::Url::parse(&graph).ok().map(|u| u.origin()),
+            base_url: url::Url::parse(&format!("{graph}/v1.0")).ok(),
             settings,
             http,
             max_retries: 4,
@@ -350,22 +362,12 @@ impl GraphClient {
         if key.is_empty() {
             return Ok(None);
         }
-        let mut select: Vec<&str> = USER_SELECT.to_vec();
-        for e in extensions {
-            if !is_extension_name(e) {
-                return Err(GraphError::BadRequest(format!(
-                    "{e:?} is not an extension attribute name (extension_<app id without dashes>_<name>)"
-                )));
-            }
-            if !select.contains(&e.as_str()) {
-                select.push(e);
-            }
-        }
-        let select = select.join(",");
+        let select = user_select(extensions)?;
         let call = Call {
             what: "read user",
             permission: "User.Read.All",
             advanced: false,
+            delta: false,
         };
         let body = if key.contains('\'') && !is_guid(key) {
             // An apostrophe in the path form is undocumented (§3): filter by UPN instead.
@@ -413,6 +415,7 @@ impl GraphClient {
             what: "find user by mail",
             permission: "User.Read.All",
             advanced: false,
+            delta: false,
         };
         let Some(page) = self.get_json(&url, call, deadline).await? else {
             return Ok(None);
@@ -439,6 +442,7 @@ impl GraphClient {
             what: "read group memberships",
             permission: "GroupMember.Read.All",
             advanced: false,
+            delta: false,
         };
         let items = self.collect(&url, call, None, deadline).await?;
         Ok(items
@@ -478,6 +482,7 @@ impl GraphClient {
             what: "search groups",
             permission: "GroupMember.Read.All",
             advanced: true,
+            delta: false,
         };
         let items = self
             .collect(&url, call, Some(top as usize), deadline)
@@ -502,6 +507,7 @@ impl GraphClient {
                     what: "list users",
                     permission: "User.Read.All",
                     advanced: false,
+                    delta: false,
                 },
                 deadline,
             )
@@ -520,6 +526,7 @@ impl GraphClient {
                     what: "list groups",
                     permission: "GroupMember.Read.All",
                     advanced: false,
+                    delta: false,
                 },
                 deadline,
             )
@@ -709,15 +716,21 @@ impl GraphClient {
         )))
     }
 
-    /// The bearer token goes only to the configured Graph host.
+    /// The bearer token goes only to the configured Graph root: a link Graph returned is
+    /// followed only when it is under `{graph_url}/v1.0` (`link_within`).
     fn check_next_link(&self, next: &str) -> Result<(), GraphError> {
-        let origin = url::Url::parse(next).ok().map(|u| u.origin());
-        if origin.is_some() && origin == self.graph_origin {
+        self.check_link(next, "Graph returned an @odata.nextLink")
+    }
+
+    /// `check_next_link` for any link about to be called with the token (`what` names it).
+    fn check_link(&self, link: &str, what: &str) -> Result<(), GraphError> {
+        if self.base_url.as_ref().is_some_and(|b| link_within(b, link)) {
             Ok(())
         } else {
-            Err(GraphError::BadRequest(
-                "Graph returned an @odata.nextLink outside graph_url; not followed".into(),
-            ))
+            Err(GraphError::BadRequest(format!(
+                "{what} outside {} (another scheme, host, port or path); not followed, so the access token stays with Microsoft Graph",
+                self.base
+            )))
         }
     }
 
@@ -777,6 +790,19 @@ impl GraphClient {
                 attempt += 1;
                 tokio::time::sleep(wait).await;
                 continue;
+            }
+            if call.delta && is_delta_expired(status, &code) {
+                tracing::info!(
+                    call = call.what,
+                    status = status.as_u16(),
+                    code,
+                    client_request_id,
+                    request_id,
+                    "Graph says the delta token expired or its round was reset"
+                );
+                return Err(GraphError::DeltaExpired(format!(
+                    "{status} {code}: {message}"
+                )));
             }
             match status.as_u16() {
                 404 => return Ok(None),
@@ -947,6 +973,33 @@ fn is_throttle(s: reqwest::StatusCode) -> bool {
     matches!(s.as_u16(), 429 | 503 | 504)
 }
 
+/// The note's client rule (§7): any 410, and any 4xx whose code is `syncStateNotFound` or
+/// `resyncRequired` in any case (the sources disagree on status and casing).
+fn is_delta_expired(s: reqwest::StatusCode, code: &str) -> bool {
+    s.as_u16() == 410
+        || (s.is_client_error()
+            && ["syncStateNotFound", "resyncRequired"]
+                .iter()
+                .any(|c| code.eq_ignore_ascii_case(c)))
+}
+
+/// Whether `link` is under `base` (`{graph_url}/v1.0`): same scheme, host and port, no user
+/// info, and a path below base's. The path is compared after URL parsing, which resolves
+/// `..` and `%2e%2e` the way the request will be sent.
+pub fn link_within(base: &url::Url, link: &str) -> bool {
+    let Ok(u) = url::Url::parse(link) else {
+        return false;
+    };
+    u.scheme() == base.scheme()
+        && u.host() == base.host()
+        && u.port_or_known_default() == base.port_or_known_default()
+        && u.username().is_empty()
+        && u.password().is_none()
+        && u.path()
+            .strip_prefix(base.path().trim_end_matches('/'))
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
 fn header_str(h: &reqwest::header::HeaderMap, name: &str) -> String {
     h.get(name)
         .and_then(|v| v.to_str().ok())
@@ -1076,6 +1129,23 @@ pub fn is_extension_name(s: &str) -> bool {
         && !name.is_empty()
         && name.len() <= 100
         && name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
+/// `$select` for a user: `USER_SELECT` plus the `extension_*` attributes named (an invalid
+/// name is a `BadRequest`: it would make Graph refuse the whole call).
+fn user_select(extensions: &[String]) -> Result<String, GraphError> {
+    let mut select: Vec<&str> = USER_SELECT.to_vec();
+    for e in extensions {
+        if !is_extension_name(e) {
+            return Err(GraphError::BadRequest(format!(
+                "{e:?} is not an extension attribute name (extension_<app id without dashes>_<name>)"
+            )));
+        }
+        if !select.contains(&e.as_str()) {
+            select.push(e);
+        }
+    }
+    Ok(select.join(","))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1346,6 +1416,9 @@ impl GraphClients {
         self.clients.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
+
+mod sync;
+pub use sync::{DeltaPage, Removed, UserPage};
 
 #[cfg(test)]
 mod tests;

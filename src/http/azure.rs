@@ -297,6 +297,7 @@ fn problem(e: &GraphError) -> (&'static str, Option<&'static str>) {
         ),
         GraphError::Unavailable(_) => ("unavailable", None),
         GraphError::BadRequest(_) => ("bad_request", None),
+        GraphError::DeltaExpired(_) => ("delta_expired", None),
     }
 }
 
@@ -323,6 +324,7 @@ pub async fn test(state: web::Data<AppState>, auth: AdminAuth) -> Result<HttpRes
                 GraphError::Forbidden(m) => ("Authorization_RequestDenied".into(), m.clone()),
                 GraphError::Unavailable(m) => ("unavailable".into(), m.clone()),
                 GraphError::BadRequest(m) => ("bad_request".into(), m.clone()),
+                GraphError::DeltaExpired(m) => ("delta_expired".into(), m.clone()),
             };
             let token = match &e {
                 GraphError::Forbidden(_) => "ok",

@@ -10,6 +10,7 @@ mod concurrency;
 mod connectors;
 mod device_maps;
 mod directory;
+mod graph_sync;
 mod helpers;
 mod imd_v2;
 mod imd_v5;

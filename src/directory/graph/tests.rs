@@ -761,3 +761,50 @@ async fn callers_waiting_on_a_failed_token_fetch_share_its_error() {
     }
     assert_eq!(h.fake.token_calls.load(Ordering::SeqCst), 1);
 }
+
+#[test]
+fn links_are_followed_only_under_graph_url() {
+    let base = url::Url::parse("https://graph.microsoft.com/v1.0").unwrap();
+    for ok in [
+        "https://graph.microsoft.com/v1.0/users/delta?$deltatoken=x",
+        "https://GRAPH.microsoft.com:443/v1.0/users?$skiptoken=y",
+    ] {
+        assert!(link_within(&base, ok), "{ok}");
+    }
+    for bad in [
+        "http://graph.microsoft.com/v1.0/users",
+        "https://graph.microsoft.com:8443/v1.0/users",
+        "https://graph.microsoft.us/v1.0/users",
+        "https://graph.microsoft.com.evil.example/v1.0/users",
+        "https://graph.microsoft.com/beta/users",
+        "https://graph.microsoft.com/v1.0",
+        "https://graph.microsoft.com/v1.0x/users",
+        "https://graph.microsoft.com/v1.0/../beta/users",
+        "https://graph.microsoft.com/v1.0/%2E%2e/beta/users",
+        "https://a@graph.microsoft.com/v1.0/users",
+        "//graph.microsoft.com/v1.0/users",
+        "",
+    ] {
+        assert!(!link_within(&base, bad), "{bad}");
+    }
+    // A graph_url with a path of its own.
+    let base = url::Url::parse("http://127.0.0.1:8080/graph/v1.0").unwrap();
+    assert!(link_within(&base, "http://127.0.0.1:8080/graph/v1.0/users"));
+    assert!(!link_within(&base, "http://127.0.0.1:8080/v1.0/users"));
+}
+
+#[test]
+fn expired_delta_tokens_by_status_and_code() {
+    use reqwest::StatusCode as S;
+    assert!(is_delta_expired(S::GONE, ""));
+    assert!(is_delta_expired(S::GONE, "SyncStateNotFound"));
+    assert!(is_delta_expired(S::BAD_REQUEST, "syncstatenotfound"));
+    assert!(is_delta_expired(S::BAD_REQUEST, "resyncRequired"));
+    assert!(is_delta_expired(S::CONFLICT, "RESYNCREQUIRED"));
+    assert!(!is_delta_expired(S::BAD_REQUEST, "Request_BadRequest"));
+    assert!(!is_delta_expired(
+        S::SERVICE_UNAVAILABLE,
+        "syncStateNotFound"
+    ));
+    assert!(!GraphError::DeltaExpired("410 Gone".into()).is_retryable());
+}

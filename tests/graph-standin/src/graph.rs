@@ -181,6 +181,8 @@ pub(crate) struct GraphReq<'a> {
     pub perms: Vec<String>,
     pub body: &'a [u8],
     pub page_size: Option<usize>,
+    /// At most this many items per page, whatever `$top` says.
+    pub page_cap: Option<usize>,
     pub delta_expired_upto: Option<(u64, DeltaExpiry)>,
 }
 
@@ -327,7 +329,12 @@ fn list_params(r: &GraphReq, route: &str, key: Option<String>) -> Result<ListPar
             select: r.query.get("$select").map(str::to_owned),
             search: r.query.get("$search").map(str::to_owned),
             orderby: r.query.get("$orderby").map(str::to_owned),
-            top: r.query.top(999)?.or(r.page_size).unwrap_or(100),
+            top: r
+                .query
+                .top(999)?
+                .or(r.page_size)
+                .unwrap_or(100)
+                .min(r.page_cap.unwrap_or(usize::MAX)),
             ..PageToken::default()
         },
         first_page: true,

@@ -208,6 +208,15 @@ impl StandIn {
             .insert(route.to_owned(), n.max(1));
     }
 
+    /// Largest page served on `route` even when the client's `$top` asks for more: Graph
+    /// pages on the server side and a page may hold fewer items than `$top` (§5), so a client
+    /// must follow nextLinks whatever it asked for.
+    pub fn set_max_page_size(&self, route: &str, n: usize) {
+        lock(&self.shared.ctl)
+            .page_caps
+            .insert(route.to_owned(), n.max(1));
+    }
+
     /// `expires_in` of tokens issued from now on (default 3599); they really expire then.
     pub fn set_token_lifetime_secs(&self, secs: u64) {
         lock(&self.shared.ctl).token_lifetime = secs;
@@ -469,12 +478,13 @@ fn graph_request(
     if let Some(f) = fault {
         return Err(graph_fault(f, &shared.dir));
     }
-    let (perms, page_size, delta_expired_upto) = {
+    let (perms, page_size, page_cap, delta_expired_upto) = {
         let ctl = lock(&shared.ctl);
         let perms = authenticate(header(req, "authorization"), &ctl, &base)?;
         (
             perms,
             ctl.page_sizes.get(target.route()).copied(),
+            ctl.page_caps.get(target.route()).copied(),
             ctl.delta_expired_upto,
         )
     };
@@ -488,6 +498,7 @@ fn graph_request(
         perms,
         body,
         page_size,
+        page_cap,
         delta_expired_upto,
     };
     let mut dir = lock(&shared.dir);

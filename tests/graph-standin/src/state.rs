@@ -95,6 +95,8 @@ pub(crate) struct Control {
     pub faults: HashMap<String, VecDeque<Fault>>,
     pub delays: HashMap<String, u64>,
     pub page_sizes: HashMap<String, usize>,
+    /// Largest page per route, even when `$top` asks for more.
+    pub page_caps: HashMap<String, usize>,
     pub token_lifetime: u64,
     pub tokens: HashMap<String, IssuedToken>,
     pub secret_expired: bool,
@@ -112,6 +114,7 @@ impl Control {
             faults: HashMap::new(),
             delays: HashMap::new(),
             page_sizes: HashMap::new(),
+            page_caps: HashMap::new(),
             token_lifetime: 3599,
             tokens: HashMap::new(),
             secret_expired: false,

@@ -520,6 +520,19 @@ async fn paging_with_next_links() {
     let (_, v2) = get(&s, &t, v["@odata.nextLink"].as_str().unwrap()).await;
     assert_eq!(v2["value"].as_array().unwrap().len(), 2);
     assert!(v2.get("@odata.nextLink").is_none());
+
+    // A cap pages below an explicit $top (server-side paging).
+    s.set_max_page_size("transitiveMemberOf", 3);
+    let (_, v) = get(
+        &s,
+        &t,
+        &format!("/v1.0/users/{ADELE}/transitiveMemberOf?$top=999"),
+    )
+    .await;
+    assert_eq!(v["value"].as_array().unwrap().len(), 3);
+    let (_, v2) = get(&s, &t, v["@odata.nextLink"].as_str().unwrap()).await;
+    assert_eq!(v2["value"].as_array().unwrap().len(), 1);
+    assert!(v2.get("@odata.nextLink").is_none());
 }
 
 #[tokio::test]
