@@ -602,6 +602,7 @@ macro_rules! sync_sql {
     /// Applies a batch of user changes and their report lines in one transaction: all or none.
     /// `report[i]` describes `writes[i]` (its `user_id` is filled in from the outcome; lines
     /// of changes that did not apply are rewritten as `skipped` with the reason).
+    #[allow(clippy::too_many_arguments)]
     pub async fn apply_sync_batch(
         &self,
         org_id: &str,
