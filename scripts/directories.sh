@@ -2,7 +2,9 @@
 # Test directory servers for the connector tests: OpenLDAP (slapd on 127.0.0.1:3389/3636) and a
 # Samba AD DC (127.0.0.1:389/636, one per machine), both loopback only, stopped by PID.
 #   scripts/directories.sh start DIR   install packages if missing, start both, load fixtures,
-#                                      print `export NAME=value` lines on stdout
+#                                      print `export NAME=value` lines on stdout (including
+#                                      the admin binds the sync tests write the directories with:
+#                                      TEST_OPENLDAP_ADMIN_*, TEST_SAMBA_ADMIN_*)
 #   scripts/directories.sh stop DIR    stop both by PID
 # Running `start` twice reuses servers that still answer. Progress goes to stderr.
 # Usage in a shell:  eval "$(scripts/directories.sh start /tmp/imd-dirs)"
@@ -16,6 +18,9 @@ DIR=$(cd "$DIR" && pwd)
 LDAP_PORT=${LDAP_PORT:-3389}
 LDAPS_PORT=${LDAPS_PORT:-3636}
 export LDAP_DIR="$DIR/openldap" SAMBA_DIR="$DIR/samba" LDAP_PORT LDAPS_PORT
+# the rootdn of tests/ldap/openldap/slapd.conf.in is cn=admin / secret; the DC's Administrator
+# password is the one tests/ldap/samba/setup.sh provisions (SAMBA_ADMINPASS)
+SAMBA_ADMIN_PASSWORD=${SAMBA_ADMINPASS:-Passw0rd!Lab}
 
 log() { echo "directories: $*" >&2; }
 
@@ -65,12 +70,16 @@ export TEST_OPENLDAP_CA=$LDAP_DIR/certs/ca.crt
 export TEST_OPENLDAP_BIND_DN=cn=imd-reader,ou=service,dc=example,dc=com
 export TEST_OPENLDAP_BIND_PASSWORD='Reader!Pass1'
 export TEST_OPENLDAP_BASE=dc=example,dc=com
+export TEST_OPENLDAP_ADMIN_DN=cn=admin,dc=example,dc=com
+export TEST_OPENLDAP_ADMIN_PASSWORD='secret'
 export TEST_SAMBA_URL=ldap://127.0.0.1:389
 export TEST_SAMBA_LDAPS_URL=ldaps://127.0.0.1:636
 export TEST_SAMBA_CA=$SAMBA_DIR/certs/ca.crt
 export TEST_SAMBA_BIND_DN='CN=imd-reader,OU=Service,DC=example,DC=test'
 export TEST_SAMBA_BIND_PASSWORD='Reader!Pass1'
 export TEST_SAMBA_BASE=DC=example,DC=test
+export TEST_SAMBA_ADMIN_DN='CN=Administrator,CN=Users,DC=example,DC=test'
+export TEST_SAMBA_ADMIN_PASSWORD='$SAMBA_ADMIN_PASSWORD'
 export TEST_SAMBA_CONF=$SAMBA_DIR/state/etc/smb.conf
 EOT
 }

@@ -18,4 +18,6 @@ mod ldap_mappings;
 mod replicas;
 mod resolvers;
 mod storage;
+mod sync;
+mod sync_support;
 mod tokens;
