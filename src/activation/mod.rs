@@ -105,6 +105,8 @@ impl From<ResolveError> for ActivationError {
             ResolveError::InvalidCredentials => ActivationError::InvalidCredentials,
             ResolveError::ConnectorUnavailable(m) => ActivationError::ConnectorUnavailable(m),
             ResolveError::Directory(m) => ActivationError::DirectoryError(m),
+            ResolveError::UserPreserved => ActivationError::UserPreserved,
+            ResolveError::UserDeleted => ActivationError::UserDeleted,
         }
     }
 }

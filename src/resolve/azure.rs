@@ -366,7 +366,18 @@ impl Resolver for AzureResolver {
                 .find(ctx.org, client, &key, is_upn, extensions, deadline)
                 .await
             {
-                Ok(Some(f)) => Ok(Prepared::User(decide(&f, &mappings, allow_guests)?)),
+                Ok(Some(f)) => match decide(&f, &mappings, allow_guests) {
+                    Ok(u) => Ok(Prepared::User(u)),
+                    Err(e @ ResolveError::UserDisabled(_)) => Err(super::refuse_disabled(
+                        &self.store,
+                        &ctx.org.id,
+                        SOURCE,
+                        &f.user.id,
+                        e,
+                    )
+                    .await),
+                    Err(e) => Err(e),
+                },
                 Ok(None) => Err(ResolveError::UserNotFound(format!(
                     "no user {key} in Entra ID; check the UPN the client reports"
                 ))),

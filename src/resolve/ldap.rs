@@ -207,7 +207,12 @@ impl LdapResolver {
             }
             Err(e) => return Err(call_error(e)),
         };
-        decide(&user, &mappings, &index)
+        match decide(&user, &mappings, &index) {
+            Err(e @ ResolveError::UserDisabled(_)) => {
+                Err(super::refuse_disabled(&self.store, &org.id, SOURCE, &user.id, e).await)
+            }
+            other => other,
+        }
     }
 
     /// Binds as the user through the connector, then decides its mapping.

@@ -55,6 +55,11 @@ pub enum ResolveError {
     /// The directory refused the question (a bad mapping filter, an ambiguous login).
     #[error("directory error: {0}")]
     Directory(String),
+    /// A user directory sync preserved (disabled in the directory, or unmapped).
+    #[error("the user is preserved: its devices cannot activate")]
+    UserPreserved,
+    #[error("the user has been deleted")]
+    UserDeleted,
 }
 
 /// A user as a directory reports it (the network phase's finding).
@@ -211,6 +216,26 @@ pub fn stored_directory_user(u: Option<crate::store::UserRow>) -> Option<Directo
         note: Some("directory outage: activated from the stored user (allow_known_users)".into()),
         also_known_as: None,
     })
+}
+
+/// For a user the directory reports disabled: a preserved or deleted user is refused as such
+/// (the admin sees why in the sync report), any other as disabled.
+pub async fn refuse_disabled(
+    store: &crate::store::Store,
+    org_id: &str,
+    source: &str,
+    external_id: &str,
+    disabled: ResolveError,
+) -> ResolveError {
+    use crate::store::UserStatus;
+    match store
+        .user_by_external_id(org_id, source, &external_id.to_ascii_lowercase())
+        .await
+    {
+        Ok(Some(u)) if u.status() == UserStatus::Preserved => ResolveError::UserPreserved,
+        Ok(Some(u)) if u.status() == UserStatus::Deleted => ResolveError::UserDeleted,
+        _ => disabled,
+    }
 }
 
 /// The in-transaction phase of a network resolver: bind the user its look-up found.

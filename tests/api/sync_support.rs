@@ -1166,7 +1166,7 @@ pub const DAY: i64 = 86_400;
 
 /// A server with the scheduler on, looking for due organizations every second.
 pub async fn spawn_app_with_scheduler() -> TestApp {
-    spawn_app_with(&[("sync.tick_secs", "1")]).await
+    spawn_app_with(&[("sync.scheduler", "true"), ("sync.tick_secs", "1")]).await
 }
 
 /// A second server (another replica id) on the same data directory and database as `app`,

@@ -293,7 +293,14 @@ impl StandIn {
     /// Every delta token (deltaLink or nextLink) issued so far is expired and answered in the
     /// chosen shape (§7: the sources disagree on which one Graph uses).
     pub fn expire_delta_tokens(&self, how: DeltaExpiry) {
-        let seq = lock(&self.shared.dir).seq;
+        // Tokens minted so far expire; the sequence moves on so the ones minted after this
+        // call (a client's fresh full round) work, as after a real reset.
+        let seq = {
+            let mut d = lock(&self.shared.dir);
+            let s = d.seq;
+            d.seq += 1;
+            s
+        };
         lock(&self.shared.ctl).delta_expired_upto = Some((seq, how));
     }
 }
