@@ -368,14 +368,12 @@ impl Resolver for AzureResolver {
             {
                 Ok(Some(f)) => match decide(&f, &mappings, allow_guests) {
                     Ok(u) => Ok(Prepared::User(u)),
-                    Err(e @ ResolveError::UserDisabled(_)) => Err(super::refuse_disabled(
-                        &self.store,
-                        &ctx.org.id,
-                        SOURCE,
-                        &f.user.id,
-                        e,
-                    )
-                    .await),
+                    Err(e @ ResolveError::UserDisabled(_)) => {
+                        Err(
+                            super::refuse_disabled(&self.store, &ctx.org.id, SOURCE, &f.user.id, e)
+                                .await,
+                        )
+                    }
                     Err(e) => Err(e),
                 },
                 Ok(None) => Err(ResolveError::UserNotFound(format!(

@@ -2001,3 +2001,41 @@ async fn a_due_organization_is_synced_by_the_scheduler() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(scheduled_since(&app.list(RUNS).await).len(), 1);
 }
+
+#[tokio::test]
+async fn azure_throttled_past_the_page_deadline_fails_the_run_and_preserves_nobody() {
+    let tenant = Tenant::fixture();
+    // A Graph page (retries included) must finish within 1.5 s.
+    let app = sync_app(&[("sync.page_timeout_ms", "1500")]).await;
+    let g = StandIn::start(tenant.clone()).await;
+    crate::imd_v5::configure(&app, &g, false).await;
+    azure_staff_mapping(&app).await;
+    sync(&app).await;
+    let sam = azure_user(&app, &tenant, "sam@contoso.test").await;
+    assert_eq!(sam["status"], "active");
+
+    // Disabled in Entra ID, but Graph throttles the delta with a Retry-After past the deadline.
+    g.set_user_enabled("sam@contoso.test", false);
+    g.throttle("delta", 1000, Some("30"));
+    let failed = sync_with(&app, "").await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert!(
+        failed["error"].is_string(),
+        "the run says what failed: {failed}"
+    );
+    assert_counts(&failed, &[("preserved", 0), ("deleted", 0)]);
+    assert_eq!(
+        user(&app, sam["id"].as_str().unwrap()).await["status"],
+        "active",
+        "a run that failed part-way preserves nobody"
+    );
+
+    // Graph answers again: the next run converges.
+    g.clear_faults();
+    let run = sync(&app).await;
+    assert_counts(&run, &[("preserved", 1)]);
+    assert_eq!(
+        user(&app, sam["id"].as_str().unwrap()).await["status"],
+        "preserved"
+    );
+}
