@@ -6,7 +6,8 @@
 //! PostgreSQL's, when it runs here) told apart from the load generator's. Figures are printed
 //! next to the targets; missing a target is informational. `imd bench directory` (in
 //! `bench/directory.rs`) measures IMD v2 activations through a connector instead, `imd bench
-//! azure` (in `bench/azure.rs`) IMD v5 activations through Microsoft Graph (the stand-in).
+//! azure` (in `bench/azure.rs`) IMD v5 activations through Microsoft Graph (the stand-in), `imd
+//! bench sync` (in `bench/sync.rs`) a directory sync of many users through a connector.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -23,6 +24,8 @@ use crate::loadgen::{self, Fleet, PhaseStats, SimDevice, count};
 
 pub mod azure;
 pub mod directory;
+mod fixture;
+pub mod sync;
 
 /// Targets the figures are held against.
 const TARGET_RATIO_PCT: f64 = 17.0;
@@ -76,6 +79,10 @@ pub enum BenchCommand {
     /// IMD v2 activations through one connector against a throwaway slapd, next to the raw rate
     /// of the same look-ups made directly with ldap3 (docs/performance.md).
     Directory(directory::DirectoryBenchArgs),
+    /// A first full directory sync of N users through one connector against a throwaway slapd,
+    /// a no-change re-sync, and a raw paged search of the same entries made directly with ldap3,
+    /// with the peak memory of the service and the connector (docs/performance.md).
+    Sync(sync::SyncBenchArgs),
     /// IMD v5 activations through Microsoft Graph against the Graph stand-in (the
     /// `graph-standin` binary next to this one: `cargo build --release -p graph-standin`), next
     /// to v4 activations in the same run, with Graph calls per activation (docs/performance.md).
@@ -182,7 +189,19 @@ async fn start_server(
     db: Option<&str>,
     log: &Path,
 ) -> anyhow::Result<(ServerProcess, SocketAddr)> {
+    start_server_with(exe, data, db, log, &[]).await
+}
+
+/// `start_server` with extra `IMD_*` settings for the server.
+async fn start_server_with(
+    exe: &Path,
+    data: &Path,
+    db: Option<&str>,
+    log: &Path,
+    env: &[(String, String)],
+) -> anyhow::Result<(ServerProcess, SocketAddr)> {
     let mut cmd = isolated(exe);
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data)
         .args(db.map(|u| ["--database-url", u]).into_iter().flatten())
@@ -608,14 +627,11 @@ impl Figures {
             println!("RUN INCOMPLETE: {why}");
         }
         println!();
-        println!("{:<46} {:<38} result", "target", "figure");
-        for (name, figure, status) in self.targets(args.concurrency) {
-            println!("{name:<46} {figure:<38} {status}");
-        }
-        println!(
-            "(informational; CPU is % of one core, {} cores = {}%)",
-            cores(),
-            cores() * 100
+        print_targets(
+            &self.targets(args.concurrency),
+            (46, 38),
+            "informational; ",
+            "",
         );
     }
 
@@ -656,6 +672,44 @@ impl Figures {
                 .collect::<Vec<_>>(),
         })
     }
+}
+
+/// The targets (target, figure, PASS/MISS/n/a) in columns `widths` wide, then how CPU figures
+/// are counted (`lead` and `tail` around it).
+fn print_targets<A, B, C>(rows: &[(A, B, C)], widths: (usize, usize), lead: &str, tail: &str)
+where
+    A: std::fmt::Display,
+    B: std::fmt::Display,
+    C: std::fmt::Display,
+{
+    let (w0, w1) = widths;
+    println!("{:<w0$} {:<w1$} result", "target", "figure");
+    for (t, f, r) in rows {
+        println!("{t:<w0$} {f:<w1$} {r}");
+    }
+    let n = cores();
+    println!(
+        "({lead}CPU is % of one core, {n} cores = {}%{tail})",
+        n * 100
+    );
+}
+
+/// A bench's header, and a word when the build is not the one to measure with.
+fn print_header(header: &str) {
+    println!("{header}");
+    if cfg!(debug_assertions) {
+        println!("  (a debug build: measure with `cargo run --release`)");
+    }
+}
+
+/// The build, the CPUs and imd's database, for a bench's header.
+fn setup_line(database_url: Option<&str>) -> String {
+    let db = if database_url.is_some() {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    };
+    format!("{} build, {} CPUs, imd database {db}", build(), cores())
 }
 
 fn cores() -> usize {
@@ -1016,21 +1070,16 @@ async fn phases(
     Ok(())
 }
 
-/// A fresh database on the PostgreSQL server `url` names, dropped with the guard.
 /// One measurement (`imd bench directory|azure`) in a temporary directory, on a throwaway
 /// database of its own when `database_url` names a PostgreSQL cluster (dropped afterwards), and
 /// stopped at `limit_secs`: dropping the future drops the process guards, which stop the
 /// children. `measure` gets the directory, the database URL and the deadline.
-async fn run_limited<T, F, Fut>(
+async fn run_limited<T>(
     prefix: &str,
     database_url: Option<&str>,
     limit_secs: u64,
-    measure: F,
-) -> anyhow::Result<T>
-where
-    F: FnOnce(PathBuf, Option<String>, Instant) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<T>>,
-{
+    measure: impl AsyncFnOnce(PathBuf, Option<String>, Instant) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
     let limit = Duration::from_secs(limit_secs);
     let deadline = Instant::now() + limit;
     let tmp = tempfile::Builder::new().prefix(prefix).tempdir()?;
@@ -1056,6 +1105,7 @@ where
     }
 }
 
+/// A database of the bench's own on a PostgreSQL server, dropped by `drop_now`.
 struct BenchDatabase {
     admin: String,
     name: String,
@@ -1215,6 +1265,7 @@ fn print_comparison(results: &[(Setup, Figures)]) {
 pub async fn run(mut args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.command.take() {
         Some(BenchCommand::Directory(a)) => return directory::run(a).await,
+        Some(BenchCommand::Sync(a)) => return sync::run(a).await,
         Some(BenchCommand::Azure(a)) => return azure::run(a).await,
         None => {}
     }

@@ -30,7 +30,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::directory::Guarded;
+use super::fixture::Guarded;
 use super::{ServerProcess, cores, cpu_ticks, create_org, fmt_opt, note, pass};
 use crate::loadgen::{self, Fleet, PhaseStats, count};
 
@@ -570,16 +570,9 @@ async fn measure(
     let (v4_token, _) = loadgen::mint_v4_token(&client, &base, &admin_key, "bench v4").await?;
     let pids = [Some(standin.pid()), Some(server.pid()), None];
     let header = format!(
-        "imd bench azure: {n} users (v4: {n} devices), concurrency {c}, {} build, {} CPUs, imd \
-         database {}\n  graph-standin pid {} on {}, imd serve pid {} on {base}; load generator: \
-         this process",
-        super::build(),
-        cores(),
-        if database_url.is_some() {
-            "PostgreSQL"
-        } else {
-            "SQLite"
-        },
+        "imd bench azure: {n} users (v4: {n} devices), concurrency {c}, {}\n  graph-standin pid \
+         {} on {}, imd serve pid {} on {base}; load generator: this process",
+        super::setup_line(database_url),
         standin.pid(),
         g.graph_url,
         server.pid(),
@@ -691,16 +684,10 @@ pub async fn run(args: AzureBenchArgs) -> anyhow::Result<ExitCode> {
         "imd-bench-azure-",
         args.database_url.as_deref(),
         args.duration_limit_secs,
-        |dir, db, deadline| {
-            let args = &args;
-            async move { measure(args, &dir, db.as_deref(), deadline).await }
-        },
+        async |dir, db, deadline| measure(&args, &dir, db.as_deref(), deadline).await,
     )
     .await?;
-    println!("{}", out.header);
-    if cfg!(debug_assertions) {
-        println!("  (a debug build: measure with `cargo run --release`)");
-    }
+    super::print_header(&out.header);
     println!();
     print_tables(&out.phases);
     let [v4, v5, repeat] = &out.phases[..] else {
@@ -762,15 +749,7 @@ pub async fn run(args: AzureBenchArgs) -> anyhow::Result<ExitCode> {
             ratio.map_or("n/a", |r| pass(r >= TARGET_RATIO)),
         ),
     ];
-    println!("{:<48} {:<30} result", "target", "figure");
-    for (t, f, r) in &targets {
-        println!("{t:<48} {f:<30} {r}");
-    }
-    println!(
-        "(CPU is % of one core, {} cores = {}%; token = token endpoint requests)",
-        cores(),
-        cores() * 100
-    );
+    super::print_targets(&targets, (48, 30), "", "; token = token endpoint requests");
     if args.json {
         println!(
             "{}",

@@ -941,6 +941,17 @@ impl Directory {
         )
     }
 
+    /// The search a `SearchUsers` with neither base nor filter pages through: (base DN, filter,
+    /// attributes). Public so that `imd bench sync` can page through the same entries straight
+    /// from the directory.
+    pub fn users_search(&self) -> (String, String, Vec<String>) {
+        (
+            self.inner.cfg.base_dn.clone(),
+            self.user_class_filter().to_owned(),
+            self.user_attrs(),
+        )
+    }
+
     /// The user's entry (exactly one hit) with groups and matched filters, or `None`.
     async fn lookup_user(&self, q: &Lookup) -> OpRes<Option<DirUser>> {
         for (i, f) in q.filters.iter().enumerate() {
@@ -1526,7 +1537,9 @@ fn check_result(res: SearchResult, base: &str) -> OpRes<(Vec<SearchEntry>, LdapR
     Ok((entries.into_iter().map(SearchEntry::construct).collect(), r))
 }
 
-fn paged_cookie(ctrls: &[Control]) -> Vec<u8> {
+/// The cookie of a paged-results response control; empty at the end of the set (or without
+/// the control).
+pub(crate) fn paged_cookie(ctrls: &[Control]) -> Vec<u8> {
     ctrls
         .iter()
         .find_map(|c| match c {
