@@ -64,6 +64,8 @@ CREATE TABLE sync_run_users (
     name        TEXT,
     reason      TEXT,
     applied     BOOLEAN NOT NULL,
+    -- Held-back deletes: the preserved_at the run saw (approval deletes only that preservation).
+    preserved_at BIGINT,
     PRIMARY KEY (run_id, seq)
 );
 CREATE INDEX sync_run_users_action ON sync_run_users(run_id, action, seq);
@@ -88,6 +90,9 @@ CREATE TABLE azure_sync_state (
 
 ALTER TABLE users ADD COLUMN preserved_at BIGINT;
 ALTER TABLE users ADD COLUMN deleted_at BIGINT;
+-- When the status last changed (preserve, re-enable, delete): a sync run's lifecycle write only
+-- applies to a user whose status has not changed since the run read it.
+ALTER TABLE users ADD COLUMN status_changed_at BIGINT;
 CREATE INDEX users_org_status ON users(org_id, status);
 
 -- Lifecycle changes of users (preserve, re-enable, delete): who, when and why.

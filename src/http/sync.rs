@@ -39,7 +39,7 @@ fn boolean(field: &str, v: &Value) -> Result<bool, ApiError> {
 async fn settings_json(state: &AppState, org_id: &str) -> Result<Value, ApiError> {
     let s = state.store.sync_settings(org_id).await?;
     let mut v = serde_json::to_value(&s).map_err(ApiError::internal)?;
-    let last = state.store.last_sync_started(org_id).await?;
+    let last = state.store.last_sync_run(org_id).await?.map(|(t, _)| t);
     let next = state.sync.next_run_at(org_id).await?;
     v["last_run_at"] = json!(last.map(crate::clock::rfc3339));
     v["next_run_at"] = json!(next.map(crate::clock::rfc3339));

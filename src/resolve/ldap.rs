@@ -338,7 +338,12 @@ pub fn decide(
         )));
     }
     let user_dn = dn_key(&user.dn);
-    let groups: Vec<Dn> = user.groups.iter().filter_map(|g| dn_key(g)).collect();
+    let groups: Vec<String> = user
+        .groups
+        .iter()
+        .filter_map(|g| dn_key(g))
+        .map(|d| d.normalized())
+        .collect();
     let mut closest: Option<(usize, &LdapMappingRow, String)> = None;
     for (i, m) in mappings.iter().enumerate() {
         let filter_ok = filter_index
@@ -346,7 +351,7 @@ pub fn decide(
             .copied()
             .flatten()
             .is_some_and(|k| user.matched_filters.contains(&k));
-        let (passed, missing) = gaps(user_dn.as_ref(), &groups, m, filter_ok);
+        let (passed, missing) = Scope::of(m).gaps(user_dn.as_ref(), &groups, filter_ok);
         if missing.is_empty() {
             return finish(user, m);
         }
@@ -363,50 +368,78 @@ pub fn decide(
     )))
 }
 
-/// How many of `m`'s conditions the user meets, and what it lacks (nothing: it falls under
-/// `m`). `filter_ok`: the user matched the mapping's filter (ignored without one).
-pub fn gaps(
-    user_dn: Option<&Dn>,
-    groups: &[Dn],
-    m: &LdapMappingRow,
-    filter_ok: bool,
-) -> (usize, Vec<String>) {
-    let mut passed = 0;
-    let mut missing: Vec<String> = Vec::new();
-    let within = |scope: &str| match (user_dn, dn_key(scope)) {
-        (Some(u), Some(s)) => u.is_within(&s),
-        _ => false,
-    };
-    if within(&m.base_dn) {
-        passed += 1;
-    } else {
-        missing.push(format!("the user's DN is not under base DN {}", m.base_dn));
-    }
-    if let Some(ou) = &m.ou {
-        if within(ou) {
-            passed += 1;
-        } else {
-            missing.push(format!("the user is not in OU {ou}"));
+/// A mapping's DNs, parsed once (a sync run checks every user against them).
+pub struct Scope<'m> {
+    pub mapping: &'m LdapMappingRow,
+    base: Option<Dn>,
+    ou: Option<Dn>,
+    group: Option<String>,
+}
+
+impl<'m> Scope<'m> {
+    pub fn of(m: &'m LdapMappingRow) -> Scope<'m> {
+        Scope {
+            mapping: m,
+            base: dn_key(&m.base_dn),
+            ou: m.ou.as_deref().and_then(dn_key),
+            group: m
+                .group_dn
+                .as_deref()
+                .and_then(dn_key)
+                .map(|d| d.normalized()),
         }
     }
-    if let Some(g) = &m.group_dn {
-        let want = dn_key(g);
-        if want.is_some_and(|w| groups.iter().any(|x| x.normalized() == w.normalized())) {
+
+    /// How many of the mapping's conditions the user meets, and what it lacks (nothing: it
+    /// falls under the mapping). `groups_norm`: the user's groups as `Dn::normalized` forms;
+    /// `filter_ok`: the user matched the mapping's filter (ignored without one).
+    pub fn gaps(
+        &self,
+        user_dn: Option<&Dn>,
+        groups_norm: &[String],
+        filter_ok: bool,
+    ) -> (usize, Vec<String>) {
+        let m = self.mapping;
+        let mut passed = 0;
+        let mut missing: Vec<String> = Vec::new();
+        let within = |scope: &Option<Dn>| match (user_dn, scope) {
+            (Some(u), Some(s)) => u.is_within(s),
+            _ => false,
+        };
+        if within(&self.base) {
             passed += 1;
         } else {
-            missing.push(format!(
-                "the user is not a member (direct or nested) of {g}"
-            ));
+            missing.push(format!("the user's DN is not under base DN {}", m.base_dn));
         }
-    }
-    if let Some(f) = &m.filter {
-        if filter_ok {
-            passed += 1;
-        } else {
-            missing.push(format!("the user does not match filter {f}"));
+        if let Some(ou) = &m.ou {
+            if within(&self.ou) {
+                passed += 1;
+            } else {
+                missing.push(format!("the user is not in OU {ou}"));
+            }
         }
+        if let Some(g) = &m.group_dn {
+            if self
+                .group
+                .as_ref()
+                .is_some_and(|w| groups_norm.iter().any(|x| x == w))
+            {
+                passed += 1;
+            } else {
+                missing.push(format!(
+                    "the user is not a member (direct or nested) of {g}"
+                ));
+            }
+        }
+        if let Some(f) = &m.filter {
+            if filter_ok {
+                passed += 1;
+            } else {
+                missing.push(format!("the user does not match filter {f}"));
+            }
+        }
+        (passed, missing)
     }
-    (passed, missing)
 }
 
 /// The user as `m` stores it (its email checked), for a user known to fall under `m`.

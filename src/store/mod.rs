@@ -42,8 +42,8 @@ pub use ldap_mappings::{EMAIL_FALLBACKS, LdapMappingRow, LdapMappingValues, Ldap
 pub use mappings::{MappingFilter, MappingsOutcome, StoredMapping};
 pub use orgs::{AdminKeyRow, DIRECTORY_OUTAGE_POLICIES, OrgRow, OrgSettingsPatch};
 pub use sync::{
-    ProfileRow, SyncCounts, SyncRunRow, SyncRunUserRow, SyncSettingsRow, SyncUserValues, SyncWrite,
-    SyncWritten,
+    ProfileRow, SyncCounts, SyncRunRow, SyncRunUserRow, SyncSettingsRow, SyncStoredUser,
+    SyncUserValues, SyncWrite, SyncWritten, groups_digest,
 };
 pub use tokens::{NewToken, Rotation, TokenRow};
 pub use users::{NewUser, UserFilter, UserRow, UserStatus};
@@ -768,8 +768,27 @@ impl Store {
     pub async fn list_sync_runs(&self, org_id: &str, page: &Page) -> Result<Vec<SyncRunRow>> {
         on!(self, s => s.list_sync_runs(org_id, page).await)
     }
-    pub async fn last_sync_started(&self, org_id: &str) -> Result<Option<i64>> {
-        on!(self, s => s.last_sync_started(org_id).await)
+    pub async fn last_sync_run(&self, org_id: &str) -> Result<Option<(i64, String)>> {
+        on!(self, s => s.last_sync_run(org_id).await)
+    }
+    pub async fn begin_sync_approval(
+        &self,
+        org_id: &str,
+        run_id: &str,
+        holder: &str,
+        now: i64,
+        lease_expires_at: i64,
+    ) -> Result<std::result::Result<(), Option<String>>> {
+        on!(self, s => s.begin_sync_approval(org_id, run_id, holder, now, lease_expires_at).await)
+    }
+    pub async fn end_sync_approval(
+        &self,
+        org_id: &str,
+        run_id: &str,
+        status: &str,
+        c: &SyncCounts,
+    ) -> Result<()> {
+        on!(self, s => s.end_sync_approval(org_id, run_id, status, c).await)
     }
     pub async fn sync_run_users(
         &self,
@@ -786,11 +805,11 @@ impl Store {
     pub async fn mark_sync_run_users_applied(&self, run_id: &str, seqs: &[i64]) -> Result<()> {
         on!(self, s => s.mark_sync_run_users_applied(run_id, seqs).await)
     }
-    pub async fn directory_users(&self, org_id: &str, source: &str) -> Result<Vec<UserRow>> {
+    pub async fn directory_users(&self, org_id: &str, source: &str) -> Result<Vec<SyncStoredUser>> {
         on!(self, s => s.directory_users(org_id, source).await)
     }
-    pub async fn preserved_users(&self, org_id: &str, source: &str) -> Result<Vec<UserRow>> {
-        on!(self, s => s.preserved_users(org_id, source).await)
+    pub async fn has_directory_users(&self, org_id: &str, source: &str) -> Result<bool> {
+        on!(self, s => s.has_directory_users(org_id, source).await)
     }
     pub async fn orgs_with_directory_mappings(&self) -> Result<Vec<String>> {
         on!(self, s => s.orgs_with_directory_mappings().await)
@@ -822,7 +841,7 @@ impl Store {
         report: &mut [Option<SyncRunUserRow>],
         extra_report: &[SyncRunUserRow],
         now: i64,
-    ) -> Result<Vec<SyncWritten>> {
+    ) -> Result<Option<Vec<SyncWritten>>> {
         on!(self, s => s.apply_sync_batch(org_id, run_id, actor, writes, report, extra_report, now).await)
     }
 

@@ -115,6 +115,91 @@ pub struct SyncRunUserRow {
     pub name: Option<String>,
     pub reason: Option<String>,
     pub applied: bool,
+    /// Held-back deletes: the `preserved_at` the run saw.
+    #[serde(skip)]
+    pub preserved_at: Option<i64>,
+}
+
+/// A stored directory user as a run compares it: the columns sync reads, with the group list
+/// reduced to a digest (a run holds every user of the organization in memory).
+#[derive(Debug, Clone)]
+pub struct SyncStoredUser {
+    pub id: String,
+    pub external_id: String,
+    pub email: String,
+    pub user_name: String,
+    pub status: String,
+    pub preserved_at: Option<i64>,
+    pub profile: String,
+    pub storage_region: String,
+    pub quota_bytes: Option<i64>,
+    pub mapping_id: Option<String>,
+    pub display_name: Option<String>,
+    pub login: Option<String>,
+    pub upn: Option<String>,
+    pub dn: Option<String>,
+    pub department: Option<String>,
+    pub country: Option<String>,
+    pub groups_digest: u64,
+}
+
+impl SyncStoredUser {
+    pub fn status(&self) -> crate::store::UserStatus {
+        crate::store::UserStatus::parse(&self.status).unwrap_or(crate::store::UserStatus::Deleted)
+    }
+}
+
+/// The digest of a stored `groups` column (the JSON `groups_json` writes).
+pub fn groups_digest(groups_json: Option<&str>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    groups_json.unwrap_or("").hash(&mut h);
+    h.finish()
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct StoredUserRow {
+    pub id: String,
+    pub external_id: String,
+    pub email: String,
+    pub user_name: String,
+    pub status: String,
+    pub preserved_at: Option<i64>,
+    pub profile: String,
+    pub storage_region: String,
+    pub quota_bytes: Option<i64>,
+    pub mapping_id: Option<String>,
+    pub display_name: Option<String>,
+    pub login: Option<String>,
+    pub upn: Option<String>,
+    pub dn: Option<String>,
+    pub department: Option<String>,
+    pub country: Option<String>,
+    pub groups: Option<String>,
+}
+
+impl From<StoredUserRow> for SyncStoredUser {
+    fn from(r: StoredUserRow) -> Self {
+        SyncStoredUser {
+            groups_digest: groups_digest(r.groups.as_deref()),
+            id: r.id,
+            external_id: r.external_id,
+            email: r.email,
+            user_name: r.user_name,
+            status: r.status,
+            preserved_at: r.preserved_at,
+            profile: r.profile,
+            storage_region: r.storage_region,
+            quota_bytes: r.quota_bytes,
+            mapping_id: r.mapping_id,
+            display_name: r.display_name,
+            login: r.login,
+            upn: r.upn,
+            dn: r.dn,
+            department: r.department,
+            country: r.country,
+        }
+    }
 }
 
 /// A user as a sync run writes it (import or update).
@@ -148,10 +233,12 @@ pub enum SyncWrite {
         user_id: String,
         reason: String,
     },
-    /// `active` → `preserved`.
+    /// `active` → `preserved`, unless the status changed after `since` (the time the run read
+    /// it: an activation may have re-enabled the user meanwhile).
     Preserve {
         user_id: String,
         reason: String,
+        since: i64,
     },
     /// `preserved` (since `preserved_at`) → `deleted`: devices revoked, email freed.
     Delete {
@@ -287,17 +374,19 @@ macro_rules! sync_sql {
         Ok(n > 0)
     }
 
-    /// Starts a run: inserts its row and takes the organization's lease in one transaction.
-    /// `Err(Some(id))`: the run `id` holds a live lease. A lease left by a process that died
-    /// is taken over, and the run it belonged to is marked failed.
-    pub async fn start_sync_run(
-        &self,
-        run: &crate::store::SyncRunRow,
-        lease_expires_at: i64,
-    ) -> crate::store::Result<Result<(), Option<String>>> {
-        let mut tx = self.begin().await?;
-        // One statement decides: of two processes racing for an expired or missing lease,
-        // exactly one gets a row back.
+    /// Takes the organization's lease for `run_id` inside `tx`: `None` if taken, else the run
+    /// holding a live lease. One statement decides: of two processes racing for an expired or
+    /// missing lease, exactly one gets a row back. A lease left by a process that died is taken
+    /// over: the run it belonged to is marked failed, and an approval it was applying goes back
+    /// to awaiting approval.
+    async fn take_sync_lease(
+        tx: &mut sqlx::Transaction<'static, Db>,
+        org_id: &str,
+        run_id: &str,
+        holder: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> crate::store::Result<Option<Option<String>>> {
         let got: Option<String> = sqlx::query_scalar(
             "INSERT INTO sync_leases (org_id, run_id, holder, expires_at) VALUES ($1, $2, $3, $4)
              ON CONFLICT (org_id) DO UPDATE SET run_id = excluded.run_id,
@@ -305,30 +394,62 @@ macro_rules! sync_sql {
               WHERE sync_leases.expires_at <= $5
              RETURNING run_id",
         )
-        .bind(&run.org_id)
-        .bind(&run.id)
-        .bind(&run.replica_id)
-        .bind(lease_expires_at)
-        .bind(run.started_at)
-        .fetch_optional(&mut *tx)
+        .bind(org_id)
+        .bind(run_id)
+        .bind(holder)
+        .bind(expires_at)
+        .bind(now)
+        .fetch_optional(&mut **tx)
         .await?;
         if got.is_none() {
             let holder: Option<String> =
                 sqlx::query_scalar("SELECT run_id FROM sync_leases WHERE org_id = $1")
-                    .bind(&run.org_id)
-                    .fetch_optional(&mut *tx)
+                    .bind(org_id)
+                    .fetch_optional(&mut **tx)
                     .await?;
-            return Ok(Err(holder));
+            return Ok(Some(holder));
         }
         sqlx::query(
             "UPDATE sync_runs SET status = 'failed', ended_at = $2,
                     error = 'interrupted: the process running it stopped before it ended (its lease expired)'
-              WHERE org_id = $1 AND status = 'running'",
+              WHERE org_id = $1 AND status = 'running' AND id <> $3",
         )
-        .bind(&run.org_id)
-        .bind(run.started_at)
-        .execute(&mut *tx)
+        .bind(org_id)
+        .bind(now)
+        .bind(run_id)
+        .execute(&mut **tx)
         .await?;
+        sqlx::query(
+            "UPDATE sync_runs SET status = 'needs_approval'
+              WHERE org_id = $1 AND status = 'approving' AND id <> $2",
+        )
+        .bind(org_id)
+        .bind(run_id)
+        .execute(&mut **tx)
+        .await?;
+        Ok(None)
+    }
+
+    /// Starts a run: inserts its row and takes the organization's lease in one transaction.
+    /// `Err(Some(id))`: the run `id` holds a live lease.
+    pub async fn start_sync_run(
+        &self,
+        run: &crate::store::SyncRunRow,
+        lease_expires_at: i64,
+    ) -> crate::store::Result<Result<(), Option<String>>> {
+        let mut tx = self.begin().await?;
+        if let Some(holder) = Self::take_sync_lease(
+            &mut tx,
+            &run.org_id,
+            &run.id,
+            &run.replica_id,
+            run.started_at,
+            lease_expires_at,
+        )
+        .await?
+        {
+            return Ok(Err(holder));
+        }
         sqlx::query(
             "INSERT INTO sync_runs (id, org_id, run_trigger, dry_run, as_of, status, started_at,
                     replica_id, sources)
@@ -347,6 +468,73 @@ macro_rules! sync_sql {
         Ok(Ok(()))
     }
 
+    /// Takes the lease to apply an approval of `run_id` (no run may go meanwhile) and moves the
+    /// run to `approving`. `Err(Some(id))`: a run holds the lease; `Err(None)`: the run is not
+    /// awaiting approval.
+    pub async fn begin_sync_approval(
+        &self,
+        org_id: &str,
+        run_id: &str,
+        holder: &str,
+        now: i64,
+        lease_expires_at: i64,
+    ) -> crate::store::Result<Result<(), Option<String>>> {
+        let mut tx = self.begin().await?;
+        if let Some(h) = Self::take_sync_lease(&mut tx, org_id, run_id, holder, now, lease_expires_at).await? {
+            return Ok(Err(h));
+        }
+        let n = sqlx::query(
+            "UPDATE sync_runs SET status = 'approving'
+              WHERE id = $1 AND org_id = $2 AND status = 'needs_approval'",
+        )
+        .bind(run_id)
+        .bind(org_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n == 0 {
+            // Rolled back: the lease is not kept either.
+            return Ok(Err(None));
+        }
+        tx.commit().await?;
+        Ok(Ok(()))
+    }
+
+    /// Ends an approval: the run's status and counts, and the lease released.
+    pub async fn end_sync_approval(
+        &self,
+        org_id: &str,
+        run_id: &str,
+        status: &str,
+        c: &crate::store::SyncCounts,
+    ) -> crate::store::Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "UPDATE sync_runs SET status = $3, imported = $4, updated = $5, preserved = $6,
+                    reenabled = $7, deleted = $8, skipped = $9, errors = $10
+              WHERE id = $1 AND org_id = $2 AND status = 'approving'",
+        )
+        .bind(run_id)
+        .bind(org_id)
+        .bind(status)
+        .bind(c.imported)
+        .bind(c.updated)
+        .bind(c.preserved)
+        .bind(c.reenabled)
+        .bind(c.deleted)
+        .bind(c.skipped)
+        .bind(c.errors)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM sync_leases WHERE org_id = $1 AND run_id = $2")
+            .bind(org_id)
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Extends the run's lease; `false` if it no longer holds it.
     pub async fn renew_sync_lease(&self, org_id: &str, run_id: &str, expires_at: i64) -> crate::store::Result<bool> {
         let mut tx = self.begin().await?;
@@ -362,6 +550,7 @@ macro_rules! sync_sql {
     }
 
     /// Records where a run stands (counts so far, or the end), and at the end releases the lease.
+    /// Only a run still `running` is written: one taken over (marked failed) stays failed.
     #[allow(clippy::too_many_arguments)]
     pub async fn record_sync_run(
         &self,
@@ -379,7 +568,7 @@ macro_rules! sync_sql {
             "UPDATE sync_runs SET status = $3, seen = $4, imported = $5, updated = $6,
                     preserved = $7, reenabled = $8, deleted = $9, skipped = $10, errors = $11,
                     held_preserve = $12, held_delete = $13, sources = $14, error = $15, ended_at = $16
-              WHERE id = $1 AND org_id = $2",
+              WHERE id = $1 AND org_id = $2 AND status = 'running'",
         )
         .bind(run_id)
         .bind(org_id)
@@ -470,14 +659,15 @@ macro_rules! sync_sql {
         .await?)
     }
 
-    /// The newest run that ended (completed, needs_approval, approved, rejected) and was not a
-    /// dry run: when the scheduler ran last.
-    pub async fn last_sync_started(&self, org_id: &str) -> crate::store::Result<Option<i64>> {
-        Ok(sqlx::query_scalar(
-            "SELECT MAX(started_at) FROM sync_runs WHERE org_id = $1 AND dry_run = FALSE",
+    /// When the newest run that was not a dry run started, and how it ended (the scheduler's
+    /// reference).
+    pub async fn last_sync_run(&self, org_id: &str) -> crate::store::Result<Option<(i64, String)>> {
+        Ok(sqlx::query_as::<_, (i64, String)>(
+            "SELECT started_at, status FROM sync_runs WHERE org_id = $1 AND dry_run = FALSE
+              ORDER BY id DESC LIMIT 1",
         )
         .bind(org_id)
-        .fetch_one(&self.read)
+        .fetch_optional(&self.read)
         .await?)
     }
 
@@ -490,7 +680,8 @@ macro_rules! sync_sql {
         limit: u32,
     ) -> crate::store::Result<Vec<crate::store::SyncRunUserRow>> {
         Ok(sqlx::query_as::<_, crate::store::SyncRunUserRow>(
-            "SELECT seq, action, user_id, external_id, source, email, name, reason, applied
+            "SELECT seq, action, user_id, external_id, source, email, name, reason, applied,
+                    preserved_at
                FROM sync_run_users WHERE run_id = $1 AND ($2 IS NULL OR action = $2) AND seq > $3
               ORDER BY seq LIMIT $4",
         )
@@ -531,26 +722,35 @@ macro_rules! sync_sql {
     }
 
     /// Every user a directory provisioned (`source`, with a directory id), deleted ones too
-    /// (they are never imported again).
-    pub async fn directory_users(&self, org_id: &str, source: &str) -> crate::store::Result<Vec<crate::store::UserRow>> {
-        Ok(sqlx::query_as::<_, crate::store::UserRow>(
-            "SELECT * FROM users WHERE org_id = $1 AND source = $2 AND external_id IS NOT NULL",
+    /// (they are never imported again), streamed into their compact form.
+    pub async fn directory_users(&self, org_id: &str, source: &str) -> crate::store::Result<Vec<crate::store::SyncStoredUser>> {
+        use futures_util::TryStreamExt;
+        let mut rows = sqlx::query_as::<_, crate::store::sync::StoredUserRow>(
+            "SELECT id, external_id, email, user_name, status, preserved_at, profile,
+                    storage_region, quota_bytes, mapping_id, display_name, login, upn, dn,
+                    department, country, \"groups\"
+               FROM users WHERE org_id = $1 AND source = $2 AND external_id IS NOT NULL",
         )
         .bind(org_id)
         .bind(source)
-        .fetch_all(&self.read)
-        .await?)
+        .fetch(&self.read);
+        let mut out = Vec::new();
+        while let Some(r) = rows.try_next().await? {
+            out.push(r.into());
+        }
+        Ok(out)
     }
 
-    /// Preserved users of `source`, for the retention check.
-    pub async fn preserved_users(&self, org_id: &str, source: &str) -> crate::store::Result<Vec<crate::store::UserRow>> {
-        Ok(sqlx::query_as::<_, crate::store::UserRow>(
-            "SELECT * FROM users WHERE org_id = $1 AND source = $2 AND status = 'preserved'",
+    /// Whether imd stores any user (not deleted) this directory provisioned.
+    pub async fn has_directory_users(&self, org_id: &str, source: &str) -> crate::store::Result<bool> {
+        Ok(sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM users WHERE org_id = $1 AND source = $2
+                AND external_id IS NOT NULL AND status <> 'deleted' LIMIT 1) x",
         )
         .bind(org_id)
         .bind(source)
-        .fetch_all(&self.read)
-        .await?)
+        .fetch_one(&self.read)
+        .await? > 0)
     }
 
     /// Organizations with at least one AD/LDAP or Azure AD mapping (the scheduler's candidates).
@@ -601,7 +801,9 @@ macro_rules! sync_sql {
 
     /// Applies a batch of user changes and their report lines in one transaction: all or none.
     /// `report[i]` describes `writes[i]` (its `user_id` is filled in from the outcome; lines
-    /// of changes that did not apply are rewritten as `skipped` with the reason).
+    /// of changes that did not apply are rewritten as `skipped` with the reason). Fenced by
+    /// the lease: `None` (nothing written) when `run_id` no longer holds the organization's
+    /// lease at `now`, so a run that lost it can never write after its successor started.
     #[allow(clippy::too_many_arguments)]
     pub async fn apply_sync_batch(
         &self,
@@ -612,9 +814,25 @@ macro_rules! sync_sql {
         report: &mut [Option<crate::store::SyncRunUserRow>],
         extra_report: &[crate::store::SyncRunUserRow],
         now: i64,
-    ) -> crate::store::Result<Vec<crate::store::SyncWritten>> {
+    ) -> crate::store::Result<Option<Vec<crate::store::SyncWritten>>> {
         use crate::store::{SyncWrite, SyncWritten};
+        use sqlx::Acquire;
         let mut tx = self.begin().await?;
+        // A no-op update: it holds the lease row (PostgreSQL row lock; SQLite's write lock)
+        // until commit, so a takeover waits for this batch or finds it never happened.
+        let fenced = sqlx::query(
+            "UPDATE sync_leases SET expires_at = expires_at
+              WHERE org_id = $1 AND run_id = $2 AND expires_at > $3",
+        )
+        .bind(org_id)
+        .bind(run_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if fenced == 0 {
+            return Ok(None);
+        }
         let mut out = Vec::with_capacity(writes.len());
         for w in writes {
             let r = match w {
@@ -681,6 +899,10 @@ macro_rules! sync_sql {
                         SyncWritten::EmailTaken(other)
                     } else {
                         let a = crate::store::AttrCols::of(Some(&v.attrs));
+                        // In a savepoint: an activation may take the email between the check
+                        // and the update, and on PostgreSQL the unique violation would
+                        // otherwise abort the whole batch.
+                        let mut sp = (&mut tx).begin().await?;
                         let n = sqlx::query(
                             "UPDATE users SET email = $3, email_norm = $4, user_name = $5, profile = $6,
                                     storage_region = $7, quota_bytes = $8, mapping_id = $9,
@@ -709,15 +931,29 @@ macro_rules! sync_sql {
                         .bind(v.keep_groups)
                         .bind(a.groups)
                         .bind(now)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                        if n > 0 { SyncWritten::Done(user_id.clone()) } else { SyncWritten::Changed }
+                        .execute(&mut *sp)
+                        .await;
+                        match n {
+                            Ok(r) => {
+                                sp.commit().await?;
+                                if r.rows_affected() > 0 {
+                                    SyncWritten::Done(user_id.clone())
+                                } else {
+                                    SyncWritten::Changed
+                                }
+                            }
+                            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                                sp.rollback().await?;
+                                SyncWritten::EmailTaken("a user created meanwhile".into())
+                            }
+                            Err(e) => return Err(e.into()),
+                        }
                     }
                 }
                 SyncWrite::Reenable { user_id, reason } => {
                     let n = sqlx::query(
-                        "UPDATE users SET status = 'active', preserved_at = NULL, updated_at = $3
+                        "UPDATE users SET status = 'active', preserved_at = NULL, updated_at = $3,
+                                status_changed_at = $3
                           WHERE id = $1 AND org_id = $2 AND status = 'preserved'",
                     )
                     .bind(user_id)
@@ -728,14 +964,17 @@ macro_rules! sync_sql {
                     .rows_affected();
                     Self::user_event(&mut tx, n, org_id, user_id, "reenabled", reason, actor, now).await?
                 }
-                SyncWrite::Preserve { user_id, reason } => {
+                SyncWrite::Preserve { user_id, reason, since } => {
                     let n = sqlx::query(
-                        "UPDATE users SET status = 'preserved', preserved_at = $3, updated_at = $3
-                          WHERE id = $1 AND org_id = $2 AND status = 'active'",
+                        "UPDATE users SET status = 'preserved', preserved_at = $3, updated_at = $3,
+                                status_changed_at = $3
+                          WHERE id = $1 AND org_id = $2 AND status = 'active'
+                            AND COALESCE(status_changed_at, 0) <= $4",
                     )
                     .bind(user_id)
                     .bind(org_id)
                     .bind(now)
+                    .bind(*since)
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
@@ -746,7 +985,8 @@ macro_rules! sync_sql {
                     // the same directory entry is never imported again.
                     let n = sqlx::query(
                         "UPDATE users SET status = 'deleted', deleted_at = $4, updated_at = $4,
-                                email_norm = 'deleted:' || id, login_norm = NULL
+                                status_changed_at = $4, email_norm = 'deleted:' || id,
+                                login_norm = NULL
                           WHERE id = $1 AND org_id = $2 AND status = 'preserved' AND preserved_at = $3",
                     )
                     .bind(user_id)
@@ -798,7 +1038,7 @@ macro_rules! sync_sql {
             Self::insert_run_user(&mut tx, run_id, line).await?;
         }
         tx.commit().await?;
-        Ok(out)
+        Ok(Some(out))
     }
 
     async fn insert_run_user(
@@ -808,8 +1048,8 @@ macro_rules! sync_sql {
     ) -> crate::store::Result<()> {
         sqlx::query(
             "INSERT INTO sync_run_users (run_id, seq, action, user_id, external_id, source, email,
-                    name, reason, applied)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                    name, reason, applied, preserved_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(run_id)
         .bind(r.seq)
@@ -821,6 +1061,7 @@ macro_rules! sync_sql {
         .bind(r.name.as_deref())
         .bind(r.reason.as_deref())
         .bind(r.applied)
+        .bind(r.preserved_at)
         .execute(&mut **tx)
         .await?;
         Ok(())

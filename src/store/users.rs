@@ -37,6 +37,9 @@ pub struct UserRow {
     pub preserved_at: Option<i64>,
     #[serde(serialize_with = "crate::clock::ser::ts_opt")]
     pub deleted_at: Option<i64>,
+    /// When the status last changed (sync's lifecycle writes check it).
+    #[serde(skip)]
+    pub status_changed_at: Option<i64>,
 }
 
 fn groups_array<S: serde::Serializer>(g: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
@@ -170,7 +173,9 @@ macro_rules! user_sql {
     ) -> crate::store::Result<UserRow> {
         let mut tx = self.begin().await?;
         let row = sqlx::query_as::<_, UserRow>(
-            "UPDATE users SET status = $3, updated_at = $4 WHERE id = $1 AND org_id = $2 RETURNING *",
+            "UPDATE users SET status = $3, updated_at = $4, status_changed_at = $4,
+                    preserved_at = CASE WHEN $3 = 'preserved' THEN $4 ELSE NULL END
+              WHERE id = $1 AND org_id = $2 RETURNING *",
         )
         .bind(id)
         .bind(org_id)

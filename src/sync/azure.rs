@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crate::directory::graph::{GraphClient, GraphError, GraphUser, odata_string};
 use crate::resolve::ResolveError;
 use crate::resolve::azure::{Found, decide};
-use crate::store::{AzureConfigRow, AzureMappingRow, Store, StoreError};
+use crate::store::{AzureConfigRow, AzureMappingRow, ProfileRow, Store, StoreError};
 
 use super::plan::{Planner, Seen};
 use super::{AZURE_FULL_EVERY_SECS, Run, SourceReport, SyncService};
@@ -42,6 +42,16 @@ impl Finish {
 }
 
 type PassError = (SourceReport, String);
+
+/// What an Azure pass works with.
+pub(super) struct Context<'a> {
+    pub client: &'a Arc<GraphClient>,
+    pub config: &'a AzureConfigRow,
+    pub mappings: &'a [AzureMappingRow],
+    pub profiles: &'a [ProfileRow],
+    /// When retention is evaluated (the run's time, or a preview's `as_of`).
+    pub at: i64,
+}
 
 fn report(mode: &'static str, reason: Option<String>) -> SourceReport {
     SourceReport {
@@ -86,10 +96,9 @@ pub(super) async fn pass(
     svc: &SyncService,
     run: &mut Run,
     planner: &mut Planner,
-    client: &Arc<GraphClient>,
-    config: &AzureConfigRow,
-    mappings: &[AzureMappingRow],
+    ctx: &Context<'_>,
 ) -> Result<(SourceReport, Finish), PassError> {
+    let (config, mappings) = (ctx.config, ctx.mappings);
     let hash = mappings_hash(mappings, config);
     let ext = extensions(mappings);
     let state = svc
@@ -113,7 +122,7 @@ pub(super) async fn pass(
     if full_reason.is_none()
         && let Some((Some(link), _, _)) = &state
     {
-        match delta(svc, run, planner, client, config, mappings, link).await {
+        match delta(svc, run, planner, ctx, link).await {
             Ok(next) => {
                 return Ok((
                     report("delta", None),
@@ -126,33 +135,25 @@ pub(super) async fn pass(
             }
             Err(DeltaError::Expired(why)) => {
                 let reason = format!("delta link expired ({why}): a full run instead");
-                return full(
-                    svc, run, planner, client, config, mappings, &ext, hash, reason,
-                )
-                .await;
+                return full(svc, run, planner, ctx, &ext, hash, reason).await;
             }
             Err(DeltaError::Other(e)) => return Err((report("delta", None), e)),
         }
     }
     let reason = full_reason.unwrap_or_default();
-    full(
-        svc, run, planner, client, config, mappings, &ext, hash, reason,
-    )
-    .await
+    full(svc, run, planner, ctx, &ext, hash, reason).await
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn full(
     svc: &SyncService,
     run: &mut Run,
     planner: &mut Planner,
-    client: &Arc<GraphClient>,
-    config: &AzureConfigRow,
-    mappings: &[AzureMappingRow],
+    ctx: &Context<'_>,
     ext: &[String],
     hash: String,
     reason: String,
 ) -> Result<(SourceReport, Finish), PassError> {
+    let (client, config, mappings) = (ctx.client, ctx.config, ctx.mappings);
     let rep = || report("full", Some(reason.clone()));
     // Taken first: whatever changes while the enumeration runs is replayed by the next delta.
     // A dry run takes none (it must not move the sync state).
@@ -208,6 +209,28 @@ async fn full(
             }
         }
     }
+    // Users imd has that no mapping returned: in a mapped group no more, or gone from Entra ID
+    // (deleted while no delta link covered it). Graph is asked about each; a user it no longer
+    // has, or reports disabled, counts as disabled.
+    for id in planner.unseen() {
+        svc.check_lease(run).map_err(|e| (rep(), e))?;
+        match client.user(&id, ext, svc.page_deadline()).await {
+            Ok(None) => {
+                planner.observe(Seen::Disabled {
+                    external_id: id,
+                    reason: "no longer in Entra ID (deleted)".into(),
+                });
+            }
+            Ok(Some(u)) if !u.account_enabled => {
+                planner.observe(Seen::Disabled {
+                    external_id: id,
+                    reason: "disabled in Entra ID (accountEnabled = false)".into(),
+                });
+            }
+            Ok(Some(_)) => planner.saw(&id),
+            Err(e) => return Err((rep(), format!("checking user {id}: {e}"))),
+        }
+    }
     Ok((
         rep(),
         Finish {
@@ -228,11 +251,10 @@ async fn delta(
     svc: &SyncService,
     run: &mut Run,
     planner: &mut Planner,
-    client: &Arc<GraphClient>,
-    config: &AzureConfigRow,
-    mappings: &[AzureMappingRow],
+    ctx: &Context<'_>,
     link: &str,
 ) -> Result<String, DeltaError> {
+    let (client, config, mappings) = (ctx.client, ctx.config, ctx.mappings);
     let by_group = mappings.iter().any(|m| m.source_kind == "group");
     let mut link = link.to_string();
     loop {
@@ -268,7 +290,10 @@ async fn delta(
         }
         match (page.next_link, page.delta_link) {
             (Some(n), _) => link = n,
-            (None, Some(d)) => return Ok(d),
+            (None, Some(d)) => {
+                recheck_deletes(svc, run, planner, ctx, by_group).await?;
+                return Ok(d);
+            }
             (None, None) => {
                 return Err(DeltaError::Other(
                     "a delta page carried neither a nextLink nor a deltaLink".into(),
@@ -276,6 +301,42 @@ async fn delta(
             }
         }
     }
+}
+
+/// A delta reports only users that changed: one added back to a mapped group (a change of
+/// the group, not the user) is not in it. Before retention deletes a preserved user, Graph is
+/// asked about it; one that is enabled and mapped again is re-enabled instead.
+async fn recheck_deletes(
+    svc: &SyncService,
+    run: &mut Run,
+    planner: &mut Planner,
+    ctx: &Context<'_>,
+    by_group: bool,
+) -> Result<(), DeltaError> {
+    let ext = extensions(ctx.mappings);
+    for id in planner.delete_candidates(ctx.profiles, ctx.at) {
+        let u = ctx
+            .client
+            .user(&id, &ext, svc.page_deadline())
+            .await
+            .map_err(|e| DeltaError::Other(format!("checking user {id}: {e}")))?;
+        let Some(u) = u else { continue };
+        let groups = if by_group && u.account_enabled {
+            ctx.client
+                .transitive_group_ids(&u.id, svc.page_deadline())
+                .await
+                .map_err(|e| DeltaError::Other(e.to_string()))?
+        } else {
+            Vec::new()
+        };
+        let seen = judge(u, groups, ctx.mappings, ctx.config.allow_guests);
+        for p in planner.observe(seen) {
+            svc.queue(run, p)
+                .await
+                .map_err(|e| DeltaError::Other(e.to_string()))?;
+        }
+    }
+    Ok(())
 }
 
 /// What the mappings make of one Graph user.

@@ -2,16 +2,48 @@
 //! (`SearchUsers` under the mapping's OU or base DN with its filter). A user's mapping is the
 //! first one whose conditions it meets, exactly as at activation; a page's cursor is pinned to
 //! the connector that issued it, so a connector lost mid-run fails the run (and the run then
-//! preserves and deletes nobody).
+//! preserves and deletes nobody). The next page is asked for while the current one is
+//! processed, so the connector and imd work at the same time.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
 
 use crate::connector::proto::{OpResult, Operation};
+use crate::directory::Hub;
+use crate::directory::hub::CallError;
 use crate::domain::ldap::Dn;
 use crate::resolve::ResolveError;
-use crate::resolve::ldap::{finish, gaps};
+use crate::resolve::ldap::{Scope, finish};
 use crate::store::LdapMappingRow;
 
 use super::plan::{Planner, Seen};
 use super::{Run, SyncService};
+
+type Page = Result<(OpResult, String), CallError>;
+
+/// A page request under way; aborted if the run stops before reading it.
+struct Pending(JoinHandle<Page>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn ask(
+    hub: &Arc<Hub>,
+    org_id: &str,
+    prefer: Option<String>,
+    op: Operation,
+    deadline: tokio::time::Instant,
+) -> Pending {
+    let (hub, org) = (hub.clone(), org_id.to_string());
+    Pending(tokio::spawn(async move {
+        hub.call_via(&org, prefer.as_deref(), op, deadline).await
+    }))
+}
 
 pub(super) async fn pass(
     svc: &SyncService,
@@ -19,29 +51,45 @@ pub(super) async fn pass(
     planner: &mut Planner,
     mappings: &[LdapMappingRow],
 ) -> Result<(), String> {
+    // Normalized group DNs, parsed once each (users share a few groups).
+    let mut norm: HashMap<String, Option<String>> = HashMap::new();
     for m in mappings {
+        let scope = Scope::of(m);
         let base = m.ou.clone().unwrap_or_else(|| m.base_dn.clone());
-        let mut cursor: Option<String> = None;
-        let mut connector: Option<String> = None;
-        loop {
+        let search = |cursor: Option<String>| Operation::SearchUsers {
+            base: Some(base.clone()),
+            filter: m.filter.clone(),
+            page_size: svc.cfg.page_size as u32,
+            cursor,
+        };
+        let mut pending = Some(ask(
+            &svc.hub,
+            &run.org_id,
+            None,
+            search(None),
+            svc.page_deadline(),
+        ));
+        while let Some(mut p) = pending.take() {
             svc.check_lease(run)?;
-            let op = Operation::SearchUsers {
-                base: Some(base.clone()),
-                filter: m.filter.clone(),
-                page_size: svc.cfg.page_size as u32,
-                cursor: cursor.clone(),
-            };
-            let (result, via) = svc
-                .hub
-                .call_via(&run.org_id, connector.as_deref(), op, svc.page_deadline())
+            let answer = (&mut p.0)
                 .await
                 .map_err(|e| format!("mapping \"{}\": {e}", m.name))?;
+            let (result, via) = answer.map_err(|e| format!("mapping \"{}\": {e}", m.name))?;
             let OpResult::Users { items, next_cursor } = result else {
                 return Err(format!(
                     "mapping \"{}\": unexpected answer from the connector",
                     m.name
                 ));
             };
+            if let Some(c) = next_cursor {
+                pending = Some(ask(
+                    &svc.hub,
+                    &run.org_id,
+                    Some(via),
+                    search(Some(c)),
+                    svc.page_deadline(),
+                ));
+            }
             for u in items {
                 let ext = u.id.to_ascii_lowercase();
                 if planner.is_mapped(&ext) {
@@ -54,9 +102,17 @@ pub(super) async fn pass(
                     });
                     continue;
                 }
-                let groups: Vec<Dn> = u.groups.iter().filter_map(|g| Dn::parse(g).ok()).collect();
+                let groups: Vec<String> = u
+                    .groups
+                    .iter()
+                    .filter_map(|g| {
+                        norm.entry(g.clone())
+                            .or_insert_with(|| Dn::parse(g).ok().map(|d| d.normalized()))
+                            .clone()
+                    })
+                    .collect();
                 // The search applied the mapping's filter: every entry matches it.
-                let (_, missing) = gaps(Dn::parse(&u.dn).ok().as_ref(), &groups, m, true);
+                let (_, missing) = scope.gaps(Dn::parse(&u.dn).ok().as_ref(), &groups, true);
                 if !missing.is_empty() {
                     planner.saw(&ext);
                     continue;
@@ -83,13 +139,6 @@ pub(super) async fn pass(
                 for p in planner.observe(seen) {
                     svc.queue(run, p).await.map_err(|e| e.to_string())?;
                 }
-            }
-            match next_cursor {
-                Some(c) => {
-                    cursor = Some(c);
-                    connector = Some(via);
-                }
-                None => break,
             }
         }
     }

@@ -9,6 +9,7 @@ mod azure;
 mod ldap;
 pub mod plan;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -184,12 +185,27 @@ impl SyncService {
         Ok(self.store.sync_run(&org, &id).await?)
     }
 
+    /// What a run of the organization covers: AD/LDAP when it has mappings or users that
+    /// came from AD/LDAP (with every mapping gone they are all unmapped); Azure AD likewise,
+    /// when it has a configuration or Azure AD mappings.
+    async fn sources(&self, org_id: &str) -> Result<(bool, bool), StoreError> {
+        let ldap = !self.store.ldap_mappings(org_id).await?.is_empty()
+            || self
+                .store
+                .has_directory_users(org_id, crate::resolve::ldap::SOURCE)
+                .await?;
+        let azure = !self.store.azure_mappings(org_id).await?.is_empty()
+            || (self.store.azure_config(org_id).await?.is_some()
+                && self
+                    .store
+                    .has_directory_users(org_id, crate::resolve::azure::SOURCE)
+                    .await?);
+        Ok((ldap, azure))
+    }
+
     async fn configured(&self, org_id: &str) -> Result<bool, SyncError> {
-        if !self.store.ldap_mappings(org_id).await?.is_empty() {
-            return Ok(true);
-        }
-        Ok(!self.store.azure_mappings(org_id).await?.is_empty()
-            && self.store.azure_config(org_id).await?.is_some())
+        let (ldap, azure) = self.sources(org_id).await?;
+        Ok(ldap || azure)
     }
 
     async fn begin(
@@ -270,6 +286,7 @@ impl SyncService {
             let lease = self.cfg.lease_secs;
             tokio::spawn(async move {
                 let every = Duration::from_secs((lease / 3).max(1));
+                let mut renewed = clock.now();
                 loop {
                     tokio::select! {
                         _ = &mut stop_rx => return,
@@ -279,12 +296,19 @@ impl SyncService {
                         .renew_sync_lease(&org, &id, clock.now() + lease as i64)
                         .await
                     {
-                        Ok(true) => {}
+                        Ok(true) => renewed = clock.now(),
                         Ok(false) => {
                             lost.store(true, Ordering::SeqCst);
                             return;
                         }
-                        Err(e) => tracing::warn!(error = %e, "renewing the sync lease failed"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "renewing the sync lease failed");
+                            // Past its expiry the lease may be another run's: stop.
+                            if clock.now() >= renewed + lease as i64 {
+                                lost.store(true, Ordering::SeqCst);
+                                return;
+                            }
+                        }
                     }
                 }
             })
@@ -325,24 +349,28 @@ impl SyncService {
         let s = |e: StoreError| e.to_string();
         let settings = self.store.sync_settings(&run.org_id).await.map_err(s)?;
         let profiles = self.store.profiles(&run.org_id).await.map_err(s)?;
+        let (do_ldap, do_azure) = self.sources(&run.org_id).await.map_err(s)?;
+        let at = run.opts.as_of.unwrap_or(run.now);
         let mut planners: Vec<(Planner, bool)> = Vec::new();
         let mut azure_state: Option<azure::Finish> = None;
 
-        let ldap_mappings = self.store.ldap_mappings(&run.org_id).await.map_err(s)?;
-        if !ldap_mappings.is_empty() {
+        if do_ldap {
+            let mappings = self.store.ldap_mappings(&run.org_id).await.map_err(s)?;
             let stored = self
                 .store
                 .directory_users(&run.org_id, crate::resolve::ldap::SOURCE)
                 .await
                 .map_err(s)?;
             let mut p = Planner::new(crate::resolve::ldap::SOURCE, settings.clone(), stored);
-            let r = ldap::pass(self, run, &mut p, &ldap_mappings).await;
+            let r = ldap::pass(self, run, &mut p, &mappings).await;
             run.counts.seen += p.seen() as i64;
             self.flush(run).await.map_err(s)?;
             let mut report = SourceReport {
                 source: crate::resolve::ldap::SOURCE,
                 mode: "full",
-                reason: None,
+                reason: mappings
+                    .is_empty()
+                    .then(|| "no AD/LDAP mappings: every AD/LDAP user is unmapped".into()),
                 error: None,
             };
             if let Err(e) = r {
@@ -354,21 +382,39 @@ impl SyncService {
             planners.push((p, true));
         }
 
-        let azure_mappings = self.store.azure_mappings(&run.org_id).await.map_err(s)?;
-        if !azure_mappings.is_empty()
-            && let Some((client, config)) = self
+        if do_azure {
+            let mut report = SourceReport {
+                source: crate::resolve::azure::SOURCE,
+                mode: "full",
+                reason: None,
+                error: None,
+            };
+            let client = self
                 .graph
                 .get_with_config(&run.org_id)
                 .await
-                .map_err(|e| e.to_string())?
-        {
+                .map_err(|e| e.to_string())?;
+            let Some((client, config)) = client else {
+                let e = "Azure AD mappings exist but Azure AD is not configured (PUT /api/v1/admin/azure)".to_string();
+                report.error = Some(e.clone());
+                run.sources.push(report);
+                return Err(format!("Azure AD: {e}; no user was preserved or deleted"));
+            };
+            let mappings = self.store.azure_mappings(&run.org_id).await.map_err(s)?;
             let stored = self
                 .store
                 .directory_users(&run.org_id, crate::resolve::azure::SOURCE)
                 .await
                 .map_err(s)?;
             let mut p = Planner::new(crate::resolve::azure::SOURCE, settings.clone(), stored);
-            let r = azure::pass(self, run, &mut p, &client, &config, &azure_mappings).await;
+            let ctx = azure::Context {
+                client: &client,
+                config: &config,
+                mappings: &mappings,
+                profiles: &profiles,
+                at,
+            };
+            let r = azure::pass(self, run, &mut p, &ctx).await;
             run.counts.seen += p.seen() as i64;
             self.flush(run).await.map_err(s)?;
             match r {
@@ -388,17 +434,24 @@ impl SyncService {
         self.check_lease(run)?;
 
         // Every source completed: the preserves and deletes it calls for.
-        let at = run.opts.as_of.unwrap_or(run.now);
         let connected = self.connector_connected(&run.org_id).await.map_err(s)?;
         let mut lifecycle: Vec<Planned> = Vec::new();
         let mut population = 0;
         for (p, full) in &planners {
             population += p.stored_count();
-            lifecycle.extend(p.preserves(*full));
+            let preserves = p.preserves(*full, run.now);
+            let preserving: HashMap<String, i64> = preserves
+                .iter()
+                .filter_map(|x| match &x.write {
+                    Some(SyncWrite::Preserve { user_id, .. }) => Some((user_id.clone(), run.now)),
+                    _ => None,
+                })
+                .collect();
+            lifecycle.extend(preserves);
             // AD/LDAP users are only deleted while a connector is connected (a directory that
             // cannot be asked is no evidence that anyone left).
             if p.source != crate::resolve::ldap::SOURCE || connected {
-                lifecycle.extend(p.deletes(&profiles, at));
+                lifecycle.extend(p.deletes(&profiles, at, &preserving));
             }
         }
         let held = (
@@ -420,15 +473,37 @@ impl SyncService {
             }
             self.flush(run).await.map_err(s)?;
             "needs_approval"
-        } else {
+        } else if run.opts.dry_run {
             for p in lifecycle {
                 self.queue(run, p).await.map_err(s)?;
             }
             self.flush(run).await.map_err(s)?;
             "completed"
+        } else {
+            // Every preserve and delete in one transaction: all of them or none.
+            self.flush(run).await.map_err(s)?;
+            let mut writes = Vec::new();
+            let mut lines = Vec::new();
+            for p in lifecycle {
+                if let Some(w) = p.write {
+                    run.seq += 1;
+                    let mut l = p.line;
+                    l.seq = run.seq;
+                    writes.push(w);
+                    lines.push(Some(l));
+                }
+            }
+            self.apply(run, writes, lines, Vec::new())
+                .await
+                .map_err(s)?;
+            "completed"
         };
         if !run.opts.dry_run {
-            if let Some(f) = azure_state {
+            // The delta link moves on only when everything it reported was applied: a run
+            // awaiting approval reads the same changes again next time.
+            if status == "completed"
+                && let Some(f) = azure_state
+            {
                 f.store(&self.store, &run.org_id, run.now)
                     .await
                     .map_err(s)?;
@@ -520,7 +595,7 @@ impl SyncService {
     /// applied) and records the run's counts.
     async fn flush(&self, run: &mut Run) -> Result<(), StoreError> {
         let writes = std::mem::take(&mut run.writes);
-        let mut lines = std::mem::take(&mut run.lines);
+        let lines = std::mem::take(&mut run.lines);
         let extra = std::mem::take(&mut run.extra);
         if writes.is_empty() && extra.is_empty() {
             return Ok(());
@@ -541,23 +616,48 @@ impl SyncService {
             all.sort_by_key(|l| l.seq);
             self.store.add_sync_run_users(&run.id, &all).await?;
         } else {
-            let actor = format!("sync:{}", run.id);
-            let results = self
-                .store
-                .apply_sync_batch(
-                    &run.org_id,
-                    &run.id,
-                    &actor,
-                    &writes,
-                    &mut lines,
-                    &extra,
-                    self.clock.now(),
-                )
-                .await?;
-            for (w, r) in writes.iter().zip(&results) {
-                count(&mut run.counts, w, r);
-            }
+            return self.apply(run, writes, lines, extra).await;
         }
+        self.progress(run).await
+    }
+
+    /// Writes one batch (fenced by the run's lease) and records the counts.
+    async fn apply(
+        &self,
+        run: &mut Run,
+        writes: Vec<SyncWrite>,
+        mut lines: Vec<Option<SyncRunUserRow>>,
+        extra: Vec<SyncRunUserRow>,
+    ) -> Result<(), StoreError> {
+        if writes.is_empty() && extra.is_empty() {
+            return Ok(());
+        }
+        let actor = format!("sync:{}", run.id);
+        let results = self
+            .store
+            .apply_sync_batch(
+                &run.org_id,
+                &run.id,
+                &actor,
+                &writes,
+                &mut lines,
+                &extra,
+                self.clock.now(),
+            )
+            .await?;
+        let Some(results) = results else {
+            run.lost_lease.store(true, Ordering::SeqCst);
+            return Err(StoreError::Internal(
+                "the run lost its lease (another process took over); its last batch was not written".into(),
+            ));
+        };
+        for (w, r) in writes.iter().zip(&results) {
+            count(&mut run.counts, w, r);
+        }
+        self.progress(run).await
+    }
+
+    async fn progress(&self, run: &Run) -> Result<(), StoreError> {
         if let Some(p) = &run.progress {
             p(&run.counts);
         }
@@ -576,102 +676,129 @@ impl SyncService {
             .await
     }
 
-    /// Applies the held-back preserves and deletes of a run awaiting approval, each re-checked
-    /// against the user's current state (the batch's conditional writes).
+    /// Applies the held-back preserves and deletes of a run awaiting approval, under the
+    /// organization's lease (no run goes meanwhile) and in one transaction. Each is re-checked:
+    /// a user whose status changed since the run started is left alone, a delete only applies
+    /// to the preservation the run saw, still past its profile's retention now, and (AD/LDAP)
+    /// while a connector is connected.
     pub async fn approve(&self, org_id: &str, run_id: &str) -> Result<SyncRunRow, SyncError> {
         let run = self.store.sync_run(org_id, run_id).await?;
-        if !self
+        let now = self.clock.now();
+        match self
             .store
-            .set_sync_run_status(org_id, run_id, "needs_approval", "approving")
+            .begin_sync_approval(
+                org_id,
+                run_id,
+                &self.replica_id,
+                now,
+                now + self.cfg.lease_secs as i64,
+            )
             .await?
         {
-            return Err(SyncError::NotPending(run.id, run.status));
+            Ok(()) => {}
+            Err(Some(holder)) => return Err(SyncError::InProgress(holder)),
+            Err(None) => return Err(SyncError::NotPending(run.id, run.status)),
         }
-        let r = self.apply_held(org_id, &run).await;
-        let status = if r.is_ok() {
-            "approved"
-        } else {
-            "needs_approval"
+        let r = self.apply_held(org_id, &run, now).await;
+        let (status, counts) = match &r {
+            Ok(c) => ("approved", c.clone()),
+            Err(_) => ("needs_approval", run.counts()),
         };
         self.store
-            .set_sync_run_status(org_id, run_id, "approving", status)
+            .end_sync_approval(org_id, run_id, status, &counts)
             .await?;
         r?;
         Ok(self.store.sync_run(org_id, run_id).await?)
     }
 
-    async fn apply_held(&self, org_id: &str, run: &SyncRunRow) -> Result<(), SyncError> {
-        let mut after = 0;
+    async fn apply_held(
+        &self,
+        org_id: &str,
+        run: &SyncRunRow,
+        now: i64,
+    ) -> Result<SyncCounts, SyncError> {
         let mut counts = run.counts();
-        let now = self.clock.now();
-        let actor = format!("sync-approval:{}", run.id);
+        let profiles = self.store.profiles(org_id).await?;
+        let connected = self.connector_connected(org_id).await?;
+        let mut writes = Vec::new();
+        let mut seqs = Vec::new();
+        let mut after = 0;
         loop {
             let page = self.store.sync_run_users(&run.id, None, after, 500).await?;
             let Some(last) = page.last() else { break };
             after = last.seq;
-            let held: Vec<&SyncRunUserRow> = page
-                .iter()
-                .filter(|l| !l.applied && matches!(l.action.as_str(), "preserved" | "deleted"))
-                .collect();
-            let mut writes = Vec::new();
-            let mut seqs = Vec::new();
-            for l in held {
+            for l in page.into_iter().filter(|l| !l.applied) {
                 let Some(user_id) = l.user_id.clone() else {
                     continue;
                 };
                 let reason = l.reason.clone().unwrap_or_default();
-                let w = if l.action == "preserved" {
-                    SyncWrite::Preserve { user_id, reason }
-                } else {
-                    let Ok(u) = self.store.user(org_id, &user_id).await else {
-                        continue;
-                    };
-                    let Some(since) = u.preserved_at else {
-                        continue;
-                    };
-                    SyncWrite::Delete {
+                let w = match l.action.as_str() {
+                    "preserved" => SyncWrite::Preserve {
                         user_id,
-                        preserved_at: since,
                         reason,
+                        since: run.started_at,
+                    },
+                    "deleted" => {
+                        let Some(since) = l.preserved_at else {
+                            continue;
+                        };
+                        if l.source == crate::resolve::ldap::SOURCE && !connected {
+                            continue;
+                        }
+                        let Ok(u) = self.store.user(org_id, &user_id).await else {
+                            continue;
+                        };
+                        let due = profiles
+                            .iter()
+                            .find(|p| p.name == u.profile)
+                            .is_some_and(|p| {
+                                p.auto_delete_preserved
+                                    && since + p.delete_after_days * 86_400 <= now
+                            });
+                        if !due {
+                            continue;
+                        }
+                        SyncWrite::Delete {
+                            user_id,
+                            preserved_at: since,
+                            reason,
+                        }
                     }
+                    _ => continue,
                 };
                 writes.push(w);
                 seqs.push(l.seq);
             }
-            if writes.is_empty() {
-                continue;
-            }
-            let mut none: Vec<Option<SyncRunUserRow>> = vec![None; writes.len()];
-            let results = self
-                .store
-                .apply_sync_batch(org_id, &run.id, &actor, &writes, &mut none, &[], now)
-                .await?;
-            let applied: Vec<i64> = seqs
-                .iter()
-                .zip(&results)
-                .filter(|(_, r)| matches!(r, SyncWritten::Done(_)))
-                .map(|(s, _)| *s)
-                .collect();
-            for (w, r) in writes.iter().zip(&results) {
+        }
+        if writes.is_empty() {
+            return Ok(counts);
+        }
+        let actor = format!("sync-approval:{}", run.id);
+        let mut none: Vec<Option<SyncRunUserRow>> = vec![None; writes.len()];
+        let results = self
+            .store
+            .apply_sync_batch(org_id, &run.id, &actor, &writes, &mut none, &[], now)
+            .await?
+            .ok_or_else(|| {
+                SyncError::Store(StoreError::Internal(
+                    "the approval lost its lease; nothing was applied".into(),
+                ))
+            })?;
+        let applied: Vec<i64> = seqs
+            .iter()
+            .zip(&results)
+            .filter(|(_, r)| matches!(r, SyncWritten::Done(_)))
+            .map(|(s, _)| *s)
+            .collect();
+        for (w, r) in writes.iter().zip(&results) {
+            if matches!(r, SyncWritten::Done(_)) {
                 count(&mut counts, w, r);
             }
-            self.store
-                .mark_sync_run_users_applied(&run.id, &applied)
-                .await?;
         }
         self.store
-            .record_sync_run(
-                org_id,
-                &run.id,
-                "approving",
-                &counts,
-                (run.held_preserve, run.held_delete),
-                &run.sources,
-                run.error.as_deref(),
-                run.ended_at,
-            )
+            .mark_sync_run_users_applied(&run.id, &applied)
             .await?;
-        Ok(())
+        Ok(counts)
     }
 
     /// Drops the held-back changes of a run awaiting approval.
@@ -688,23 +815,27 @@ impl SyncService {
     }
 
     /// When the organization's next scheduled run is due: an interval after the last run
-    /// started (or after its first mapping was created), plus a per-organization jitter of up
-    /// to 5% of the interval.
+    /// started (or after its first mapping was created; an hour after a failed run, at most),
+    /// plus a per-organization jitter of up to 5% of the interval.
     pub async fn next_run_at(&self, org_id: &str) -> Result<Option<i64>, StoreError> {
         let settings = self.store.sync_settings(org_id).await?;
         let interval = settings.auto_sync_interval_hours * 3600;
-        let last = match self.store.last_sync_started(org_id).await? {
-            Some(t) => Some(t),
-            None => {
-                let l = self.store.ldap_mappings(org_id).await?;
-                let a = self.store.azure_mappings(org_id).await?;
-                l.iter()
-                    .map(|m| m.created_at)
-                    .chain(a.iter().map(|m| m.created_at))
-                    .min()
-            }
-        };
-        Ok(last.map(|t| t + interval + jitter(org_id, interval)))
+        let jitter = jitter(org_id, interval);
+        if let Some((started, status)) = self.store.last_sync_run(org_id).await? {
+            let wait = if status == "failed" {
+                interval.min(3600)
+            } else {
+                interval
+            };
+            return Ok(Some(started + wait + jitter));
+        }
+        let l = self.store.ldap_mappings(org_id).await?;
+        let a = self.store.azure_mappings(org_id).await?;
+        Ok(l.iter()
+            .map(|m| m.created_at)
+            .chain(a.iter().map(|m| m.created_at))
+            .min()
+            .map(|t| t + interval + jitter))
     }
 
     /// Runs due syncs every `tick_secs` until the process ends.

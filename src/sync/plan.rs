@@ -6,7 +6,8 @@ use std::collections::{HashMap, HashSet};
 
 use crate::resolve::DirectoryUser;
 use crate::store::{
-    ProfileRow, SyncRunUserRow, SyncSettingsRow, SyncUserValues, SyncWrite, UserRow, UserStatus,
+    ProfileRow, SyncRunUserRow, SyncSettingsRow, SyncStoredUser as UserRow, SyncUserValues,
+    SyncWrite, UserStatus, groups_digest, groups_json,
 };
 
 /// What the directory says about one user, with the mapping already decided.
@@ -56,7 +57,7 @@ impl Planner {
     pub fn new(source: &'static str, settings: SyncSettingsRow, stored: Vec<UserRow>) -> Planner {
         let stored = stored
             .into_iter()
-            .filter_map(|u| u.external_id.clone().map(|e| (e.to_ascii_lowercase(), u)))
+            .map(|u| (u.external_id.to_ascii_lowercase(), u))
             .collect();
         Planner {
             source,
@@ -287,7 +288,7 @@ impl Planner {
     /// `auto_preserve_unmapped_users`) users under no mapping. `full`: the pass saw every user
     /// under the mappings, so a stored user it did not map is unmapped; a delta pass only
     /// knows the users it was told about.
-    pub fn preserves(&self, full: bool) -> Vec<Planned> {
+    pub fn preserves(&self, full: bool, since: i64) -> Vec<Planned> {
         let mut out = Vec::new();
         let mut ids: Vec<&String> = self.stored.keys().collect();
         ids.sort();
@@ -324,6 +325,7 @@ impl Planner {
                 write: Some(SyncWrite::Preserve {
                     user_id: u.id.clone(),
                     reason,
+                    since,
                 }),
             });
         }
@@ -332,8 +334,15 @@ impl Planner {
 
     /// Preserved users whose profile deletes them at `at` (preserved longer than its
     /// `delete_after_days`, with `auto_delete_preserved` on). Users this pass re-enables or
-    /// reports enabled and mapped are left out.
-    pub fn deletes(&self, profiles: &[ProfileRow], at: i64) -> Vec<Planned> {
+    /// reports enabled and mapped are left out. `preserving_now` (ids with the time): users
+    /// this run is about to preserve, which a preview at a later `as_of` counts as preserved
+    /// from then.
+    pub fn deletes(
+        &self,
+        profiles: &[ProfileRow],
+        at: i64,
+        preserving_now: &HashMap<String, i64>,
+    ) -> Vec<Planned> {
         let policy: HashMap<&str, &ProfileRow> =
             profiles.iter().map(|p| (p.name.as_str(), p)).collect();
         let mut out = Vec::new();
@@ -341,10 +350,12 @@ impl Planner {
         ids.sort();
         for ext in ids {
             let u = &self.stored[ext];
-            if u.status() != UserStatus::Preserved || self.mapped.contains(ext) {
-                continue;
-            }
-            let (Some(p), Some(since)) = (policy.get(u.profile.as_str()), u.preserved_at) else {
+            let since = match u.status() {
+                UserStatus::Preserved if !self.mapped.contains(ext) => u.preserved_at,
+                UserStatus::Active => preserving_now.get(&u.id).copied(),
+                _ => None,
+            };
+            let (Some(p), Some(since)) = (policy.get(u.profile.as_str()), since) else {
                 continue;
             };
             if !p.auto_delete_preserved || since + p.delete_after_days * 86_400 > at {
@@ -356,15 +367,17 @@ impl Planner {
                 p.name,
                 p.delete_after_days
             );
+            let mut line = self.line(
+                "deleted",
+                Some(u),
+                ext,
+                Some(u.email.clone()),
+                u.display_name.as_deref().unwrap_or(&u.user_name),
+                reason.clone(),
+            );
+            line.preserved_at = Some(since);
             out.push(Planned {
-                line: self.line(
-                    "deleted",
-                    Some(u),
-                    ext,
-                    Some(u.email.clone()),
-                    u.display_name.as_deref().unwrap_or(&u.user_name),
-                    reason.clone(),
-                ),
+                line,
                 write: Some(SyncWrite::Delete {
                     user_id: u.id.clone(),
                     preserved_at: since,
@@ -394,7 +407,30 @@ impl Planner {
             name: Some(name.to_string()),
             reason: Some(reason),
             applied: true,
+            preserved_at: None,
         }
+    }
+
+    /// Stored users (active or preserved) this pass did not report at all: a full Azure pass
+    /// asks Graph about each (a user deleted while no delta link covered it).
+    pub fn unseen(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .stored
+            .iter()
+            .filter(|(ext, u)| u.status() != UserStatus::Deleted && !self.seen.contains(*ext))
+            .map(|(ext, _)| ext.clone())
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Stored preserved users a retention rule would delete at `at`, by external id (an Azure
+    /// delta pass re-checks them with Graph first).
+    pub fn delete_candidates(&self, profiles: &[ProfileRow], at: i64) -> Vec<String> {
+        self.deletes(profiles, at, &HashMap::new())
+            .into_iter()
+            .filter_map(|p| p.line.external_id)
+            .collect()
     }
 }
 
@@ -416,12 +452,10 @@ fn changes(s: &UserRow, v: &SyncUserValues) -> Vec<&'static str> {
     check("department", s.department != a.department);
     check("country", s.country != a.country);
     if !v.keep_groups {
-        let stored: Vec<String> = s
-            .groups
-            .as_deref()
-            .and_then(|g| serde_json::from_str(g).ok())
-            .unwrap_or_default();
-        check("groups", stored != a.groups);
+        check(
+            "groups",
+            s.groups_digest != groups_digest(Some(&groups_json(&a.groups))),
+        );
     }
     check("mapping", s.mapping_id != v.mapping_id);
     check("profile", s.profile != v.profile);

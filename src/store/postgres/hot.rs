@@ -357,7 +357,8 @@ impl WriteTx for PgTx {
     ) -> TxFuture<'a, bool> {
         Box::pin(async move {
             let n = sqlx::query(
-                "UPDATE users SET status = 'active', preserved_at = NULL, updated_at = $3
+                "UPDATE users SET status = 'active', preserved_at = NULL, updated_at = $3,
+                        status_changed_at = $3
                   WHERE id = $1 AND org_id = $2 AND status = 'preserved'",
             )
             .bind(user_id)

@@ -26,7 +26,7 @@ macro_rules! token_cols {
 }
 macro_rules! user_cols {
     () => {
-        "id, org_id, email, email_norm, user_name, external_id, source, profile, storage_region, quota_bytes, status, created_at, updated_at, display_name, login, upn, dn, department, country, \"groups\", mapping_id, preserved_at, deleted_at"
+        "id, org_id, email, email_norm, user_name, external_id, source, profile, storage_region, quota_bytes, status, created_at, updated_at, display_name, login, upn, dn, department, country, \"groups\", mapping_id, preserved_at, deleted_at, status_changed_at"
     };
 }
 macro_rules! device_cols {
@@ -100,6 +100,7 @@ fn user_row(r: &Row<'_>) -> rusqlite::Result<UserRow> {
         mapping_id: r.get(20)?,
         preserved_at: r.get(21)?,
         deleted_at: r.get(22)?,
+        status_changed_at: r.get(23)?,
     })
 }
 
@@ -359,7 +360,8 @@ pub fn insert_user(c: &Connection, u: &NewUser<'_>, now: i64) -> Result<Option<U
 pub fn reenable_user(c: &Connection, org_id: &str, user_id: &str, now: i64) -> Result<bool> {
     let n = c
         .prepare_cached(
-            "UPDATE users SET status = 'active', preserved_at = NULL, updated_at = ?3
+            "UPDATE users SET status = 'active', preserved_at = NULL, updated_at = ?3,
+                    status_changed_at = ?3
               WHERE id = ?1 AND org_id = ?2 AND status = 'preserved'",
         )?
         .execute(params![user_id, org_id, now])?;
