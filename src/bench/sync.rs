@@ -303,8 +303,8 @@ async fn sync_once(
                     run: run.clone(),
                 };
                 note(format_args!(
-                    "{label}: {status} after {:.2} s, counts {}",
-                    r.wall_secs, run["counts"]
+                    "{label}: {status} after {:.2} s, counts {}, sources {}",
+                    r.wall_secs, run["counts"], run["sources"]
                 ));
                 return Ok(r);
             }

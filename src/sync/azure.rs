@@ -59,6 +59,8 @@ fn report(mode: &'static str, reason: Option<String>) -> SourceReport {
         mode,
         reason,
         error: None,
+        load_ms: 0,
+        elapsed_ms: 0,
     }
 }
 

@@ -43,6 +43,8 @@ pub struct Planned {
 /// One source's (`ldap`, `azure`) decisions for a run.
 pub struct Planner {
     pub source: &'static str,
+    /// How long reading the stored users took, in milliseconds (the run's report shows it).
+    pub load_ms: u64,
     settings: SyncSettingsRow,
     /// Stored directory users by external id.
     stored: HashMap<String, UserRow>,
@@ -61,6 +63,7 @@ impl Planner {
             .collect();
         Planner {
             source,
+            load_ms: 0,
             settings,
             stored,
             seen: HashSet::new(),
@@ -79,6 +82,19 @@ impl Planner {
     /// priority wins).
     pub fn is_mapped(&self, external_id: &str) -> bool {
         self.mapped.contains(external_id)
+    }
+
+    /// The stored user with this directory id.
+    pub fn stored(&self, external_id: &str) -> Option<&UserRow> {
+        self.stored.get(external_id)
+    }
+
+    /// A user found under a mapping exactly as stored: seen and mapped, nothing to write.
+    pub fn unchanged(&mut self, external_id: String) {
+        self.seen.insert(external_id.clone());
+        self.disabled.remove(&external_id);
+        self.unmapped.remove(&external_id);
+        self.mapped.insert(external_id);
     }
 
     /// Notes a user seen but not (yet) under a mapping; a later mapping may still take it.
