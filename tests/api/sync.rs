@@ -2039,3 +2039,90 @@ async fn azure_throttled_past_the_page_deadline_fails_the_run_and_preserves_nobo
         "preserved"
     );
 }
+
+#[tokio::test]
+async fn an_approval_leaves_alone_a_user_whose_status_changed_since_the_run() {
+    use imd::clock::Clock;
+    let tenant = Tenant::fixture();
+    let (app, g) = azure_sync_app(&[], tenant.clone()).await;
+    sync(&app).await;
+    set_settings(
+        &app,
+        json!({"mass_change_threshold_min": 1, "mass_change_threshold_percent": 1}),
+    )
+    .await;
+    let sam = azure_user(&app, &tenant, "sam@contoso.test").await;
+    let carla = azure_user(&app, &tenant, "carla@contoso.test").await;
+    g.set_user_enabled("sam@contoso.test", false);
+    g.set_user_enabled("carla@contoso.test", false);
+    let held = sync_with(&app, "").await;
+    assert_eq!(held["status"], "needs_approval", "{held}");
+    assert_eq!(held["held"]["preserve"], 2, "{held}");
+
+    // After the run, carla's status changes (preserved and re-enabled again, as an earlier
+    // approval and a real-time re-enable would): the approval must leave her alone.
+    app.clock.advance(5);
+    let carla_id = carla["id"].as_str().unwrap();
+    for s in [
+        imd::store::UserStatus::Preserved,
+        imd::store::UserStatus::Active,
+    ] {
+        app.store
+            .set_user_status(&app.org_id, carla_id, s, app.clock.now())
+            .await
+            .unwrap();
+    }
+    let r = app
+        .admin_post(
+            &format!("/api/v1/admin/sync-runs/{}/approve", id(&held)),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let approved: Value = r.json().await.unwrap();
+    assert_eq!(approved["status"], "approved", "{approved}");
+    assert_counts(&approved, &[("preserved", 1)]);
+    assert_eq!(
+        user(&app, sam["id"].as_str().unwrap()).await["status"],
+        "preserved"
+    );
+    assert_eq!(user(&app, carla_id).await["status"], "active");
+}
+
+#[tokio::test]
+async fn a_batch_of_a_run_that_lost_its_lease_writes_nothing() {
+    use imd::clock::Clock;
+    let app = sync_app(&[]).await;
+    let values = imd::store::SyncUserValues {
+        email: "ghost@corp.example.com".into(),
+        email_norm: "ghost@corp.example.com".into(),
+        user_name: "ghost".into(),
+        external_id: "0b5f3c1e-9a7d-4d6e-8f21-3c4b5a697d80".into(),
+        source: "ldap",
+        profile: "default".into(),
+        storage_region: "default".into(),
+        quota_bytes: None,
+        mapping_id: None,
+        attrs: Default::default(),
+        keep_groups: false,
+    };
+    let mut lines = vec![None];
+    let written = app
+        .store
+        .apply_sync_batch(
+            &app.org_id,
+            "a-run-without-the-lease",
+            "sync:test",
+            &[imd::store::SyncWrite::Import(values)],
+            &mut lines,
+            &[],
+            app.clock.now(),
+        )
+        .await
+        .unwrap();
+    assert!(written.is_none(), "the batch is refused: {written:?}");
+    assert!(
+        users(&app, None).await.is_empty(),
+        "and nothing was written"
+    );
+}
