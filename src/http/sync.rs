@@ -31,6 +31,14 @@ fn int(field: &str, v: &Value, min: i64, max: i64) -> Result<i64, ApiError> {
     }
 }
 
+/// A field the object does not have, named in the error with the ones it has.
+fn unknown(field: &str, what: &str, known: &[&str]) -> ApiError {
+    invalid(
+        field,
+        format!("unknown field {field:?}; {what} has {}", known.join(", ")),
+    )
+}
+
 fn boolean(field: &str, v: &Value) -> Result<bool, ApiError> {
     v.as_bool()
         .ok_or_else(|| invalid(field, format!("{field} must be true or false")))
@@ -68,11 +76,16 @@ pub async fn put_settings(
             "mass_change_threshold_percent" => s.mass_change_threshold_percent = int(k, v, 0, 100)?,
             "mass_change_threshold_min" => s.mass_change_threshold_min = int(k, v, 0, 1_000_000)?,
             other => {
-                return Err(invalid(
+                return Err(unknown(
                     other,
-                    format!(
-                        "unknown setting {other:?}; the settings are auto_sync_interval_hours, auto_update_user_details, auto_preserve_unmapped_users, mass_change_threshold_percent, mass_change_threshold_min"
-                    ),
+                    "the sync settings",
+                    &[
+                        "auto_sync_interval_hours",
+                        "auto_update_user_details",
+                        "auto_preserve_unmapped_users",
+                        "mass_change_threshold_percent",
+                        "mass_change_threshold_min",
+                    ],
                 ));
             }
         }
@@ -173,11 +186,10 @@ pub async fn put_profile(
             "auto_delete_preserved" => p.auto_delete_preserved = boolean(k, v)?,
             "delete_after_days" => p.delete_after_days = int(k, v, 1, 366)?,
             other => {
-                return Err(invalid(
+                return Err(unknown(
                     other,
-                    format!(
-                        "unknown field {other:?}; a profile has auto_delete_preserved and delete_after_days"
-                    ),
+                    "a profile",
+                    &["auto_delete_preserved", "delete_after_days"],
                 ));
             }
         }

@@ -122,7 +122,7 @@ pub struct SyncRunUserRow {
 
 /// A stored directory user as a run compares it: the columns sync reads, with the group list
 /// reduced to a digest (a run holds every user of the organization in memory).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SyncStoredUser {
     pub id: String,
     pub external_id: String,
@@ -140,7 +140,8 @@ pub struct SyncStoredUser {
     pub dn: Option<String>,
     pub department: Option<String>,
     pub country: Option<String>,
-    pub groups_digest: u64,
+    #[sqlx(rename = "groups", try_from = "Option<String>")]
+    pub groups_digest: GroupsDigest,
 }
 
 impl SyncStoredUser {
@@ -150,56 +151,20 @@ impl SyncStoredUser {
 }
 
 /// The digest of a stored `groups` column (the JSON `groups_json` writes).
-pub fn groups_digest(groups_json: Option<&str>) -> u64 {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupsDigest(pub u64);
+
+impl From<Option<String>> for GroupsDigest {
+    fn from(g: Option<String>) -> Self {
+        groups_digest(g.as_deref())
+    }
+}
+
+pub fn groups_digest(groups_json: Option<&str>) -> GroupsDigest {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     groups_json.unwrap_or("").hash(&mut h);
-    h.finish()
-}
-
-#[derive(sqlx::FromRow)]
-pub(crate) struct StoredUserRow {
-    pub id: String,
-    pub external_id: String,
-    pub email: String,
-    pub user_name: String,
-    pub status: String,
-    pub preserved_at: Option<i64>,
-    pub profile: String,
-    pub storage_region: String,
-    pub quota_bytes: Option<i64>,
-    pub mapping_id: Option<String>,
-    pub display_name: Option<String>,
-    pub login: Option<String>,
-    pub upn: Option<String>,
-    pub dn: Option<String>,
-    pub department: Option<String>,
-    pub country: Option<String>,
-    pub groups: Option<String>,
-}
-
-impl From<StoredUserRow> for SyncStoredUser {
-    fn from(r: StoredUserRow) -> Self {
-        SyncStoredUser {
-            groups_digest: groups_digest(r.groups.as_deref()),
-            id: r.id,
-            external_id: r.external_id,
-            email: r.email,
-            user_name: r.user_name,
-            status: r.status,
-            preserved_at: r.preserved_at,
-            profile: r.profile,
-            storage_region: r.storage_region,
-            quota_bytes: r.quota_bytes,
-            mapping_id: r.mapping_id,
-            display_name: r.display_name,
-            login: r.login,
-            upn: r.upn,
-            dn: r.dn,
-            department: r.department,
-            country: r.country,
-        }
-    }
+    GroupsDigest(h.finish())
 }
 
 /// A user as a sync run writes it (import or update).
@@ -725,7 +690,7 @@ macro_rules! sync_sql {
     /// (they are never imported again), streamed into their compact form.
     pub async fn directory_users(&self, org_id: &str, source: &str) -> crate::store::Result<Vec<crate::store::SyncStoredUser>> {
         use futures_util::TryStreamExt;
-        let mut rows = sqlx::query_as::<_, crate::store::sync::StoredUserRow>(
+        let mut rows = sqlx::query_as::<_, crate::store::SyncStoredUser>(
             "SELECT id, external_id, email, user_name, status, preserved_at, profile,
                     storage_region, quota_bytes, mapping_id, display_name, login, upn, dn,
                     department, country, \"groups\"
@@ -736,7 +701,7 @@ macro_rules! sync_sql {
         .fetch(&self.read);
         let mut out = Vec::new();
         while let Some(r) = rows.try_next().await? {
-            out.push(r.into());
+            out.push(r);
         }
         Ok(out)
     }
