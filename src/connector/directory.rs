@@ -192,12 +192,49 @@ enum CursorKind {
 
 struct Cursor {
     kind: CursorKind,
-    conn: Conn,
-    cookie: Vec<u8>,
+    /// The next page, already being fetched: a listing pages at the directory's pace while
+    /// the previous page travels to the service and is processed there.
+    ahead: ReadAhead,
     base: String,
     filter: String,
     page_size: u32,
     last_used: Instant,
+}
+
+type Fetched = (Conn, OpRes<(Vec<SearchEntry>, Vec<u8>)>);
+
+/// A page being fetched with the cursor's connection; dropping it (an expired or evicted
+/// cursor) stops the fetch and closes the connection.
+struct ReadAhead(Option<tokio::task::JoinHandle<Fetched>>);
+
+impl ReadAhead {
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        mut conn: Conn,
+        to: Duration,
+        base: String,
+        filter: String,
+        attrs: Vec<String>,
+        size: u32,
+        cookie: Vec<u8>,
+    ) -> ReadAhead {
+        ReadAhead(Some(tokio::spawn(async move {
+            let r = search_page(&mut conn.ldap, to, &base, &filter, &attrs, size, cookie).await;
+            (conn, r)
+        })))
+    }
+
+    async fn join(mut self) -> Option<Fetched> {
+        self.0.take()?.await.ok()
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            h.abort();
+        }
+    }
 }
 
 struct Lookup {
@@ -574,10 +611,18 @@ impl Directory {
             return Ok((entries, None));
         }
         let conn = c.detach();
+        let ahead = ReadAhead::start(
+            conn,
+            self.inner.timeout,
+            base.clone(),
+            filter.clone(),
+            attrs,
+            page_size,
+            cookie,
+        );
         let id = self.inner.store_cursor(Cursor {
             kind,
-            conn,
-            cookie,
+            ahead,
             base,
             filter,
             page_size,
@@ -608,23 +653,27 @@ impl Directory {
                 _ => return Err(expired()),
             }
         };
-        let attrs = self.cursor_attrs(kind);
-        let cookie = std::mem::take(&mut cur.cookie);
-        let (entries, cookie) = search_page(
-            &mut cur.conn.ldap,
-            self.inner.timeout,
-            &cur.base,
-            &cur.filter,
-            &attrs,
-            cur.page_size,
-            cookie,
-        )
-        .await?;
+        let ahead = std::mem::replace(&mut cur.ahead, ReadAhead(None));
+        let Some((conn, fetched)) = ahead.join().await else {
+            return Err(err(
+                OpErrorCode::Internal,
+                "fetching the next page stopped unexpectedly; start the listing again",
+            ));
+        };
+        let (entries, cookie) = fetched?;
         if cookie.is_empty() {
-            self.inner.give_back(cur.conn);
+            self.inner.give_back(conn);
             return Ok((entries, None));
         }
-        cur.cookie = cookie;
+        cur.ahead = ReadAhead::start(
+            conn,
+            self.inner.timeout,
+            cur.base.clone(),
+            cur.filter.clone(),
+            self.cursor_attrs(kind),
+            cur.page_size,
+            cookie,
+        );
         cur.last_used = Instant::now();
         // the same id again: the caller may hold on to one id for the whole listing
         self.inner

@@ -70,7 +70,7 @@ impl Server {
         let urls: Vec<String> = urls.iter().map(|u| format!("{u:?}")).collect();
         let toml = format!(
             "[directory]\nkind = {kind:?}\nurls = [{}]\nbind_dn = {:?}\nbind_password = {:?}\n\
-             base_dn = {:?}\ntimeout_secs = 5\n{extra}\n{attrs}",
+             base_dn = {:?}\ntimeout_secs = 15\n{extra}\n{attrs}",
             urls.join(", "),
             self.bind_dn,
             self.password,

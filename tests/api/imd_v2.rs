@@ -135,7 +135,7 @@ impl Dir {
             Kind::Ad => "",
         };
         let toml = format!(
-            "[directory]\nkind = \"{kind}\"\nurls = {urls:?}\nstarttls = true\nca_file = {ca:?}\nbind_dn = {bind:?}\nbind_password_file = {pw:?}\nbase_dn = {base:?}\ntimeout_secs = 5\npage_size = 200\n{extra}",
+            "[directory]\nkind = \"{kind}\"\nurls = {urls:?}\nstarttls = true\nca_file = {ca:?}\nbind_dn = {bind:?}\nbind_password_file = {pw:?}\nbase_dn = {base:?}\ntimeout_secs = 15\npage_size = 200\n{extra}",
             ca = self.ca,
             bind = self.bind_dn,
             pw = pw.display().to_string(),
