@@ -260,7 +260,12 @@ impl Application {
         let server = HttpServer::new(move || {
             let limits = limits.clone();
             App::new()
-                .wrap(middleware::Logger::new("%a \"%r\" %s %b %Dms"))
+                // Every line a request logs is in its `request` span (request_id); the access
+                // line, written after the span ends, names the id itself.
+                .wrap(middleware::from_fn(http::request_id::middleware))
+                .wrap(middleware::Logger::new(
+                    "%a \"%r\" %s %b %Dms request_id=%{x-request-id}o",
+                ))
                 .app_data(state.clone())
                 .configure(|c| http::routes(c, &limits))
                 .default_service(web::to(http::not_found))

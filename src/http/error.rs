@@ -215,6 +215,9 @@ impl ResponseError for ApiError {
         body.insert("code".into(), json!(self.code.as_str()));
         body.insert("message".into(), json!(self.message));
         body.insert("retryable".into(), json!(self.code.retryable()));
+        if let Some(id) = super::request_id::current() {
+            body.insert("request_id".into(), json!(id));
+        }
         for (k, v) in &self.details {
             body.insert(k.clone(), v.clone());
         }

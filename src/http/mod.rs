@@ -13,6 +13,7 @@ mod health;
 mod ldap_mappings;
 mod media;
 mod pagination;
+pub mod request_id;
 mod sync;
 
 use std::path::PathBuf;

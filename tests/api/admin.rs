@@ -365,3 +365,49 @@ async fn admin_keys_can_be_added_listed_and_revoked_but_not_the_last_one() {
         (StatusCode::BAD_REQUEST, "invalid_request")
     );
 }
+
+#[tokio::test]
+async fn every_response_carries_a_request_id_and_errors_name_it() {
+    let app = spawn_app().await;
+    // The caller's id is kept, echoed and put in the error body.
+    let r = app
+        .client
+        .get(app.url("/api/v1/admin/no-such-thing"))
+        .bearer_auth(&app.admin_key)
+        .header("X-Request-Id", "report-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "report-42");
+    let (status, _, body) = error_code(r).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["request_id"], "report-42");
+
+    // None (or an unusable one): a fresh id, the same in the header and the body; also for an
+    // error raised while reading the body.
+    for given in [None, Some("bad id\twith spaces")] {
+        let mut req = app
+            .client
+            .post(app.url("/api/v1/admin/tokens"))
+            .bearer_auth(&app.admin_key)
+            .header("Content-Type", "application/json")
+            .body("{not json");
+        if let Some(g) = given {
+            req = req.header("X-Request-Id", g);
+        }
+        let r = req.send().await.unwrap();
+        let header = r.headers()["x-request-id"].to_str().unwrap().to_string();
+        assert!(uuid::Uuid::parse_str(&header).is_ok(), "{header}");
+        let (status, code, body) = error_code(r).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (StatusCode::BAD_REQUEST, "invalid_request")
+        );
+        assert_eq!(body["error"]["request_id"], header.as_str());
+    }
+
+    // Successful responses carry one too.
+    let r = app.admin_get("/api/v1/admin/org").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers().contains_key("x-request-id"));
+}
