@@ -83,6 +83,12 @@ pub enum Command {
     /// Directory sync (docs/sync.md).
     #[command(subcommand)]
     Sync(SyncCommand),
+    /// Check the configuration, database, master key, TLS certificate and clock, and print
+    /// what to fix. Changes nothing.
+    Doctor {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -292,6 +298,19 @@ async fn run_inner(cli: Cli) -> anyhow::Result<ExitCode> {
             store_flags(&store, &mut flags);
             let s = settings(file, &flags)?;
             sync_run(&s, &org, dry_run, as_of.as_deref(), as_json).await
+        }
+        Command::Doctor { store } => {
+            store_flags(&store, &mut flags);
+            let s = match settings(file, &flags) {
+                Ok(s) => s,
+                Err(e) => {
+                    println!("FAIL  configuration    {e}");
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            startup::install_crypto_provider();
+            let checks = crate::doctor::run_checks(&s, SystemClock.now()).await;
+            Ok(crate::doctor::report(&checks))
         }
         Command::Demo(args) => crate::demo::run(args, file).await,
         Command::Bench(args) => crate::bench::run(args).await,

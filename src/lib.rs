@@ -12,6 +12,7 @@ pub mod crypto;
 pub mod demo;
 pub mod devicemap;
 pub mod directory;
+pub mod doctor;
 pub mod domain;
 pub mod http;
 pub mod loadgen;

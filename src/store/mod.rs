@@ -483,6 +483,11 @@ impl Store {
         on!(self, s => s.import_tx())
     }
 
+    /// The database server's clock (unix seconds): `imd doctor` compares it with this host's.
+    pub async fn database_time(&self) -> Result<i64> {
+        on!(self, s => s.database_time().await)
+    }
+
     pub async fn ping(&self) -> Result<()> {
         on!(self, s => s.ping().await)
     }

@@ -369,3 +369,71 @@ async fn a_full_audit_queue_drops_and_counts_instead_of_blocking() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn doctor_checks_the_deployment_and_names_what_to_fix() {
+    let app = spawn_app().await;
+    let url = app.settings.database_url();
+    let run = |args: Vec<String>| async move {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_imd"))
+            .args(args)
+            .env_remove("IMD_MASTER_KEY")
+            .output()
+            .await
+            .unwrap()
+    };
+    let args = || {
+        vec![
+            "doctor".to_string(),
+            "--data-dir".into(),
+            app.settings.data_dir.display().to_string(),
+            "--database-url".into(),
+            url.clone(),
+        ]
+    };
+    // A healthy deployment: every check passes (plain HTTP is a warning only).
+    let o = run(args()).await;
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success(), "{out}");
+    for want in [
+        "ok    configuration",
+        "ok    master key",
+        "ok    database",
+        "ok    clock",
+        "warn  TLS",
+    ] {
+        assert!(out.contains(want), "{want:?} missing in:\n{out}");
+    }
+    assert!(!out.contains("secret"), "no password in the output: {out}");
+
+    // A master key others can read is a failure with the fix.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let key = app.settings.master_key_path();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let o = run(args()).await;
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        assert_eq!(o.status.code(), Some(1), "{out}");
+        assert!(
+            out.contains("FAIL  master key") && out.contains("chmod 600"),
+            "{out}"
+        );
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    // A database that cannot be reached.
+    let mut bad = args();
+    bad[4] = if on_postgres() {
+        "postgres://imd@127.0.0.1:1/imd".into()
+    } else {
+        format!(
+            "sqlite://{}/missing-dir/x.db",
+            app.settings.data_dir.display()
+        )
+    };
+    let o = run(bad).await;
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("FAIL  database"), "{out}");
+}

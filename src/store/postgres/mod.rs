@@ -173,6 +173,15 @@ impl PgStore {
         Ok(Box::new(import::PgImport::new(conn, handle)))
     }
 
+    /// The database server's clock, unix seconds.
+    pub(super) async fn database_time(&self) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS BIGINT)")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
     pub(super) async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())

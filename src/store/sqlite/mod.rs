@@ -178,6 +178,15 @@ impl SqliteStore {
         )?))
     }
 
+    /// The database server's clock, unix seconds.
+    pub(super) async fn database_time(&self) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT CAST(strftime('%s', 'now') AS INTEGER)")
+                .fetch_one(&self.read)
+                .await?,
+        )
+    }
+
     pub(super) async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.read).await?;
         Ok(())
