@@ -340,12 +340,14 @@ pub async fn approve(
     auth: AdminAuth,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    state
-        .store
-        .sync_run(&auth.org_id, &id)
+    let r = state
+        .sync
+        .approve(&auth.org_id, &id)
         .await
-        .map_err(run_not_found)?;
-    let r = state.sync.approve(&auth.org_id, &id).await?;
+        .map_err(|e| match e {
+            crate::sync::SyncError::Store(s) => run_not_found(s),
+            other => other.into(),
+        })?;
     Ok(HttpResponse::Ok().json(run_json(&r)))
 }
 
@@ -354,11 +356,13 @@ pub async fn reject(
     auth: AdminAuth,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    state
-        .store
-        .sync_run(&auth.org_id, &id)
+    let r = state
+        .sync
+        .reject(&auth.org_id, &id)
         .await
-        .map_err(run_not_found)?;
-    let r = state.sync.reject(&auth.org_id, &id).await?;
+        .map_err(|e| match e {
+            crate::sync::SyncError::Store(s) => run_not_found(s),
+            other => other.into(),
+        })?;
     Ok(HttpResponse::Ok().json(run_json(&r)))
 }

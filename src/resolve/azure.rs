@@ -222,6 +222,16 @@ pub fn immutable_id_guid(immutable_id: &str) -> Option<String> {
     Some(uuid::Uuid::from_bytes_le(b).to_string())
 }
 
+/// The directory-extension attributes the mappings compare: Graph returns them only when
+/// selected by name.
+pub fn extension_attributes(mappings: &[AzureMappingRow]) -> Vec<String> {
+    mappings
+        .iter()
+        .filter_map(|m| m.attribute.clone())
+        .filter(|a| a.starts_with("extension_"))
+        .collect()
+}
+
 fn attribute<'a>(u: &'a GraphUser, name: &str) -> Option<&'a str> {
     match name {
         "department" => u.department.as_deref(),
@@ -354,11 +364,7 @@ impl Resolver for AzureResolver {
             let allow_guests = client.as_ref().is_some_and(|(_, c)| c.allow_guests);
             let client = client.map(|(c, _)| c);
             let mappings = self.mappings(&ctx.org.id).await?;
-            let extensions: Vec<String> = mappings
-                .iter()
-                .filter_map(|m| m.attribute.clone())
-                .filter(|a| a.starts_with("extension_"))
-                .collect();
+            let extensions = extension_attributes(&mappings);
             // Keep part of the budget for the outage fall-back.
             let budget = ctx.deadline.saturating_duration_since(Instant::now());
             let deadline = ctx.deadline - (budget / 5).min(Duration::from_millis(500));

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::directory::graph::{GraphClient, GraphError, GraphUser, odata_string};
 use crate::resolve::ResolveError;
-use crate::resolve::azure::{Found, decide};
+use crate::resolve::azure::{Found, decide, extension_attributes as extensions};
 use crate::store::{AzureConfigRow, AzureMappingRow, ProfileRow, Store, StoreError};
 
 use super::plan::{Planner, Seen};
@@ -84,14 +84,6 @@ fn mappings_hash(mappings: &[AzureMappingRow], config: &AzureConfigRow) -> Strin
         ));
     }
     crate::crypto::sha256_hex(&s)
-}
-
-fn extensions(mappings: &[AzureMappingRow]) -> Vec<String> {
-    mappings
-        .iter()
-        .filter_map(|m| m.attribute.clone())
-        .filter(|a| a.starts_with("extension_"))
-        .collect()
 }
 
 pub(super) async fn pass(
@@ -256,7 +248,7 @@ async fn delta(
     ctx: &Context<'_>,
     link: &str,
 ) -> Result<String, DeltaError> {
-    let (client, config, mappings) = (ctx.client, ctx.config, ctx.mappings);
+    let (client, mappings) = (ctx.client, ctx.mappings);
     let by_group = mappings.iter().any(|m| m.source_kind == "group");
     let mut link = link.to_string();
     loop {
@@ -275,20 +267,7 @@ async fn delta(
             });
         }
         for u in page.users {
-            let groups = if by_group && u.account_enabled {
-                client
-                    .transitive_group_ids(&u.id, svc.page_deadline())
-                    .await
-                    .map_err(|e| DeltaError::Other(e.to_string()))?
-            } else {
-                Vec::new()
-            };
-            let seen = judge(u, groups, mappings, config.allow_guests);
-            for p in planner.observe(seen) {
-                svc.queue(run, p)
-                    .await
-                    .map_err(|e| DeltaError::Other(e.to_string()))?;
-            }
+            recheck(svc, run, planner, ctx, u, by_group).await?;
         }
         match (page.next_link, page.delta_link) {
             (Some(n), _) => link = n,
@@ -322,21 +301,36 @@ async fn recheck_deletes(
             .user(&id, &ext, svc.page_deadline())
             .await
             .map_err(|e| DeltaError::Other(format!("checking user {id}: {e}")))?;
-        let Some(u) = u else { continue };
-        let groups = if by_group && u.account_enabled {
-            ctx.client
-                .transitive_group_ids(&u.id, svc.page_deadline())
-                .await
-                .map_err(|e| DeltaError::Other(e.to_string()))?
-        } else {
-            Vec::new()
-        };
-        let seen = judge(u, groups, ctx.mappings, ctx.config.allow_guests);
-        for p in planner.observe(seen) {
-            svc.queue(run, p)
-                .await
-                .map_err(|e| DeltaError::Other(e.to_string()))?;
+        if let Some(u) = u {
+            recheck(svc, run, planner, ctx, u, by_group).await?;
         }
+    }
+    Ok(())
+}
+
+/// One user checked against every mapping (its transitive groups read when a mapping is by
+/// group), with what that calls for queued.
+async fn recheck(
+    svc: &SyncService,
+    run: &mut Run,
+    planner: &mut Planner,
+    ctx: &Context<'_>,
+    u: GraphUser,
+    by_group: bool,
+) -> Result<(), DeltaError> {
+    let groups = if by_group && u.account_enabled {
+        ctx.client
+            .transitive_group_ids(&u.id, svc.page_deadline())
+            .await
+            .map_err(|e| DeltaError::Other(e.to_string()))?
+    } else {
+        Vec::new()
+    };
+    let seen = judge(u, groups, ctx.mappings, ctx.config.allow_guests);
+    for p in planner.observe(seen) {
+        svc.queue(run, p)
+            .await
+            .map_err(|e| DeltaError::Other(e.to_string()))?;
     }
     Ok(())
 }

@@ -1547,10 +1547,13 @@ async fn settings_and_profiles_refuse_bad_values_naming_the_field() {
         app.admin_get(&format!("{RUNS}/no-such-run")).await.status(),
         StatusCode::NOT_FOUND
     );
-    assert_eq!(
-        approve(&app, "no-such-run", "approve").await.status(),
-        StatusCode::NOT_FOUND
-    );
+    for what in ["approve", "reject"] {
+        assert_eq!(
+            approve(&app, "no-such-run", what).await.status(),
+            StatusCode::NOT_FOUND,
+            "{what}"
+        );
+    }
 }
 
 #[tokio::test]
