@@ -54,6 +54,8 @@ pub struct Settings {
     pub azure: AzureSettings,
     #[serde(default)]
     pub sync: SyncSettings,
+    #[serde(default)]
+    pub console: ConsoleSettings,
 }
 
 /// A database URL; its `Debug` form hides the password, so printing settings never leaks it.
@@ -188,6 +190,30 @@ impl Default for SyncSettings {
     }
 }
 
+/// The admin console (`[console]`, docs/console.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleSettings {
+    #[serde(deserialize_with = "boolean")]
+    pub enabled: bool,
+    /// A session unused this long ends.
+    #[serde(deserialize_with = "num")]
+    pub idle_timeout_secs: u64,
+    /// A session ends this long after sign-in, used or not.
+    #[serde(deserialize_with = "num")]
+    pub absolute_timeout_secs: u64,
+}
+
+impl Default for ConsoleSettings {
+    fn default() -> Self {
+        ConsoleSettings {
+            enabled: true,
+            idle_timeout_secs: 30 * 60,
+            absolute_timeout_secs: 12 * 3600,
+        }
+    }
+}
+
 /// Environment values arrive as strings; boolean fields accept both forms.
 fn boolean<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
     #[derive(Deserialize)]
@@ -237,6 +263,10 @@ pub struct Limits {
     /// Activations processed at once; past this, clients get 503 with Retry-After. 0 = no limit.
     #[serde(deserialize_with = "num")]
     pub max_inflight_activations: u64,
+    /// Requests with a wrong admin key (API or console sign-in) one client address may make per
+    /// minute before it gets 429. 0 turns the limit off.
+    #[serde(deserialize_with = "num")]
+    pub admin_auth_failures_per_minute: u64,
 }
 
 impl Default for Limits {
@@ -247,6 +277,7 @@ impl Default for Limits {
             device_map_bytes: 256 * 1024 * 1024,
             activation_failures_per_minute: 600,
             max_inflight_activations: 4096,
+            admin_auth_failures_per_minute: 30,
         }
     }
 }
@@ -462,6 +493,15 @@ impl Settings {
             return Err(ConfigError::Invalid(
                 "sync: tick_secs 1-86400, lease_secs 5-3600, batch_size 1-10000, page_size 1-1000, page_timeout_ms 100-600000".into(),
             ));
+        }
+        let k = &self.console;
+        if !(60..=86_400).contains(&k.idle_timeout_secs)
+            || !(k.idle_timeout_secs..=30 * 86_400).contains(&k.absolute_timeout_secs)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "console: idle_timeout_secs must be 60-86400 and absolute_timeout_secs between it and 2592000 (30 days), got {} and {}",
+                k.idle_timeout_secs, k.absolute_timeout_secs
+            )));
         }
         if c.heartbeat_window_secs <= c.heartbeat_interval_secs {
             return Err(ConfigError::Invalid(format!(

@@ -255,6 +255,9 @@ impl Application {
             graph,
             azure: settings.azure.clone(),
             sync,
+            admin_limiter: FailureLimiter::new(limits.admin_auth_failures_per_minute),
+            console: settings.console.clone(),
+            secure_cookies: settings.tls.cert_file.is_some() || public_url.starts_with("https://"),
         });
 
         let server = HttpServer::new(move || {

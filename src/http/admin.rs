@@ -23,6 +23,29 @@ fn not_found(what: &'static str) -> impl Fn(StoreError) -> ApiError {
     }
 }
 
+/// A search term: empty means no filter; at most 200 printable characters.
+fn search(v: Option<&str>) -> Result<Option<&str>, ApiError> {
+    match v.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(v) if v.chars().count() > MAX_NAME || v.chars().any(char::is_control) => {
+            Err(ApiError::invalid(format!(
+                "search terms are at most {MAX_NAME} printable characters"
+            )))
+        }
+        Some(v) => Ok(Some(v)),
+    }
+}
+
+/// An RFC 3339 time in a query parameter.
+fn time_param(field: &str, v: Option<&str>) -> Result<Option<i64>, ApiError> {
+    match v.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(v) => parse_rfc3339(v)
+            .map(Some)
+            .map_err(|e| ApiError::invalid(format!("{field}: {e}"))),
+    }
+}
+
 fn text(field: &str, v: &str, max: usize) -> Result<String, ApiError> {
     let v = v.trim();
     if v.is_empty() || v.chars().count() > max || v.chars().any(char::is_control) {
@@ -265,6 +288,7 @@ pub struct UserQuery {
     email: Option<String>,
     status: Option<String>,
     source: Option<String>,
+    q: Option<String>,
     #[serde(flatten)]
     page: PageQuery,
 }
@@ -287,6 +311,7 @@ pub async fn list_users(
         email: email.as_deref(),
         status: q.status.as_deref(),
         source: q.source.as_deref(),
+        q: search(q.q.as_deref())?,
     };
     let rows = state.store.list_users(&auth.org_id, &filter, &page).await?;
     Ok(HttpResponse::Ok().json(Paged::new(rows, &page, |u| u.id.as_str())))
@@ -310,6 +335,11 @@ pub async fn get_user(
 pub struct DeviceQuery {
     user_id: Option<String>,
     status: Option<String>,
+    os: Option<String>,
+    source: Option<String>,
+    q: Option<String>,
+    seen_after: Option<String>,
+    seen_before: Option<String>,
     #[serde(flatten)]
     page: PageQuery,
 }
@@ -327,14 +357,18 @@ pub async fn list_devices(
             "status must be active, replaced or revoked",
         ));
     }
+    let filter = crate::store::DeviceFilter {
+        user_id: q.user_id.as_deref(),
+        status: q.status.as_deref(),
+        os: search(q.os.as_deref())?,
+        source: q.source.as_deref(),
+        q: search(q.q.as_deref())?,
+        seen_after: time_param("seen_after", q.seen_after.as_deref())?,
+        seen_before: time_param("seen_before", q.seen_before.as_deref())?,
+    };
     let rows = state
         .store
-        .list_devices(
-            &auth.org_id,
-            q.user_id.as_deref(),
-            q.status.as_deref(),
-            &page,
-        )
+        .list_devices(&auth.org_id, &filter, &page)
         .await?;
     Ok(HttpResponse::Ok().json(Paged::new(rows, &page, |d| d.id.as_str())))
 }
@@ -371,6 +405,10 @@ pub async fn revoke_device(
 pub struct ActivationQuery {
     outcome: Option<String>,
     device_id: Option<String>,
+    token_id: Option<String>,
+    user_id: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
     #[serde(flatten)]
     page: PageQuery,
 }
@@ -381,14 +419,17 @@ pub async fn list_activations(
     q: web::Query<ActivationQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let page = q.page.page()?;
+    let filter = crate::store::ActivationFilter {
+        outcome: q.outcome.as_deref(),
+        device_id: q.device_id.as_deref(),
+        token_id: q.token_id.as_deref(),
+        user_id: q.user_id.as_deref(),
+        since: time_param("since", q.since.as_deref())?,
+        until: time_param("until", q.until.as_deref())?,
+    };
     let rows = state
         .store
-        .list_activations(
-            &auth.org_id,
-            q.outcome.as_deref(),
-            q.device_id.as_deref(),
-            &page,
-        )
+        .list_activations(&auth.org_id, &filter, &page)
         .await?;
     Ok(HttpResponse::Ok().json(Paged::new(rows, &page, |a| a.id.as_str())))
 }

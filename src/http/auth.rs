@@ -8,7 +8,7 @@ use std::pin::Pin;
 use actix_web::http::header::AUTHORIZATION;
 use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
 
-use super::{ApiError, AppState, Code};
+use super::{ApiError, AppState, Code, session};
 use crate::crypto::sha256_hex;
 use crate::store::DeviceRow;
 
@@ -36,9 +36,96 @@ fn state(req: &HttpRequest) -> Result<web::Data<AppState>, ApiError> {
 }
 
 /// An authenticated admin, scoped to one organization: every admin query filters by `org_id`.
+/// Either an admin key (`Authorization: Bearer`) or a console session cookie; a cookie request
+/// that changes state must also carry the session's CSRF token and must not come from another
+/// site.
 #[derive(Debug, Clone)]
 pub struct AdminAuth {
     pub org_id: String,
+}
+
+/// The cookie value named `name`, if the request carries one.
+pub fn cookie<'r>(req: &'r HttpRequest, name: &str) -> Option<&'r str> {
+    req.headers()
+        .get_all(actix_web::http::header::COOKIE)
+        .filter_map(|h| h.to_str().ok())
+        .flat_map(|h| h.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim())
+}
+
+/// Refuses a client address that has used up its wrong admin keys for this minute.
+pub fn check_admin_limit(state: &AppState, req: &HttpRequest, now: i64) -> Result<(), ApiError> {
+    if let Some(ip) = req.peer_addr().map(|a| a.ip())
+        && let Err(secs) = state.admin_limiter.check(ip, now)
+    {
+        return Err(ApiError::new(
+            Code::RateLimited,
+            "too many wrong admin keys from this address",
+        )
+        .with_retry_after(secs));
+    }
+    Ok(())
+}
+
+pub fn record_admin_failure(state: &AppState, req: &HttpRequest, now: i64) {
+    if let Some(ip) = req.peer_addr().map(|a| a.ip()) {
+        state.admin_limiter.record_failure(ip, now);
+    }
+}
+
+/// The console session a cookie names, for a request of the console or the API.
+pub async fn console_session(
+    state: &AppState,
+    req: &HttpRequest,
+) -> Result<Option<session::Session>, ApiError> {
+    let Some(secret) = cookie(req, session::COOKIE) else {
+        return Ok(None);
+    };
+    match session::authenticate(&state.store, &state.console, secret, state.clock.now()).await {
+        Ok(s) => Ok(Some(s)),
+        Err(session::Refused::Unknown) => Err(ApiError::new(
+            Code::Unauthorized,
+            "this console session has ended; sign in again",
+        )),
+        Err(session::Refused::Expired) => Err(ApiError::new(
+            Code::Unauthorized,
+            "this console session has expired; sign in again",
+        )),
+        Err(session::Refused::Store(e)) => Err(e.into()),
+    }
+}
+
+/// CSRF protection for cookie-authenticated requests that change state.
+pub fn check_csrf(req: &HttpRequest, s: &session::Session) -> Result<(), ApiError> {
+    use actix_web::http::Method;
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return Ok(());
+    }
+    // Browsers name the initiator; a cross-site request is refused whatever it carries.
+    let site = req
+        .headers()
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok());
+    if matches!(site, Some("cross-site") | Some("same-site")) {
+        return Err(ApiError::new(
+            Code::CsrfFailed,
+            "a console request from another site was refused",
+        ));
+    }
+    let presented = req
+        .headers()
+        .get(session::CSRF_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !session::csrf_ok(s, presented) {
+        return Err(ApiError::new(
+            Code::CsrfFailed,
+            "missing or wrong X-CSRF-Token for this console session; reload the page",
+        ));
+    }
+    Ok(())
 }
 
 impl FromRequest for AdminAuth {
@@ -48,14 +135,25 @@ impl FromRequest for AdminAuth {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let req = req.clone();
         Box::pin(async move {
-            let key = bearer(&req)?;
             let state = state(&req)?;
+            if req.headers().get(AUTHORIZATION).is_none()
+                && let Some(s) = console_session(&state, &req).await?
+            {
+                check_csrf(&req, &s)?;
+                return Ok(AdminAuth { org_id: s.org_id });
+            }
+            let key = bearer(&req)?;
+            let now = state.clock.now();
+            check_admin_limit(&state, &req, now)?;
             match state.store.org_for_admin_key(&sha256_hex(&key)).await? {
                 Some(org_id) => Ok(AdminAuth { org_id }),
-                None => Err(ApiError::new(
-                    Code::Unauthorized,
-                    "unknown or revoked admin key",
-                )),
+                None => {
+                    record_admin_failure(&state, &req, now);
+                    Err(ApiError::new(
+                        Code::Unauthorized,
+                        "unknown or revoked admin key",
+                    ))
+                }
             }
         })
     }

@@ -120,14 +120,22 @@ pub async fn create(
     Ok(HttpResponse::Created().json(key_view(&row, &key)))
 }
 
-pub async fn list(state: web::Data<AppState>, auth: AdminAuth) -> Result<HttpResponse, ApiError> {
-    let now = state.clock.now();
-    let rows = state.store.connectors(&auth.org_id).await?;
-    let sessions = live_sessions(&state, &auth.org_id, now).await?;
-    let items: Vec<Value> = rows
+/// Every connector of the organization with its live status (the list and the overview).
+pub(super) async fn views(
+    state: &AppState,
+    org_id: &str,
+    now: i64,
+) -> Result<Vec<Value>, ApiError> {
+    let rows = state.store.connectors(org_id).await?;
+    let sessions = live_sessions(state, org_id, now).await?;
+    Ok(rows
         .iter()
         .map(|c| connector_view(c, sessions.iter().find(|s| s.connector_id == c.id)))
-        .collect();
+        .collect())
+}
+
+pub async fn list(state: web::Data<AppState>, auth: AdminAuth) -> Result<HttpResponse, ApiError> {
+    let items = views(&state, &auth.org_id, state.clock.now()).await?;
     Ok(HttpResponse::Ok().json(json!({ "items": items, "next_cursor": null })))
 }
 

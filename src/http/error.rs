@@ -51,6 +51,9 @@ pub enum Code {
     SyncNotConfigured,
     /// Approve / reject on a run that is not awaiting approval.
     SyncRunNotPending,
+    /// A console request that changes state without the session's CSRF token (or from
+    /// another site).
+    CsrfFailed,
     PayloadTooLarge,
     RateLimited,
     Unavailable,
@@ -91,6 +94,7 @@ impl Code {
             Code::SyncInProgress => "sync_in_progress",
             Code::SyncNotConfigured => "sync_not_configured",
             Code::SyncRunNotPending => "sync_run_not_pending",
+            Code::CsrfFailed => "csrf_failed",
             Code::PayloadTooLarge => "payload_too_large",
             Code::RateLimited => "rate_limited",
             Code::Unavailable => "unavailable",
@@ -108,7 +112,7 @@ impl Code {
             | Code::InvalidCredentials
             | Code::ConnectorCredentialInvalid
             | Code::RegistrationKeyInvalid => StatusCode::UNAUTHORIZED,
-            Code::UserNotFound | Code::UserDisabled => StatusCode::FORBIDDEN,
+            Code::UserNotFound | Code::UserDisabled | Code::CsrfFailed => StatusCode::FORBIDDEN,
             Code::DirectoryError => StatusCode::BAD_GATEWAY,
             Code::ProtocolVersionUnsupported => StatusCode::UPGRADE_REQUIRED,
             Code::TokenExhausted

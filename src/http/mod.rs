@@ -12,8 +12,10 @@ pub mod error;
 mod health;
 mod ldap_mappings;
 mod media;
+mod overview;
 mod pagination;
 pub mod request_id;
+pub mod session;
 mod sync;
 
 use std::path::PathBuf;
@@ -56,6 +58,12 @@ pub struct AppState {
     pub azure: AzureSettings,
     /// Directory sync runs (started here or by the scheduler).
     pub sync: Arc<crate::sync::SyncService>,
+    /// Wrong admin keys per client address (API and console sign-in alike).
+    pub admin_limiter: FailureLimiter,
+    pub console: crate::config::ConsoleSettings,
+    /// Whether browsers reach this service over TLS (here or at a proxy): console cookies are
+    /// then `Secure`.
+    pub secure_cookies: bool,
 }
 
 /// A path with its handlers; any other method on it is 405 in the JSON error shape.
@@ -136,6 +144,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, limits: &Limits) {
                             resource("/tokens/{id}/bundle")
                                 .route(web::post().to(admin::token_bundle)),
                         )
+                        .service(resource("/overview").route(web::get().to(overview::overview)))
                         .service(resource("/users").route(web::get().to(admin::list_users)))
                         .service(
                             resource("/sync-settings")

@@ -25,6 +25,22 @@ pub struct ActivationRow {
     pub message: Option<String>,
 }
 
+/// The `outcome` filter value that means "every failed attempt".
+pub const FAILED: &str = "failed";
+
+/// What `list_activations` narrows by.
+#[derive(Debug, Clone, Default)]
+pub struct ActivationFilter<'a> {
+    /// An outcome (`activated`, `reactivated` or an error code), or [`FAILED`].
+    pub outcome: Option<&'a str>,
+    pub device_id: Option<&'a str>,
+    pub token_id: Option<&'a str>,
+    pub user_id: Option<&'a str>,
+    /// At or after / before these times.
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+}
+
 /// What is recorded about one attempt.
 #[derive(Debug, Clone, Default)]
 pub struct ActivationRecord {
@@ -71,19 +87,29 @@ macro_rules! activation_sql {
     pub async fn list_activations(
         &self,
         org_id: &str,
-        outcome: Option<&str>,
-        device_id: Option<&str>,
+        f: &crate::store::ActivationFilter<'_>,
         page: &crate::store::Page,
     ) -> crate::store::Result<Vec<ActivationRow>> {
+        let failed = f.outcome == Some(crate::store::activations::FAILED);
+        let outcome = f.outcome.filter(|_| !failed);
         Ok(sqlx::query_as::<_, ActivationRow>(
             "SELECT * FROM activations WHERE org_id = $1 AND id > $2 AND ($3 IS NULL OR outcome = $3)
-               AND ($4 IS NULL OR device_id = $4) ORDER BY id LIMIT $5",
+               AND ($4 IS NULL OR device_id = $4) AND ($6 IS NULL OR token_id = $6)
+               AND ($7 IS NULL OR user_id = $7) AND ($8 IS NULL OR created_at >= $8)
+               AND ($9 IS NULL OR created_at < $9)
+               AND ($10 = FALSE OR outcome NOT IN ('activated', 'reactivated'))
+             ORDER BY id LIMIT $5",
         )
         .bind(org_id)
         .bind(page.after.as_deref().unwrap_or(""))
         .bind(outcome)
-        .bind(device_id)
+        .bind(f.device_id)
         .bind(i64::from(page.limit))
+        .bind(f.token_id)
+        .bind(f.user_id)
+        .bind(f.since)
+        .bind(f.until)
+        .bind(failed)
         .fetch_all(&self.read)
         .await?)
     }

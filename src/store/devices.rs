@@ -95,6 +95,22 @@ impl DeviceReport<'_> {
     }
 }
 
+/// What `list_devices` narrows by; `None` everywhere lists every device.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceFilter<'a> {
+    pub user_id: Option<&'a str>,
+    pub status: Option<&'a str>,
+    /// The operating system the client reported (case-insensitive).
+    pub os: Option<&'a str>,
+    /// The source of the device's user (`device_map`, `ldap`, `azure`, ...).
+    pub source: Option<&'a str>,
+    /// A prefix of the name, hostname, serial number or hardware UUID (case-insensitive).
+    pub q: Option<&'a str>,
+    /// Last activated at or after / before these times.
+    pub seen_after: Option<i64>,
+    pub seen_before: Option<i64>,
+}
+
 /// Display names compare case-insensitively.
 pub fn name_norm(name: &str) -> String {
     name.trim().to_lowercase()
@@ -129,19 +145,31 @@ macro_rules! device_sql {
     pub async fn list_devices(
         &self,
         org_id: &str,
-        user_id: Option<&str>,
-        status: Option<&str>,
+        f: &crate::store::DeviceFilter<'_>,
         page: &crate::store::Page,
     ) -> crate::store::Result<Vec<DeviceRow>> {
+        let q = f.q.map(crate::store::like_prefix);
         Ok(sqlx::query_as::<_, DeviceRow>(
-            "SELECT * FROM devices WHERE org_id = $1 AND id > $2 AND ($3 IS NULL OR user_id = $3)
-               AND ($4 IS NULL OR status = $4) ORDER BY id LIMIT $5",
+            "SELECT d.* FROM devices d WHERE d.org_id = $1 AND d.id > $2 AND ($3 IS NULL OR d.user_id = $3)
+               AND ($4 IS NULL OR d.status = $4)
+               AND ($6 IS NULL OR LOWER(d.os) = LOWER($6))
+               AND ($7 IS NULL OR d.name_norm LIKE $7 ESCAPE '\\' OR d.hostname_norm LIKE $7 ESCAPE '\\'
+                    OR d.serial_norm LIKE $7 ESCAPE '\\' OR d.uuid_norm LIKE $7 ESCAPE '\\')
+               AND ($8 IS NULL OR d.last_activated_at >= $8)
+               AND ($9 IS NULL OR d.last_activated_at < $9)
+               AND ($10 IS NULL OR EXISTS (SELECT 1 FROM users u WHERE u.id = d.user_id AND u.source = $10))
+             ORDER BY d.id LIMIT $5",
         )
         .bind(org_id)
         .bind(page.after.as_deref().unwrap_or(""))
-        .bind(user_id)
-        .bind(status)
+        .bind(f.user_id)
+        .bind(f.status)
         .bind(i64::from(page.limit))
+        .bind(f.os)
+        .bind(q)
+        .bind(f.seen_after)
+        .bind(f.seen_before)
+        .bind(f.source)
         .fetch_all(&self.read)
         .await?)
     }

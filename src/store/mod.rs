@@ -13,6 +13,7 @@
 pub mod activations;
 pub mod azure;
 pub mod connectors;
+pub mod console;
 pub mod devices;
 pub mod keys;
 pub mod ldap_mappings;
@@ -29,13 +30,14 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
-pub use activations::{ActivationRecord, ActivationRow};
+pub use activations::{ActivationFilter, ActivationRecord, ActivationRow};
 pub use azure::{
     AZURE_SOURCE_KINDS, AzureConfigRow, AzureMappingRow, AzureMappingValues, AzureMappingWrite,
     azure_secret_aad,
 };
 pub use connectors::{ConnectorRow, ConnectorSessionRow};
-pub use devices::{DeviceReport, DeviceRow, NewDevice, Reassignment, name_norm};
+pub use console::{ActivityBucket, ConsoleSessionRow, FailingDevice, FailureCount, TokenRollout};
+pub use devices::{DeviceFilter, DeviceReport, DeviceRow, NewDevice, Reassignment, name_norm};
 pub use keys::SigningKeyRow;
 pub use ldap_mappings::{EMAIL_FALLBACKS, LdapMappingRow, LdapMappingValues, LdapMappingWrite};
 
@@ -85,6 +87,19 @@ impl StoreError {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A case-insensitive `LIKE` pattern for "starts with `v`" (a backslash escapes the wildcards).
+pub(crate) fn like_prefix(v: &str) -> String {
+    let mut out = String::with_capacity(v.len() + 1);
+    for c in v.trim().to_lowercase().chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('%');
+    out
+}
 
 /// Removes the password from a database URL (`postgres://imd:secret@db/imd` →
 /// `postgres://imd:***@db/imd`), for every message that names the URL.
@@ -517,6 +532,62 @@ impl Store {
         on!(self, s => s.close().await)
     }
 
+    // Console sessions and overview figures.
+    pub async fn create_console_session(
+        &self,
+        id_hash: &str,
+        org_id: &str,
+        admin_key_id: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<()> {
+        on!(self, s => s.create_console_session(id_hash, org_id, admin_key_id, now, expires_at).await)
+    }
+    pub async fn console_session(&self, id_hash: &str) -> Result<Option<ConsoleSessionRow>> {
+        on!(self, s => s.console_session(id_hash).await)
+    }
+    pub async fn touch_console_session(&self, id_hash: &str, now: i64) -> Result<()> {
+        on!(self, s => s.touch_console_session(id_hash, now).await)
+    }
+    pub async fn delete_console_session(&self, id_hash: &str) -> Result<()> {
+        on!(self, s => s.delete_console_session(id_hash).await)
+    }
+    /// `(admin key id, organization id)` of the live admin key with this hash.
+    pub async fn admin_key_by_hash(&self, key_hash: &str) -> Result<Option<(String, String)>> {
+        on!(self, s => s.admin_key_by_hash(key_hash).await)
+    }
+    pub async fn token_rollout(&self, org_id: &str) -> Result<Vec<TokenRollout>> {
+        on!(self, s => s.token_rollout(org_id).await)
+    }
+    pub async fn users_without_devices(&self, org_id: &str, source: &str) -> Result<i64> {
+        on!(self, s => s.users_without_devices(org_id, source).await)
+    }
+    pub async fn activity(
+        &self,
+        org_id: &str,
+        since: i64,
+        bucket_secs: i64,
+    ) -> Result<Vec<ActivityBucket>> {
+        on!(self, s => s.activity(org_id, since, bucket_secs).await)
+    }
+    pub async fn top_failures(
+        &self,
+        org_id: &str,
+        since: i64,
+        limit: i64,
+    ) -> Result<Vec<FailureCount>> {
+        on!(self, s => s.top_failures(org_id, since, limit).await)
+    }
+    pub async fn failing_devices(
+        &self,
+        org_id: &str,
+        outcome: &str,
+        since: i64,
+        limit: i64,
+    ) -> Result<Vec<FailingDevice>> {
+        on!(self, s => s.failing_devices(org_id, outcome, since, limit).await)
+    }
+
     // Organizations and admin keys.
     pub async fn create_org(&self, name: &str, admin_key_hash: &str, now: i64) -> Result<OrgRow> {
         on!(self, s => s.create_org(name, admin_key_hash, now).await)
@@ -655,11 +726,10 @@ impl Store {
     pub async fn list_devices(
         &self,
         org_id: &str,
-        user_id: Option<&str>,
-        status: Option<&str>,
+        filter: &DeviceFilter<'_>,
         page: &Page,
     ) -> Result<Vec<DeviceRow>> {
-        on!(self, s => s.list_devices(org_id, user_id, status, page).await)
+        on!(self, s => s.list_devices(org_id, filter, page).await)
     }
     pub async fn revoke_device(&self, org_id: &str, id: &str, now: i64) -> Result<DeviceRow> {
         on!(self, s => s.revoke_device(org_id, id, now).await)
@@ -1038,11 +1108,10 @@ impl Store {
     pub async fn list_activations(
         &self,
         org_id: &str,
-        outcome: Option<&str>,
-        device_id: Option<&str>,
+        filter: &ActivationFilter<'_>,
         page: &Page,
     ) -> Result<Vec<ActivationRow>> {
-        on!(self, s => s.list_activations(org_id, outcome, device_id, page).await)
+        on!(self, s => s.list_activations(org_id, filter, page).await)
     }
 }
 

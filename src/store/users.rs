@@ -89,6 +89,8 @@ pub struct UserFilter<'a> {
     pub email: Option<&'a str>,
     pub status: Option<&'a str>,
     pub source: Option<&'a str>,
+    /// A prefix of the email or user name (case-insensitive).
+    pub q: Option<&'a str>,
 }
 
 #[derive(Debug, Clone)]
@@ -197,6 +199,7 @@ macro_rules! user_sql {
         Ok(sqlx::query_as::<_, UserRow>(
             "SELECT * FROM users WHERE org_id = $1 AND id > $2 AND ($3 IS NULL OR email_norm = $3)
                AND ($5 IS NULL OR status = $5) AND ($6 IS NULL OR source = $6)
+               AND ($7 IS NULL OR email_norm LIKE $7 ESCAPE '\\' OR LOWER(user_name) LIKE $7 ESCAPE '\\')
              ORDER BY id LIMIT $4",
         )
         .bind(org_id)
@@ -205,6 +208,7 @@ macro_rules! user_sql {
         .bind(i64::from(page.limit))
         .bind(f.status)
         .bind(f.source)
+        .bind(f.q.map(crate::store::like_prefix))
         .fetch_all(&self.read)
         .await?)
     }

@@ -97,7 +97,7 @@ async fn backup_copies_the_running_database_consistently() {
         limit: 1000,
     };
     let devices = copy
-        .list_devices(&app.org_id, None, None, &page)
+        .list_devices(&app.org_id, &Default::default(), &page)
         .await
         .unwrap();
     assert!((10..=50).contains(&devices.len()), "{}", devices.len());

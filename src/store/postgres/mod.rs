@@ -13,10 +13,11 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
 
 use crate::store::{
-    ActivationRow, AdminKeyRow, AzureConfigRow, AzureMappingRow, AzureMappingValues,
-    AzureMappingWrite, ConnectorRow, ConnectorSessionRow, DeviceRow, ImportTx, LdapMappingRow,
-    LdapMappingValues, LdapMappingWrite, MappingFilter, NewToken, OrgRow, OrgSettingsPatch, Result,
-    Rotation, SigningKeyRow, StoreError, StoreOptions, StoredMapping, TokenRow, TxJob, UserRow,
+    ActivationRow, ActivityBucket, AdminKeyRow, AzureConfigRow, AzureMappingRow,
+    AzureMappingValues, AzureMappingWrite, ConnectorRow, ConnectorSessionRow, ConsoleSessionRow,
+    DeviceRow, FailingDevice, FailureCount, ImportTx, LdapMappingRow, LdapMappingValues,
+    LdapMappingWrite, MappingFilter, NewToken, OrgRow, OrgSettingsPatch, Result, Rotation,
+    SigningKeyRow, StoreError, StoreOptions, StoredMapping, TokenRollout, TokenRow, TxJob, UserRow,
     pending_migrations, scrub,
 };
 
@@ -239,6 +240,7 @@ impl PgStore {
     crate::store::ldap_mappings::ldap_mapping_sql!();
     crate::store::azure::azure_sql!();
     crate::store::sync::sync_sql!();
+    crate::store::console::console_sql!();
 }
 
 /// A new, empty database on the server `admin_url` points at (tooling: the benchmark); returns its

@@ -23,10 +23,11 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Sqlite, SqlitePool};
 
 use crate::store::{
-    ActivationRow, AdminKeyRow, AzureConfigRow, AzureMappingRow, AzureMappingValues,
-    AzureMappingWrite, ConnectorRow, ConnectorSessionRow, DeviceRow, ImportTx, LdapMappingRow,
-    LdapMappingValues, LdapMappingWrite, MappingFilter, NewToken, OrgRow, OrgSettingsPatch, Result,
-    Rotation, SigningKeyRow, StoreError, StoreOptions, StoredMapping, TokenRow, TxJob, UserRow,
+    ActivationRow, ActivityBucket, AdminKeyRow, AzureConfigRow, AzureMappingRow,
+    AzureMappingValues, AzureMappingWrite, ConnectorRow, ConnectorSessionRow, ConsoleSessionRow,
+    DeviceRow, FailingDevice, FailureCount, ImportTx, LdapMappingRow, LdapMappingValues,
+    LdapMappingWrite, MappingFilter, NewToken, OrgRow, OrgSettingsPatch, Result, Rotation,
+    SigningKeyRow, StoreError, StoreOptions, StoredMapping, TokenRollout, TokenRow, TxJob, UserRow,
     pending_migrations,
 };
 
@@ -290,4 +291,5 @@ impl SqliteStore {
     crate::store::ldap_mappings::ldap_mapping_sql!();
     crate::store::azure::azure_sql!();
     crate::store::sync::sync_sql!();
+    crate::store::console::console_sql!();
 }
