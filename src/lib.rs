@@ -8,6 +8,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod connector;
+pub mod console;
 pub mod crypto;
 pub mod demo;
 pub mod devicemap;

@@ -260,6 +260,7 @@ impl Application {
             secure_cookies: settings.tls.cert_file.is_some() || public_url.starts_with("https://"),
         });
 
+        let console = settings.console.enabled;
         let server = HttpServer::new(move || {
             let limits = limits.clone();
             App::new()
@@ -271,6 +272,11 @@ impl Application {
                 ))
                 .app_data(state.clone())
                 .configure(|c| http::routes(c, &limits))
+                .configure(|c| {
+                    if console {
+                        crate::console::routes(c);
+                    }
+                })
                 .default_service(web::to(http::not_found))
         })
         .shutdown_timeout(10);

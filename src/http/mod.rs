@@ -3,7 +3,7 @@
 
 mod activation;
 mod admin;
-mod auth;
+pub mod auth;
 mod azure;
 mod connectors;
 mod device_maps;
