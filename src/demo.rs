@@ -408,6 +408,7 @@ pub async fn run(args: DemoArgs, config_file: Option<&Path>) -> anyhow::Result<E
     ] {
         println!("  curl -s -H 'Authorization: Bearer {admin_key}' '{base}{path}'");
     }
+    println!("  console: {base}/console (sign in with the admin key above)");
 
     let code = if unexpected.total() == 0 {
         ExitCode::SUCCESS

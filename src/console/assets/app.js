@@ -299,7 +299,7 @@
     const n = a.buckets.length;
     const max = Math.max(1, ...a.buckets.map((b) => b.activated + b.reactivated + b.failed));
     const bw = (W - pad) / n;
-    const svg = s('svg', { viewBox: `0 0 ${W} ${H + 20}`, class: 'chart', role: 'img', 'aria-labelledby': 'chart-desc' });
+    const svg = s('svg', { viewBox: `0 0 ${W} ${H + 20}`, preserveAspectRatio: 'xMinYMid meet', class: 'chart', role: 'img', 'aria-labelledby': 'chart-desc' });
     svg.append(s('desc', { id: 'chart-desc' }, `Activation attempts per ${a.bucket_secs === 3600 ? 'hour' : 'day'}: ${a.totals.activated} activated, ${a.totals.reactivated} reactivated, ${a.totals.failed} failed.`));
     svg.append(s('line', { x1: pad, y1: H, x2: W, y2: H, class: 'axis' }));
     svg.append(s('text', { x: 0, y: 12, class: 'tick' }, String(max)));
@@ -413,7 +413,7 @@
     const result = h('div', { id: 'upload-result', 'aria-live': 'polite' });
     const input = h('input', { type: 'file', id: 'csv-file', accept: '.csv,text/csv' });
     const zone = h('div', { class: 'dropzone', id: 'dropzone' },
-      h('p', {}, 'Drop a device-map CSV here, or '), h('label', { for: 'csv-file', class: 'button' }, 'choose a file'), input,
+      h('p', {}, 'Drop a device-map CSV here, or choose one:'), h('label', { for: 'csv-file', class: 'sr-only' }, 'Device-map CSV file'), input,
       h('p', { class: 'muted' }, 'It is checked first (a dry run); nothing is written until you apply it. The format: docs/csv-format.md.'));
     zone.addEventListener('dragover', (ev) => { ev.preventDefault(); zone.classList.add('over'); });
     zone.addEventListener('dragleave', () => zone.classList.remove('over'));

@@ -1,0 +1,751 @@
+//! The admin console: sessions, CSRF and expiry over plain HTTP, and a walk through every page in
+//! real headless Chromium (tests/api/browser.rs), which also takes docs/console.md's screenshots.
+
+use reqwest::StatusCode;
+use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
+use serde_json::{Value, json};
+
+use imd::clock::Clock;
+
+use crate::browser::Browser;
+use crate::helpers::{HEADER, TestApp, activation, error_code, spawn_app};
+
+/// An `application/x-www-form-urlencoded` body, as a browser's form sends it.
+fn form(pairs: &[(&str, &str)]) -> String {
+    url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
+}
+
+trait FormExt {
+    fn form_body(self, pairs: &[(&str, &str)]) -> Self;
+}
+
+impl FormExt for reqwest::RequestBuilder {
+    fn form_body(self, pairs: &[(&str, &str)]) -> Self {
+        self.header("Content-Type", "application/x-www-form-urlencoded")
+            .body(form(pairs))
+    }
+}
+
+/// A client that shows redirects instead of following them.
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Signs in through the form; returns the `imd_session=...` cookie pair.
+async fn sign_in(app: &TestApp, key: &str) -> reqwest::Response {
+    no_redirects()
+        .post(app.url("/console/session"))
+        .form_body(&[("key", key)])
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn session_cookie(app: &TestApp) -> String {
+    let r = sign_in(app, &app.admin_key).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(r.headers()[LOCATION], "/console");
+    let set = r.headers()[SET_COOKIE].to_str().unwrap().to_string();
+    set.split(';').next().unwrap().to_string()
+}
+
+/// The CSRF token the console page of this session carries.
+async fn csrf_of(app: &TestApp, cookie: &str) -> String {
+    let html = no_redirects()
+        .get(app.url("/console"))
+        .header(COOKIE, cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let at = html
+        .find("name=\"csrf-token\" content=\"")
+        .expect("csrf meta")
+        + 26;
+    html[at..at + 64].to_string()
+}
+
+async fn with_cookie(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    cookie: &str,
+    csrf: Option<&str>,
+    body: Option<Value>,
+) -> reqwest::Response {
+    let mut r = no_redirects()
+        .request(method, app.url(path))
+        .header(COOKIE, cookie);
+    if let Some(t) = csrf {
+        r = r.header("X-CSRF-Token", t);
+    }
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    r.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn console_session_cookie_is_http_only_strict_and_keeps_no_key() {
+    let app = spawn_app().await;
+    let r = sign_in(&app, &app.admin_key).await;
+    let set = r.headers()[SET_COOKIE].to_str().unwrap().to_string();
+    assert!(set.starts_with("imd_session=imds_"), "{set}");
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=43200"] {
+        assert!(set.contains(attr), "{attr} missing in {set}");
+    }
+    // Plain HTTP here: Secure would make the browser drop the cookie.
+    assert!(!set.contains("Secure"), "{set}");
+    assert!(!set.contains(&app.admin_key));
+    let cookie = set.split(';').next().unwrap().to_string();
+    let page = no_redirects()
+        .get(app.url("/console"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"));
+    let html = page.text().await.unwrap();
+    assert!(!html.contains(&app.admin_key));
+    assert!(html.contains("Test Org"));
+    // The stored session is a hash, never the cookie's secret.
+    let secret = cookie.trim_start_matches("imd_session=");
+    assert!(app.store.console_session(secret).await.unwrap().is_none());
+    assert!(
+        app.store
+            .console_session(&imd::crypto::sha256_hex(secret))
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn console_with_tls_sets_secure_cookies() {
+    let app = crate::helpers::spawn_app_with(&[("public_url", "https://imd.example.com")]).await;
+    let r = sign_in(&app, &app.admin_key).await;
+    let set = r.headers()[SET_COOKIE].to_str().unwrap();
+    assert!(set.ends_with("; Secure"), "{set}");
+}
+
+#[tokio::test]
+async fn console_requests_that_change_state_need_the_csrf_token() {
+    let app = spawn_app().await;
+    let cookie = session_cookie(&app).await;
+    let csrf = csrf_of(&app, &cookie).await;
+    let mint = json!({"version": "v4", "name": "console"});
+    use reqwest::Method;
+
+    // Reads work with the cookie alone.
+    let r = with_cookie(
+        &app,
+        Method::GET,
+        "/api/v1/admin/tokens",
+        &cookie,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+
+    for bad in [None, Some("0".repeat(64)), Some(csrf[..63].to_string())] {
+        let r = with_cookie(
+            &app,
+            Method::POST,
+            "/api/v1/admin/tokens",
+            &cookie,
+            bad.as_deref(),
+            Some(mint.clone()),
+        )
+        .await;
+        let (status, code, _) = error_code(r).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (StatusCode::FORBIDDEN, "csrf_failed")
+        );
+    }
+    // A cross-site request is refused even with the right token.
+    let r = no_redirects()
+        .post(app.url("/api/v1/admin/tokens"))
+        .header(COOKIE, &cookie)
+        .header("X-CSRF-Token", &csrf)
+        .header("Sec-Fetch-Site", "cross-site")
+        .json(&mint)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await.1, "csrf_failed");
+    assert!(
+        app.list("/api/v1/admin/tokens").await.is_empty(),
+        "nothing was minted"
+    );
+
+    let r = with_cookie(
+        &app,
+        Method::POST,
+        "/api/v1/admin/tokens",
+        &cookie,
+        Some(&csrf),
+        Some(mint.clone()),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+
+    // Another session's token does not fit this one.
+    let other = session_cookie(&app).await;
+    let r = with_cookie(
+        &app,
+        Method::POST,
+        "/api/v1/admin/tokens",
+        &other,
+        Some(&csrf),
+        Some(mint),
+    )
+    .await;
+    assert_eq!(error_code(r).await.1, "csrf_failed");
+
+    // Sign-out is a state change too.
+    let r = no_redirects()
+        .post(app.url("/console/signout"))
+        .header(COOKIE, &cookie)
+        .form_body(&[("csrf", "nope")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = with_cookie(
+        &app,
+        Method::GET,
+        "/api/v1/admin/tokens",
+        &cookie,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK, "the session survived");
+    let r = no_redirects()
+        .post(app.url("/console/signout"))
+        .header(COOKIE, &cookie)
+        .form_body(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert!(
+        r.headers()[SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    let r = with_cookie(
+        &app,
+        Method::GET,
+        "/api/v1/admin/tokens",
+        &cookie,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(error_code(r).await.1, "unauthorized");
+}
+
+#[tokio::test]
+async fn console_sessions_expire_when_idle_at_their_limit_and_with_their_key() {
+    let app = spawn_app().await;
+    use reqwest::Method;
+    let get = |cookie: String| {
+        let app = &app;
+        async move {
+            with_cookie(app, Method::GET, "/api/v1/admin/org", &cookie, None, None)
+                .await
+                .status()
+        }
+    };
+
+    // Idle: 30 minutes without a request.
+    let idle = session_cookie(&app).await;
+    app.clock.advance(29 * 60);
+    assert_eq!(get(idle.clone()).await, StatusCode::OK);
+    app.clock.advance(29 * 60);
+    assert_eq!(
+        get(idle.clone()).await,
+        StatusCode::OK,
+        "use moved the idle clock"
+    );
+    app.clock.advance(31 * 60);
+    assert_eq!(get(idle.clone()).await, StatusCode::UNAUTHORIZED);
+    let r = no_redirects()
+        .get(app.url("/console"))
+        .header(COOKIE, &idle)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()[LOCATION], "/console/login?expired=1");
+
+    // Absolute: 12 hours after sign-in, however busy.
+    let busy = session_cookie(&app).await;
+    for _ in 0..((12 * 60) / 20 - 1) {
+        app.clock.advance(20 * 60);
+        assert_eq!(get(busy.clone()).await, StatusCode::OK);
+    }
+    app.clock.advance(21 * 60);
+    assert_eq!(get(busy).await, StatusCode::UNAUTHORIZED);
+
+    // Revoking the admin key ends the sessions it opened.
+    let r = app
+        .admin_post("/api/v1/admin/admin-keys", &json!({"name": "second"}))
+        .await;
+    let second: Value = r.json().await.unwrap();
+    let key2 = second["key"].as_str().unwrap();
+    let r = sign_in(&app, key2).await;
+    let cookie = r.headers()[SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(get(cookie.clone()).await, StatusCode::OK);
+    let id = second["id"].as_str().unwrap();
+    let r = app
+        .post_as(
+            &format!("/api/v1/admin/admin-keys/{id}/revoke"),
+            &app.admin_key,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(get(cookie).await, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn wrong_admin_keys_are_rate_limited_on_the_api_and_the_console_alike() {
+    let app =
+        crate::helpers::spawn_app_with(&[("limits.admin_auth_failures_per_minute", "5")]).await;
+    // Pin the clock inside one minute window.
+    let now = app.clock.now();
+    app.clock.advance(60 - now.rem_euclid(60) + 1);
+    for _ in 0..3 {
+        let r = app.get_as("/api/v1/admin/org", "imd_adm_wrong").await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    for _ in 0..2 {
+        let r = sign_in(&app, "imd_adm_wrong").await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert!(r.text().await.unwrap().contains("unknown or revoked"));
+    }
+    // Both kinds count against one budget per address.
+    let r = sign_in(&app, &app.admin_key).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.headers().contains_key("retry-after"));
+    let (status, code, _) =
+        error_code(app.get_as("/api/v1/admin/org", "imd_adm_wrong").await).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, "rate_limited")
+    );
+    // The next minute starts afresh.
+    app.clock.advance(60);
+    assert_eq!(
+        sign_in(&app, &app.admin_key).await.status(),
+        StatusCode::SEE_OTHER
+    );
+}
+
+#[tokio::test]
+async fn overview_counts_rollout_activity_and_failures() {
+    let app = spawn_app().await;
+    let token = app
+        .token_with(json!({"version": "v4", "name": "Berlin"}))
+        .await;
+    app.map(&format!(
+        "{HEADER}a@corp.example.com,a,WS-A,serial-number,SER-A,,\nb@corp.example.com,b,WS-B,serial-number,SER-B,,\n"
+    ))
+    .await;
+    app.activate_ok(&activation(&token, "SER-A", "WS-A", "a"))
+        .await;
+    let r = app
+        .activate(&activation(&token, "SER-NOPE", "WS-Z", "z"))
+        .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = app
+        .activate(&activation("not-a-token", "S", "H", "x"))
+        .await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // Failed attempts are written in batches; wait for them.
+    let mut o = Value::Null;
+    for _ in 0..50 {
+        o = app
+            .admin_get("/api/v1/admin/overview")
+            .await
+            .json()
+            .await
+            .unwrap();
+        if o["activity"]["totals"]["failed"] == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let t = &o["rollout"]["tokens"][0];
+    assert_eq!(t["name"], "Berlin");
+    assert_eq!(
+        (t["activated"].as_i64(), t["expected"].as_i64()),
+        (Some(1), Some(2))
+    );
+    assert_eq!(o["rollout"]["pending"]["device_map"], 1);
+    let totals = &o["activity"]["totals"];
+    assert_eq!(
+        (totals["activated"].as_i64(), totals["failed"].as_i64()),
+        (Some(1), Some(1)),
+        "{o}"
+    );
+    assert_eq!(o["activity"]["buckets"].as_array().unwrap().len(), 24);
+    let hour: i64 = o["activity"]["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["activated"].as_i64().unwrap())
+        .sum();
+    assert_eq!(hour, 1);
+    // The unknown token has no organization: it is not this admin's failure.
+    let f = &o["top_failures"][0];
+    assert_eq!(f["code"], "device_not_mapped", "{o}");
+    assert_eq!(f["count"], 1);
+    assert_eq!(f["recent_devices"][0]["serial"], "SER-NOPE");
+    let month: Value = app
+        .admin_get("/api/v1/admin/overview?window=30d")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(month["activity"]["buckets"].as_array().unwrap().len(), 30);
+    assert_eq!(month["activity"]["totals"]["activated"], 1);
+    let (status, code, _) =
+        error_code(app.admin_get("/api/v1/admin/overview?window=1y").await).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
+    // A day later the hour view is empty; the month view still counts it.
+    app.clock.advance(86_400 + 3_600);
+    let o: Value = app
+        .admin_get("/api/v1/admin/overview")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(o["activity"]["totals"]["activated"], 0);
+}
+
+#[tokio::test]
+async fn device_user_and_audit_lists_filter() {
+    let app = spawn_app().await;
+    let token = app.token().await;
+    app.map(&format!(
+        "{HEADER}a@corp.example.com,Alice,WS-A,serial-number,SER-A,,\nb@corp.example.com,Bob,LAPTOP-B,serial-number,SER-B,,\n"
+    ))
+    .await;
+    let (_, a) = app
+        .activate_ok(&activation(&token, "SER-A", "WS-A", "a"))
+        .await;
+    let mut mac = activation(&token, "SER-B", "LAPTOP-B", "b");
+    mac["device"]["os"] = json!("macos");
+    app.activate_ok(&mac).await;
+    app.clock.advance(3_600);
+
+    let names = |items: Vec<Value>| -> Vec<String> {
+        items
+            .iter()
+            .map(|d| d["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        names(app.list("/api/v1/admin/devices?q=lap").await),
+        ["LAPTOP-B"]
+    );
+    assert_eq!(
+        names(app.list("/api/v1/admin/devices?q=ser-a").await),
+        ["WS-A"]
+    );
+    assert_eq!(
+        names(app.list("/api/v1/admin/devices?os=MacOS").await),
+        ["LAPTOP-B"]
+    );
+    assert_eq!(
+        app.list("/api/v1/admin/devices?source=device_map")
+            .await
+            .len(),
+        2
+    );
+    assert!(
+        app.list("/api/v1/admin/devices?source=ldap")
+            .await
+            .is_empty()
+    );
+    // A wildcard in a search term is a literal character.
+    assert!(app.list("/api/v1/admin/devices?q=%25").await.is_empty());
+    let later = imd::clock::rfc3339(app.clock.now());
+    assert!(
+        app.list(&format!("/api/v1/admin/devices?seen_after={later}"))
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        app.list(&format!("/api/v1/admin/devices?seen_before={later}"))
+            .await
+            .len(),
+        2
+    );
+    let (status, code, _) = error_code(
+        app.admin_get("/api/v1/admin/devices?seen_after=yesterday")
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
+
+    let users = app.list("/api/v1/admin/users?q=ali").await;
+    assert_eq!(users.len(), 1);
+    assert_eq!(users[0]["email"], "a@corp.example.com");
+
+    let r = app
+        .activate(&activation(&token, "SER-X", "WS-X", "x"))
+        .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let mut failed = Vec::new();
+    for _ in 0..50 {
+        failed = app.list("/api/v1/admin/activations?outcome=failed").await;
+        if !failed.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["serial"], "SER-X");
+    let uid = a["user_id"].as_str().unwrap();
+    let mine = app
+        .list(&format!("/api/v1/admin/activations?user_id={uid}"))
+        .await;
+    assert_eq!(mine.len(), 1);
+    assert_eq!(mine[0]["outcome"], "activated");
+    assert!(
+        app.list(&format!(
+            "/api/v1/admin/activations?until={}",
+            imd::clock::rfc3339(0)
+        ))
+        .await
+        .is_empty()
+    );
+    let tid = failed[0]["token_id"].as_str().unwrap();
+    assert_eq!(
+        app.list(&format!("/api/v1/admin/activations?token_id={tid}"))
+            .await
+            .len(),
+        3
+    );
+}
+
+/// The walk an admin takes: sign in, mint a token, upload a CSV with a bad row and see the error
+/// table, watch the overview count an activation, revoke a device, sign out.
+#[tokio::test]
+async fn console_in_a_real_browser() {
+    let Some(b) = Browser::start().await else {
+        return;
+    };
+    let app = spawn_app().await;
+    b.goto(&app.url("/console")).await;
+    b.find("#key").await;
+    assert!(
+        b.url().await.ends_with("/console/login"),
+        "{}",
+        b.url().await
+    );
+    b.screenshot("sign-in").await;
+
+    // A wrong key: an error, still on the sign-in page.
+    b.type_into("#key", "imd_adm_wrong").await;
+    b.click("#sign-in").await;
+    b.wait_text(".notice.error", "unknown or revoked").await;
+
+    b.type_into("#key", &app.admin_key).await;
+    b.click("#sign-in").await;
+    b.wait_text("main h1", "Overview").await;
+    b.wait_text("main", "No tokens yet").await;
+    // The key is nowhere the page's scripts can read, and the cookie is not readable either.
+    let stored = b
+        .exec(
+            "return JSON.stringify([document.cookie, Object.entries(localStorage), Object.entries(sessionStorage), document.documentElement.outerHTML.length])",
+            json!([]),
+        )
+        .await;
+    assert!(!stored.as_str().unwrap().contains("imd_adm_"), "{stored}");
+    assert!(
+        !stored.as_str().unwrap().contains("imd_session"),
+        "{stored}"
+    );
+    let html = b
+        .exec("return document.documentElement.outerHTML", json!([]))
+        .await;
+    assert!(!html.as_str().unwrap().contains(&app.admin_key));
+    let cookies = b.cookies().await;
+    let c = cookies
+        .iter()
+        .find(|c| c["name"] == "imd_session")
+        .expect("session cookie");
+    assert_eq!(c["httpOnly"], true);
+    assert_eq!(c["sameSite"], "Strict");
+
+    // Tokens: mint, and the copy-once dialog.
+    b.click("a[data-page=tokens]").await;
+    b.wait_text("main h1", "Tokens").await;
+    b.type_into("#mint-name", "Berlin laptops").await;
+    b.click("#mint-submit").await;
+    let token = {
+        b.find("dialog #secret-value").await;
+        b.value("dialog #secret-value").await
+    };
+    assert!(token.starts_with("eyJ"), "{token}");
+    b.wait_text("dialog", "only time the token is shown").await;
+    b.screenshot("tokens-minted").await;
+    b.click_button("dialog", "Done").await;
+    b.wait_text("main table", "Berlin laptops").await;
+    b.screenshot("tokens").await;
+    let listed = app.list("/api/v1/admin/tokens").await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["name"], "Berlin laptops");
+
+    // Device maps: a file with a bad row; the error table names it; apply the good rows.
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("berlin.csv");
+    std::fs::write(
+        &csv,
+        format!(
+            "{HEADER}alice@corp.example.com,Alice,WS-ALICE,serial-number,SER-ALICE,,\nnot-an-email,Bob,WS-BOB,serial-number,SER-BOB,,\ncarol@corp.example.com,Carol,WS-CAROL,serial-number,SER-CAROL,,\n"
+        ),
+    )
+    .unwrap();
+    b.click("a[data-page=device-maps]").await;
+    b.wait_text("main h1", "Device maps").await;
+    b.choose_file("#csv-file", &csv).await;
+    b.wait_text("#upload-summary", "3 rows, 2 valid, 1 invalid")
+        .await;
+    let errors = b.text("#row-errors").await;
+    assert!(
+        errors.contains("3") && errors.contains("emailID"),
+        "{errors}"
+    );
+    assert!(b.exists("#download-failures").await);
+    b.screenshot("device-maps-errors").await;
+    assert!(
+        app.list("/api/v1/admin/device-mappings").await.is_empty(),
+        "the dry run wrote nothing"
+    );
+    b.click("#apply").await;
+    b.wait_text("#applied", "2 new").await;
+    b.wait_text("main .list table", "alice@corp.example.com")
+        .await;
+    assert_eq!(app.list("/api/v1/admin/device-mappings").await.len(), 2);
+
+    // Overview: an activation shows up without reloading the page.
+    b.click("a[data-page=overview]").await;
+    b.wait_text("#activity-totals", "0 activated").await;
+    b.wait_text("#rollout", "0 of 2 activated").await;
+    app.activate_ok(&activation(&token, "SER-ALICE", "WS-ALICE", "alice"))
+        .await;
+    b.wait_text("#activity-totals", "1 activated").await;
+    b.wait_text("#rollout", "1 of 2 activated").await;
+    b.screenshot("overview").await;
+
+    // Devices: the list, the detail page with its history, revoke.
+    b.click("a[data-page=devices]").await;
+    b.wait_text("main table", "WS-ALICE").await;
+    b.screenshot("devices").await;
+    b.click("main table a").await;
+    b.wait_text("main h1", "WS-ALICE").await;
+    b.wait_text("main", "Activation history").await;
+    b.wait_text("main section:last-of-type table", "activated")
+        .await;
+    b.screenshot("device-detail").await;
+    b.click("#revoke-device").await;
+    b.click_button("dialog", "Revoke").await;
+    b.wait_text("#banner", "revoked").await;
+    let devices = app.list("/api/v1/admin/devices").await;
+    assert_eq!(devices[0]["status"], "revoked");
+
+    b.click("a[data-page=users]").await;
+    b.wait_text("main table", "alice@corp.example.com").await;
+    b.screenshot("users").await;
+    b.click("a[data-page=audit]").await;
+    b.wait_text("main table", "activated").await;
+    b.screenshot("audit").await;
+    b.click("a[data-page=directories]").await;
+    b.wait_text("main", "Directory sync").await;
+    b.screenshot("directories").await;
+
+    // Sign out: back at sign-in, and the session is gone for the API too.
+    b.click("#sign-out").await;
+    b.wait_text(".notice", "signed out").await;
+    b.goto(&app.url("/console")).await;
+    b.find("#key").await;
+    b.quit().await;
+}
+
+#[tokio::test]
+async fn console_session_expiry_sends_the_browser_back_to_sign_in() {
+    let Some(b) = Browser::start().await else {
+        return;
+    };
+    let app = spawn_app().await;
+    b.goto(&app.url("/console/login")).await;
+    b.type_into("#key", &app.admin_key).await;
+    b.click("#sign-in").await;
+    b.wait_text("main h1", "Overview").await;
+    app.clock.advance(31 * 60);
+    b.click("a[data-page=users]").await;
+    b.wait_text(".notice", "Your session ended").await;
+    assert!(b.url().await.contains("/console/login?expired=1"));
+    b.quit().await;
+}
+
+#[tokio::test]
+async fn console_fits_a_phone() {
+    let Some(b) = Browser::start_sized(390, 844).await else {
+        return;
+    };
+    let app = spawn_app().await;
+    app.token().await;
+    b.goto(&app.url("/console/login")).await;
+    b.type_into("#key", &app.admin_key).await;
+    b.click("#sign-in").await;
+    b.wait_text("main h1", "Overview").await;
+    // The menu folds behind a button and opens with it.
+    let shown =
+        "const n = document.getElementById('nav'); return getComputedStyle(n).display !== 'none';";
+    assert_eq!(b.exec(shown, json!([])).await, json!(false));
+    b.click(".menu-toggle").await;
+    assert_eq!(b.exec(shown, json!([])).await, json!(true));
+    b.click("a[data-page=tokens]").await;
+    b.wait_text("main table", "test").await;
+    let wide = b
+        .exec(
+            "return document.documentElement.scrollWidth <= window.innerWidth + 1",
+            json!([]),
+        )
+        .await;
+    assert_eq!(wide, json!(true), "no sideways scrolling on a phone");
+    b.screenshot("phone-tokens").await;
+    b.quit().await;
+}
