@@ -65,11 +65,10 @@ async fn csrf_of(app: &TestApp, cookie: &str) -> String {
         .text()
         .await
         .unwrap();
-    let at = html
-        .find("name=\"csrf-token\" content=\"")
-        .expect("csrf meta")
-        + 26;
-    html[at..at + 64].to_string()
+    let marker = "name=\"csrf-token\" content=\"";
+    let at = html.find(marker).expect("csrf meta") + marker.len();
+    let len = html[at..].find('"').unwrap();
+    html[at..at + len].to_string()
 }
 
 async fn with_cookie(

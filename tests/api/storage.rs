@@ -126,7 +126,7 @@ async fn migrate_applies_once_and_a_newer_database_is_refused() {
         String::from_utf8_lossy(&first.stderr)
     );
     assert!(
-        String::from_utf8_lossy(&first.stdout).contains("applied migrations [1, 2, 3, 4, 5, 6]")
+        String::from_utf8_lossy(&first.stdout).contains("applied migrations [1, 2, 3, 4, 5, 6, 7]")
     );
     let second = imd(&["migrate"], &data, url.as_deref());
     assert!(String::from_utf8_lossy(&second.stdout).contains("up to date"));
