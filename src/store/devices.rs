@@ -153,8 +153,8 @@ macro_rules! device_sql {
             "SELECT d.* FROM devices d WHERE d.org_id = $1 AND d.id > $2 AND ($3 IS NULL OR d.user_id = $3)
                AND ($4 IS NULL OR d.status = $4)
                AND ($6 IS NULL OR LOWER(d.os) = LOWER($6))
-               AND ($7 IS NULL OR d.name_norm LIKE $7 ESCAPE '\\' OR d.hostname_norm LIKE $7 ESCAPE '\\'
-                    OR d.serial_norm LIKE $7 ESCAPE '\\' OR d.uuid_norm LIKE $7 ESCAPE '\\')
+               AND ($7 IS NULL OR LOWER(d.name_norm) LIKE $7 ESCAPE '\\' OR LOWER(d.hostname_norm) LIKE $7 ESCAPE '\\'
+                    OR LOWER(d.serial_norm) LIKE $7 ESCAPE '\\' OR LOWER(d.uuid_norm) LIKE $7 ESCAPE '\\')
                AND ($8 IS NULL OR d.last_activated_at >= $8)
                AND ($9 IS NULL OR d.last_activated_at < $9)
                AND ($10 IS NULL OR EXISTS (SELECT 1 FROM users u WHERE u.id = d.user_id AND u.source = $10))

@@ -199,7 +199,7 @@ macro_rules! user_sql {
         Ok(sqlx::query_as::<_, UserRow>(
             "SELECT * FROM users WHERE org_id = $1 AND id > $2 AND ($3 IS NULL OR email_norm = $3)
                AND ($5 IS NULL OR status = $5) AND ($6 IS NULL OR source = $6)
-               AND ($7 IS NULL OR email_norm LIKE $7 ESCAPE '\\' OR LOWER(user_name) LIKE $7 ESCAPE '\\')
+               AND ($7 IS NULL OR LOWER(email_norm) LIKE $7 ESCAPE '\\' OR LOWER(user_name) LIKE $7 ESCAPE '\\')
              ORDER BY id LIMIT $4",
         )
         .bind(org_id)
