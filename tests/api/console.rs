@@ -557,6 +557,26 @@ async fn device_user_and_audit_lists_filter() {
     );
 }
 
+/// Every form control on the page has a label a screen reader announces, and every button a name.
+async fn assert_labelled(b: &Browser) {
+    let unlabelled = b
+        .exec(
+            "return [...document.querySelectorAll('input:not([type=hidden]), select, textarea, button')]
+               .filter((e) => e.offsetParent !== null || e.type === 'file')
+               .filter((e) => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')
+                              && !(e.tagName === 'BUTTON' && e.textContent.trim()))
+               .map((e) => e.outerHTML.slice(0, 120))",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        unlabelled,
+        json!([]),
+        "controls without a label on {}",
+        b.url().await
+    );
+}
+
 /// The walk an admin takes: sign in, mint a token, upload a CSV with a bad row and see the error
 /// table, watch the overview count an activation, revoke a device, sign out.
 #[tokio::test]
@@ -573,6 +593,7 @@ async fn console_in_a_real_browser() {
         b.url().await
     );
     b.screenshot("sign-in").await;
+    assert_labelled(&b).await;
 
     // A wrong key: an error, still on the sign-in page.
     b.type_into("#key", "imd_adm_wrong").await;
@@ -622,6 +643,7 @@ async fn console_in_a_real_browser() {
     b.click_button("dialog", "Done").await;
     b.wait_text("main table", "Berlin laptops").await;
     b.screenshot("tokens").await;
+    assert_labelled(&b).await;
     let listed = app.list("/api/v1/admin/tokens").await;
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0]["name"], "Berlin laptops");
@@ -648,6 +670,7 @@ async fn console_in_a_real_browser() {
     );
     assert!(b.exists("#download-failures").await);
     b.screenshot("device-maps-errors").await;
+    assert_labelled(&b).await;
     assert!(
         app.list("/api/v1/admin/device-mappings").await.is_empty(),
         "the dry run wrote nothing"
@@ -667,17 +690,20 @@ async fn console_in_a_real_browser() {
     b.wait_text("#activity-totals", "1 activated").await;
     b.wait_text("#rollout", "1 of 2 activated").await;
     b.screenshot("overview").await;
+    assert_labelled(&b).await;
 
     // Devices: the list, the detail page with its history, revoke.
     b.click("a[data-page=devices]").await;
     b.wait_text("main table", "WS-ALICE").await;
     b.screenshot("devices").await;
+    assert_labelled(&b).await;
     b.click("main table a").await;
     b.wait_text("main h1", "WS-ALICE").await;
     b.wait_text("main", "Activation history").await;
     b.wait_text("main section:last-of-type table", "activated")
         .await;
     b.screenshot("device-detail").await;
+    assert_labelled(&b).await;
     b.click("#revoke-device").await;
     b.click_button("dialog", "Revoke").await;
     b.wait_text("#banner", "revoked").await;
@@ -687,12 +713,15 @@ async fn console_in_a_real_browser() {
     b.click("a[data-page=users]").await;
     b.wait_text("main table", "alice@corp.example.com").await;
     b.screenshot("users").await;
+    assert_labelled(&b).await;
     b.click("a[data-page=audit]").await;
     b.wait_text("main table", "activated").await;
     b.screenshot("audit").await;
+    assert_labelled(&b).await;
     b.click("a[data-page=directories]").await;
     b.wait_text("main", "Directory sync").await;
     b.screenshot("directories").await;
+    assert_labelled(&b).await;
 
     // Sign out: back at sign-in, and the session is gone for the API too.
     b.click("#sign-out").await;
