@@ -17,6 +17,7 @@ mod helpers;
 mod imd_v2;
 mod imd_v5;
 mod ldap_mappings;
+mod metrics;
 mod replicas;
 mod resolvers;
 mod storage;
