@@ -34,11 +34,7 @@ pub struct CounterVec {
 }
 
 impl CounterVec {
-    fn new(
-        name: &'static str,
-        help: &'static str,
-        labels: &'static [&'static str],
-    ) -> CounterVec {
+    fn new(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> CounterVec {
         let mut values = HashMap::new();
         // A family without labels is shown from the start, at 0.
         if labels.is_empty() {
@@ -228,9 +224,9 @@ fn gauge(out: &mut String, name: &str, help: &str, samples: &[(&[(&str, &str)], 
 
 pub static ACTIVATIONS: LazyLock<CounterVec> = LazyLock::new(|| {
     CounterVec::new(
-    "imd_activations_total",
-    "Activation requests by IMD version and outcome (created, repeat or the error code).",
-    &["version", "outcome"],
+        "imd_activations_total",
+        "Activation requests by IMD version and outcome (created, repeat or the error code).",
+        &["version", "outcome"],
     )
 });
 pub static ACTIVATION_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
@@ -242,37 +238,37 @@ pub static ACTIVATION_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
 });
 pub static TOKEN_VERIFICATIONS: LazyLock<CounterVec> = LazyLock::new(|| {
     CounterVec::new(
-    "imd_token_verifications_total",
-    "Deployment token verifications by result (valid, expired, invalid, error).",
-    &["result"],
+        "imd_token_verifications_total",
+        "Deployment token verifications by result (valid, expired, invalid, error).",
+        &["result"],
     )
 });
 pub static TOKEN_CACHE_HITS: LazyLock<CounterVec> = LazyLock::new(|| {
     CounterVec::new(
-    "imd_token_cache_hits_total",
-    "Token verifications answered from the verified-token cache.",
-    &[],
+        "imd_token_cache_hits_total",
+        "Token verifications answered from the verified-token cache.",
+        &[],
     )
 });
 pub static DEVICE_MAP_ROWS: LazyLock<CounterVec> = LazyLock::new(|| {
     CounterVec::new(
-    "imd_device_map_rows_total",
-    "Device-map rows uploaded, by result (created, updated: written; invalid: refused).",
-    &["result"],
+        "imd_device_map_rows_total",
+        "Device-map rows uploaded, by result (created, updated: written; invalid: refused).",
+        &["result"],
     )
 });
 pub static DEVICE_MAP_UPLOADS: LazyLock<CounterVec> = LazyLock::new(|| {
     CounterVec::new(
-    "imd_device_map_uploads_total",
-    "Device-map uploads by outcome (applied, dry_run, refused, error).",
-    &["outcome"],
+        "imd_device_map_uploads_total",
+        "Device-map uploads by outcome (applied, dry_run, refused, error).",
+        &["outcome"],
     )
 });
 pub static DIRECTORY_LOOKUPS: LazyLock<CounterVec> = LazyLock::new(|| {
     CounterVec::new(
-    "imd_directory_lookups_total",
-    "Directory look-ups of activations by resolver and result (ok or the error kind).",
-    &["resolver", "result"],
+        "imd_directory_lookups_total",
+        "Directory look-ups of activations by resolver and result (ok or the error kind).",
+        &["resolver", "result"],
     )
 });
 pub static DIRECTORY_LOOKUP_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
@@ -284,16 +280,16 @@ pub static DIRECTORY_LOOKUP_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| 
 });
 pub static SYNC_RUNS: LazyLock<CounterVec> = LazyLock::new(|| {
     CounterVec::new(
-    "imd_sync_runs_total",
-    "Directory sync runs ended, by status.",
-    &["status"],
+        "imd_sync_runs_total",
+        "Directory sync runs ended, by status.",
+        &["status"],
     )
 });
 pub static HTTP_REQUESTS: LazyLock<CounterVec> = LazyLock::new(|| {
     CounterVec::new(
-    "imd_http_requests_total",
-    "HTTP requests by method, route pattern (\"unmatched\" for unknown paths) and status.",
-    &["method", "route", "status"],
+        "imd_http_requests_total",
+        "HTTP requests by method, route pattern (\"unmatched\" for unknown paths) and status.",
+        &["method", "route", "status"],
     )
 });
 pub static HTTP_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
@@ -502,10 +498,22 @@ mod tests {
         h.observe(&["ldap"], Duration::from_secs(60));
         let mut out = String::new();
         h.render(&mut out);
-        assert!(out.contains("t_seconds_bucket{r=\"ldap\",le=\"0.001\"} 0"), "{out}");
-        assert!(out.contains("t_seconds_bucket{r=\"ldap\",le=\"0.005\"} 1"), "{out}");
-        assert!(out.contains("t_seconds_bucket{r=\"ldap\",le=\"30\"} 1"), "{out}");
-        assert!(out.contains("t_seconds_bucket{r=\"ldap\",le=\"+Inf\"} 2"), "{out}");
+        assert!(
+            out.contains("t_seconds_bucket{r=\"ldap\",le=\"0.001\"} 0"),
+            "{out}"
+        );
+        assert!(
+            out.contains("t_seconds_bucket{r=\"ldap\",le=\"0.005\"} 1"),
+            "{out}"
+        );
+        assert!(
+            out.contains("t_seconds_bucket{r=\"ldap\",le=\"30\"} 1"),
+            "{out}"
+        );
+        assert!(
+            out.contains("t_seconds_bucket{r=\"ldap\",le=\"+Inf\"} 2"),
+            "{out}"
+        );
         assert!(out.contains("t_seconds_count{r=\"ldap\"} 2"), "{out}");
     }
 

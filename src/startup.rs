@@ -319,8 +319,8 @@ impl Application {
         let (metrics_server, metrics_addr) = match metrics_addr {
             None => (None, None),
             Some(a) => {
-                let l = TcpListener::bind(a)
-                    .map_err(|e| anyhow::anyhow!("metrics.listen {a}: {e}"))?;
+                let l =
+                    TcpListener::bind(a).map_err(|e| anyhow::anyhow!("metrics.listen {a}: {e}"))?;
                 let bound = l.local_addr()?;
                 let sources = metrics_sources.clone();
                 let s = HttpServer::new(move || {

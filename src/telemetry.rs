@@ -62,7 +62,9 @@ mod tests {
     #[test]
     fn payload_crates_are_capped_unless_named() {
         let f = filter_directives("trace");
-        assert!(f.starts_with("trace,") && f.contains(",h2=info") && f.contains(",tungstenite=info"));
+        assert!(
+            f.starts_with("trace,") && f.contains(",h2=info") && f.contains(",tungstenite=info")
+        );
         let f = filter_directives("debug,h2=trace,hyper::proto=debug");
         assert!(!f.contains("h2=info") && !f.contains("hyper=info"), "{f}");
         assert!(f.contains("reqwest=info"));

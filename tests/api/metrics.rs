@@ -52,24 +52,41 @@ async fn metrics_count_activations_uploads_and_failures_by_label() {
             .await,
     )
     .await;
-    assert_eq!((s, code.as_str()), (StatusCode::UNAUTHORIZED, "token_invalid"));
+    assert_eq!(
+        (s, code.as_str()),
+        (StatusCode::UNAUTHORIZED, "token_invalid")
+    );
     let (_, code, _) = error_code(
         app.activate(&activation(&token, "NOPE", "WS-9", "user2"))
             .await,
     )
     .await;
     assert_eq!(code, "device_not_mapped");
-    let r = app.client.get(app.url("/no/such/path")).send().await.unwrap();
+    let r = app
+        .client
+        .get(app.url("/no/such/path"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     let r = app
-        .get_as(&format!("/api/v1/admin/tokens/{}", "x".repeat(8)), &app.admin_key)
+        .get_as(
+            &format!("/api/v1/admin/tokens/{}", "x".repeat(8)),
+            &app.admin_key,
+        )
         .await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 
     let after = scrape(&app, &app.addr).await;
     let d = |k: &str| delta(&before, &after, k);
-    assert_eq!(d(r#"imd_activations_total{version="v4",outcome="created"}"#), 1.0);
-    assert_eq!(d(r#"imd_activations_total{version="v4",outcome="repeat"}"#), 1.0);
+    assert_eq!(
+        d(r#"imd_activations_total{version="v4",outcome="created"}"#),
+        1.0
+    );
+    assert_eq!(
+        d(r#"imd_activations_total{version="v4",outcome="repeat"}"#),
+        1.0
+    );
     assert_eq!(
         d(r#"imd_activations_total{version="v4",outcome="device_not_mapped"}"#),
         1.0
@@ -86,7 +103,9 @@ async fn metrics_count_activations_uploads_and_failures_by_label() {
         d(r#"imd_activation_duration_seconds_bucket{version="v4",le="+Inf"}"#),
         3.0
     );
-    assert!(after.contains_key(r#"imd_activation_duration_seconds_bucket{version="v4",le="0.001"}"#));
+    assert!(
+        after.contains_key(r#"imd_activation_duration_seconds_bucket{version="v4",le="0.001"}"#)
+    );
     assert!(after.contains_key(r#"imd_activation_duration_seconds_sum{version="v4"}"#));
     assert_eq!(d(r#"imd_token_verifications_total{result="valid"}"#), 3.0);
     assert_eq!(d(r#"imd_token_verifications_total{result="invalid"}"#), 1.0);
@@ -116,7 +135,9 @@ async fn metrics_count_activations_uploads_and_failures_by_label() {
         1.0
     );
     assert_eq!(
-        d(r#"imd_http_requests_total{method="POST",route="/api/v1/admin/device-maps",status="200"}"#),
+        d(
+            r#"imd_http_requests_total{method="POST",route="/api/v1/admin/device-maps",status="200"}"#
+        ),
         1.0
     );
     assert_eq!(
@@ -124,19 +145,41 @@ async fn metrics_count_activations_uploads_and_failures_by_label() {
         1.0
     );
     assert_eq!(
-        d(r#"imd_http_requests_total{method="GET",route="/api/v1/admin/tokens/{id}",status="404"}"#),
+        d(
+            r#"imd_http_requests_total{method="GET",route="/api/v1/admin/tokens/{id}",status="404"}"#
+        ),
         1.0
     );
-    assert!(!after.keys().any(|k| k.contains("/no/such/path") || k.contains("xxxxxxxx")));
+    assert!(
+        !after
+            .keys()
+            .any(|k| k.contains("/no/such/path") || k.contains("xxxxxxxx"))
+    );
     // Gauges read at scrape time.
-    assert!(after.keys().any(|k| k.starts_with("imd_db_pool_connections{pool=")));
-    assert!(after.keys().any(|k| k.starts_with("imd_db_pool_in_use_connections{pool=")));
-    assert!(after.keys().any(|k| k.starts_with("imd_db_pool_max_connections{pool=")));
+    assert!(
+        after
+            .keys()
+            .any(|k| k.starts_with("imd_db_pool_connections{pool="))
+    );
+    assert!(
+        after
+            .keys()
+            .any(|k| k.starts_with("imd_db_pool_in_use_connections{pool="))
+    );
+    assert!(
+        after
+            .keys()
+            .any(|k| k.starts_with("imd_db_pool_max_connections{pool="))
+    );
     assert_eq!(after["imd_connector_connections"], 0.0);
     assert!(after.contains_key("imd_db_writer_queue_depth"));
     assert!(after.contains_key("imd_audit_queue_depth"));
     assert!(after.contains_key("imd_audit_records_dropped_total"));
-    assert!(after.keys().any(|k| k.starts_with("imd_build_info{version=")));
+    assert!(
+        after
+            .keys()
+            .any(|k| k.starts_with("imd_build_info{version="))
+    );
     // The failed attempts reach the audit trail (through the batch queue).
     let mut audited = 0;
     for _ in 0..100 {
@@ -170,7 +213,11 @@ async fn metrics_on_the_main_listener_refuse_proxied_requests() {
             .await
             .unwrap();
         let (status, code, _) = error_code(r).await;
-        assert_eq!((status, code.as_str()), (StatusCode::NOT_FOUND, "not_found"), "{h}");
+        assert_eq!(
+            (status, code.as_str()),
+            (StatusCode::NOT_FOUND, "not_found"),
+            "{h}"
+        );
     }
     // Other methods: as unknown paths.
     let r = app.client.post(app.url("/metrics")).send().await.unwrap();
@@ -187,7 +234,11 @@ async fn metrics_on_their_own_listener_and_not_on_the_main_one() {
     let _ = app.activate(&activation(&token, "S", "H", "u")).await;
     let after = scrape(&app, &base).await;
     assert_eq!(
-        delta(&before, &after, r#"imd_activations_total{version="v4",outcome="device_not_mapped"}"#),
+        delta(
+            &before,
+            &after,
+            r#"imd_activations_total{version="v4",outcome="device_not_mapped"}"#
+        ),
         1.0
     );
     // Whoever reaches that listener may scrape it (it is the operator's to firewall).
@@ -200,7 +251,12 @@ async fn metrics_on_their_own_listener_and_not_on_the_main_one() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     // It serves nothing else.
-    let r = app.client.get(format!("{base}/healthz")).send().await.unwrap();
+    let r = app
+        .client
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     // And the main listener has no /metrics.
     let r = app.client.get(app.url("/metrics")).send().await.unwrap();

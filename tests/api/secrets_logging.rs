@@ -24,9 +24,16 @@ async fn a_full_run_at_trace_level_logs_no_secret() {
     // The first admin key comes from the CLI (shown once on its stdout, by design; its logs
     // are searched too).
     let mut c = imd();
-    c.args(["org", "create", "--name", "Leak Test", "--json", "--data-dir"])
-        .arg(dir.path())
-        .envs(TRACE.iter().copied());
+    c.args([
+        "org",
+        "create",
+        "--name",
+        "Leak Test",
+        "--json",
+        "--data-dir",
+    ])
+    .arg(dir.path())
+    .envs(TRACE.iter().copied());
     if let Some(url) = crate::helpers::database_url_of(dir.path()) {
         c.arg("--database-url").arg(url);
     }
@@ -38,9 +45,8 @@ async fn a_full_run_at_trace_level_logs_no_secret() {
 
     let server = serve(dir.path(), TRACE).await;
     let http = reqwest::Client::new();
-    let admin = |m: reqwest::Method, path: &str| {
-        http.request(m, server.url(path)).bearer_auth(&admin_key)
-    };
+    let admin =
+        |m: reqwest::Method, path: &str| http.request(m, server.url(path)).bearer_auth(&admin_key);
     let mut secrets: Vec<(String, String)> = vec![("admin key".into(), admin_key.clone())];
 
     let r = admin(reqwest::Method::PATCH, "/api/v1/admin/org")

@@ -286,7 +286,9 @@ impl SqliteStore {
         .await;
         match done {
             Ok(Ok(())) => tracing::debug!("database checkpointed"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "final checkpoint failed; the WAL is replayed at the next start"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "final checkpoint failed; the WAL is replayed at the next start")
+            }
             Err(e) => tracing::warn!(error = %e, "final checkpoint did not run"),
         }
     }
