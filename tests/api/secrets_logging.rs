@@ -208,10 +208,10 @@ async fn a_full_run_at_trace_level_logs_no_secret() {
         .unwrap();
     let registered: Value = r.json().await.unwrap_or(Value::Null);
     for (k, v) in registered.as_object().into_iter().flatten() {
-        if k.contains("secret") || k.contains("credential") || k.contains("key") {
-            if let Some(s) = v.as_str().filter(|s| s.len() >= 16) {
-                secrets.push((format!("connector {k}"), s.to_string()));
-            }
+        if (k.contains("secret") || k.contains("credential") || k.contains("key"))
+            && let Some(s) = v.as_str().filter(|s| s.len() >= 16)
+        {
+            secrets.push((format!("connector {k}"), s.to_string()));
         }
     }
 
