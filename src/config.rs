@@ -56,6 +56,48 @@ pub struct Settings {
     pub sync: SyncSettings,
     #[serde(default)]
     pub console: ConsoleSettings,
+    #[serde(default)]
+    pub metrics: MetricsSettings,
+    #[serde(default)]
+    pub server: ServerSettings,
+}
+
+/// Prometheus `/metrics` (docs/metrics.md, `[metrics]`). Not public by default: without
+/// `listen` it is served on the main listener to loopback peers only (no proxy headers).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    #[serde(deserialize_with = "boolean")]
+    pub enabled: bool,
+    /// A separate `host:port` that serves only `/metrics` (to anyone who reaches it); the main
+    /// listener then has no `/metrics`.
+    pub listen: Option<String>,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        MetricsSettings {
+            enabled: true,
+            listen: None,
+        }
+    }
+}
+
+/// The HTTP server itself (docs/configuration.md, `[server]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// On SIGTERM/SIGINT: how long requests in flight may take to finish before they are cut.
+    #[serde(deserialize_with = "num")]
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            shutdown_timeout_secs: 10,
+        }
+    }
 }
 
 /// A database URL; its `Debug` form hides the password, so printing settings never leaks it.
@@ -418,6 +460,13 @@ fn insert_path(root: &mut toml::Table, path: &[String], value: toml::Value) -> R
 impl Settings {
     fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
+        self.metrics_listen_addr()?;
+        if !(1..=3_600).contains(&self.server.shutdown_timeout_secs) {
+            return Err(ConfigError::Invalid(format!(
+                "server.shutdown_timeout_secs must be between 1 and 3600, got {}",
+                self.server.shutdown_timeout_secs
+            )));
+        }
         if let Some(url) = &self.public_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
@@ -510,6 +559,22 @@ impl Settings {
             )));
         }
         Ok(())
+    }
+
+    /// The separate metrics listener, when `metrics.listen` is set (and metrics are enabled).
+    pub fn metrics_listen_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        use std::net::ToSocketAddrs;
+        match (&self.metrics.listen, self.metrics.enabled) {
+            (Some(l), true) => l
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut a| a.next())
+                .map(Some)
+                .ok_or_else(|| {
+                    ConfigError::Invalid(format!("metrics.listen must be host:port, got {l:?}"))
+                }),
+            _ => Ok(None),
+        }
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {

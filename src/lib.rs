@@ -17,6 +17,7 @@ pub mod doctor;
 pub mod domain;
 pub mod http;
 pub mod loadgen;
+pub mod metrics;
 pub mod resolve;
 pub mod startup;
 pub mod store;

@@ -13,7 +13,7 @@ use actix_web::{App, HttpServer, middleware, web};
 use imd_tokens::ImdVersion;
 
 use crate::activation::Activator;
-use crate::activation::audit::AuditSink;
+use crate::activation::audit::{AuditSink, AuditStop};
 use crate::activation::limiter::FailureLimiter;
 use crate::clock::Clock;
 use crate::config::Settings;
@@ -21,16 +21,24 @@ use crate::crypto::MasterKey;
 use crate::directory::graph::GraphClients;
 use crate::directory::{Hub, HubSettings};
 use crate::http::{self, AppState};
+use crate::metrics;
 use crate::resolve::{Budget, DeviceMapResolver, LdapResolver, Resolver};
 use crate::store::{Store, StoreOptions};
 use crate::tokens::{self, TokenService};
 
 pub struct Application {
     addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     public_url: String,
     server: Server,
+    /// The separate `/metrics` listener (`metrics.listen`).
+    metrics_server: Option<Server>,
     store: Store,
+    hub: Arc<Hub>,
+    audit_stop: AuditStop,
     audit: tokio::task::JoinHandle<()>,
+    scheduler: Option<tokio::task::JoinHandle<()>>,
+    shutdown_timeout: Duration,
 }
 
 /// How this process names itself in the database: host, process id and a random part, so a
@@ -233,10 +241,16 @@ impl Application {
             replica.clone(),
             settings.connectors.heartbeat_window_secs,
         ));
-        if settings.sync.scheduler {
-            tokio::spawn(sync.clone().scheduler());
-        }
-        let (audit, audit_task) = AuditSink::start(store.clone());
+        let scheduler = settings
+            .sync
+            .scheduler
+            .then(|| tokio::spawn(sync.clone().scheduler()));
+        let (audit, audit_stop, audit_task) = AuditSink::start(store.clone());
+        let metrics_sources = web::Data::new(metrics::Sources {
+            store: store.clone(),
+            hub: hub.clone(),
+            audit: audit.clone(),
+        });
         let limits = settings.limits.clone();
         let state = web::Data::new(AppState {
             store: store.clone(),
@@ -250,7 +264,7 @@ impl Application {
             spool_dir: settings.data_dir.join("spool"),
             inflight: AtomicU64::new(0),
             started_at: now,
-            hub,
+            hub: hub.clone(),
             master,
             graph,
             azure: settings.azure.clone(),
@@ -261,9 +275,16 @@ impl Application {
         });
 
         let console = settings.console.enabled;
+        let metrics_addr = settings.metrics_listen_addr()?;
+        // `/metrics` on the main listener only when it has no listener of its own.
+        let metrics_here = settings.metrics.enabled && metrics_addr.is_none();
+        let shutdown_timeout = Duration::from_secs(settings.server.shutdown_timeout_secs);
+        let sources = metrics_sources.clone();
         let server = HttpServer::new(move || {
             let limits = limits.clone();
-            App::new()
+            let app = App::new()
+                // Innermost: counts the response each route gave, by route pattern.
+                .wrap(middleware::from_fn(metrics::middleware))
                 // Every line a request logs is in its `request` span (request_id); the access
                 // line, written after the span ends, names the id itself.
                 .wrap(middleware::from_fn(http::request_id::middleware))
@@ -276,21 +297,61 @@ impl Application {
                     if console {
                         crate::console::routes(c);
                     }
-                })
-                .default_service(web::to(http::not_found))
+                });
+            let app = if metrics_here {
+                app.service(metrics_resource(
+                    sources.clone(),
+                    metrics::Exposure::LoopbackOnly,
+                ))
+            } else {
+                app
+            };
+            app.default_service(web::to(http::not_found))
         })
-        .shutdown_timeout(10);
+        // Signals are handled in `run_until_stopped` (connector channels are closed first).
+        .disable_signals()
+        .shutdown_timeout(shutdown_timeout.as_secs());
         let server = match (&settings.tls.cert_file, &settings.tls.key_file) {
             (Some(cert), Some(key)) => server.listen_rustls_0_23(listener, load_tls(cert, key)?)?,
             _ => server.listen(listener)?,
         }
         .run();
+        let (metrics_server, metrics_addr) = match metrics_addr {
+            None => (None, None),
+            Some(a) => {
+                let l =
+                    TcpListener::bind(a).map_err(|e| anyhow::anyhow!("metrics.listen {a}: {e}"))?;
+                let bound = l.local_addr()?;
+                let sources = metrics_sources.clone();
+                let s = HttpServer::new(move || {
+                    App::new()
+                        .service(metrics_resource(
+                            sources.clone(),
+                            metrics::Exposure::Dedicated,
+                        ))
+                        .default_service(web::to(http::not_found))
+                })
+                .workers(1)
+                .disable_signals()
+                .shutdown_timeout(1)
+                .listen(l)?
+                .run();
+                tracing::info!(addr = %bound, "metrics listening");
+                (Some(s), Some(bound))
+            }
+        };
         Ok(Application {
             addr,
+            metrics_addr,
             public_url,
             server,
+            metrics_server,
             store,
+            hub,
+            audit_stop,
             audit: audit_task,
+            scheduler,
+            shutdown_timeout,
         })
     }
 
@@ -310,11 +371,90 @@ impl Application {
         &self.store
     }
 
-    /// Serves until the server stops (SIGINT/SIGTERM stop it gracefully), then flushes the audit queue.
+    /// The separate metrics listener's address (`metrics.listen`), if there is one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// Serves until SIGTERM or SIGINT, then shuts down in order: stop accepting, close the
+    /// connector channels (connectors reconnect to another replica), let requests in flight
+    /// finish (at most `server.shutdown_timeout_secs`, then they are cut), stop the sync
+    /// scheduler, write the queued audit records, close (and on SQLite checkpoint) the database.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        let metrics_handle = self.metrics_server.as_ref().map(Server::handle);
+        let hub = self.hub.clone();
+        let timeout = self.shutdown_timeout;
+        let signals = tokio::spawn(async move {
+            let why = shutdown_signal().await;
+            tracing::info!(
+                signal = why,
+                timeout_secs = timeout.as_secs(),
+                "shutting down: no new connections; waiting for requests in flight"
+            );
+            hub.close_all();
+            if let Some(m) = metrics_handle {
+                m.stop(true).await;
+            }
+            handle.stop(true).await;
+        });
+        let metrics = self.metrics_server.map(tokio::spawn);
         let r = self.server.await;
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.audit).await;
+        signals.abort();
+        if let Some(m) = metrics {
+            m.abort();
+        }
+        if let Some(s) = self.scheduler {
+            // A run it started goes on in the sync runtime until the process exits; its lease
+            // expires and another replica (or the next start) takes over.
+            s.abort();
+        }
+        self.audit_stop.stop();
+        if tokio::time::timeout(AUDIT_DRAIN, self.audit).await.is_err() {
+            tracing::error!("audit records still queued after {AUDIT_DRAIN:?}; giving up on them");
+        }
         self.store.close().await;
+        tracing::info!("stopped");
         r
+    }
+}
+
+/// How long shutdown waits for the queued failed-attempt records to be written.
+const AUDIT_DRAIN: Duration = Duration::from_secs(10);
+
+/// The `/metrics` resource; other methods on it get the JSON 404 as unknown paths do.
+fn metrics_resource(
+    sources: web::Data<metrics::Sources>,
+    exposure: metrics::Exposure,
+) -> actix_web::Resource {
+    web::resource("/metrics")
+        .app_data(sources)
+        .app_data(web::Data::new(exposure))
+        .route(web::get().to(metrics::handler))
+        .default_service(web::to(http::not_found))
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C); names the signal.
+async fn shutdown_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+                let _ = tokio::signal::ctrl_c().await;
+                return "SIGINT";
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "SIGINT"
     }
 }

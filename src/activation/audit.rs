@@ -9,13 +9,23 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::store::{ActivationRecord, Store};
 
 const QUEUE: usize = 8192;
 const BATCH: usize = 512;
 const SEND_WAIT: Duration = Duration::from_millis(250);
+
+/// Tells the writer task to finish: write what is queued, then end (shutdown, after the last
+/// request is answered).
+pub struct AuditStop(oneshot::Sender<()>);
+
+impl AuditStop {
+    pub fn stop(self) {
+        let _ = self.0.send(());
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct AuditSink {
@@ -24,17 +34,42 @@ pub struct AuditSink {
 }
 
 impl AuditSink {
-    /// Starts the writer task; it ends after every sender is dropped and the queue is drained.
-    pub fn start(store: Store) -> (AuditSink, tokio::task::JoinHandle<()>) {
+    /// Starts the writer task; it ends after every sender is dropped or `AuditStop::stop`, once
+    /// the queue is drained.
+    pub fn start(store: Store) -> (AuditSink, AuditStop, tokio::task::JoinHandle<()>) {
         Self::start_with(store, QUEUE)
     }
 
     /// `start` with a queue of `capacity` records (tests use a tiny one).
-    pub fn start_with(store: Store, capacity: usize) -> (AuditSink, tokio::task::JoinHandle<()>) {
+    pub fn start_with(
+        store: Store,
+        capacity: usize,
+    ) -> (AuditSink, AuditStop, tokio::task::JoinHandle<()>) {
         let (tx, mut rx) = mpsc::channel::<ActivationRecord>(capacity.max(1));
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(async move {
+            // A dropped `AuditStop` is not a stop: the task then ends with its senders.
+            let stop = async move {
+                if stop_rx.await.is_err() {
+                    std::future::pending::<()>().await
+                }
+            };
+            tokio::pin!(stop);
             let mut batch = Vec::with_capacity(BATCH);
-            while rx.recv_many(&mut batch, BATCH).await > 0 {
+            let mut stopping = false;
+            loop {
+                let n = tokio::select! {
+                    n = rx.recv_many(&mut batch, BATCH) => n,
+                    _ = &mut stop, if !stopping => {
+                        // No more records are taken; those queued are still written.
+                        rx.close();
+                        stopping = true;
+                        continue;
+                    }
+                };
+                if n == 0 {
+                    break;
+                }
                 let mut delay = Duration::from_millis(50);
                 // Retry until written: while the database is unavailable the queue fills and
                 // senders wait, which slows failing clients down instead of losing their records.
@@ -51,6 +86,7 @@ impl AuditSink {
                 tx,
                 dropped: Arc::new(AtomicU64::new(0)),
             },
+            AuditStop(stop_tx),
             handle,
         )
     }
@@ -69,6 +105,11 @@ impl AuditSink {
             dropped_total = n,
             "failed-activation audit record dropped: {why}"
         );
+    }
+
+    /// Records queued and not yet taken by the writer task.
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
     }
 
     /// Failed-attempt records dropped since start (a full queue or a stopped writer).

@@ -181,6 +181,8 @@ pub struct ActivationOutcome {
 pub struct AttemptContext {
     pub org_id: Option<String>,
     pub token_id: Option<String>,
+    /// The token's IMD version, once its signature is verified (for metrics).
+    pub version: Option<ImdVersion>,
 }
 
 /// A resolver with its share of the service.
@@ -431,6 +433,7 @@ impl Activator {
         // Signed by us, so these name the organization and token even if the request fails later.
         ctx.org_id = Some(claims.sub.clone());
         ctx.token_id = Some(claims.jti.clone());
+        ctx.version = Some(claims.imd);
         tracing::Span::current().record("org_id", claims.sub.as_str());
         tracing::Span::current().record("token_id", claims.jti.as_str());
         let slot = self.resolvers.get(&claims.imd).ok_or_else(|| {
@@ -487,14 +490,24 @@ impl Activator {
             deadline,
             now,
         };
-        match tokio::time::timeout_at(deadline, slot.resolver.lookup(&lc)).await {
-            Ok(found) => Ok(found?),
+        let started = std::time::Instant::now();
+        let r = match tokio::time::timeout_at(deadline, slot.resolver.lookup(&lc)).await {
+            Ok(found) => found.map_err(ActivationError::from),
             Err(_) => Err(ActivationError::DirectoryUnavailable(format!(
                 "{name} did not answer within {} ms",
                 budget.timeout.as_millis()
             ))),
-        }
+        };
+        record_lookup(name, started, r.as_ref().err());
+        r
     }
+}
+
+/// One directory look-up in the metrics: by resolver, ok or the error's code.
+fn record_lookup(resolver: &str, started: std::time::Instant, err: Option<&ActivationError>) {
+    let result = err.map_or("ok", ActivationError::code);
+    crate::metrics::DIRECTORY_LOOKUPS.inc(&[resolver, result]);
+    crate::metrics::DIRECTORY_LOOKUP_DURATION.observe(&[resolver], started.elapsed());
 }
 
 /// The identities an activation may create or change: every identifier it reports. Two
@@ -577,6 +590,7 @@ impl Binder {
         if let Some(d) = &existing {
             check_install_key(d, install_key_hash.as_deref())?;
         }
+        let started = std::time::Instant::now();
         let resolution = job
             .resolver
             .resolve(
@@ -589,7 +603,14 @@ impl Binder {
                 },
                 &job.prepared,
             )
-            .await?;
+            .await
+            .map_err(ActivationError::from);
+        // A resolver without a network phase (the device map) looks up here, in the database;
+        // the others were counted in `lookup`.
+        if !job.resolver.network_phase() {
+            record_lookup(job.resolver.name(), started, resolution.as_ref().err());
+        }
+        let resolution = resolution?;
         let note = match &resolution {
             Resolution::Bind(b) => b.note.clone(),
             Resolution::Keep => None,

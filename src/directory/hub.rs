@@ -237,6 +237,18 @@ impl Hub {
         self.forward_url.read().unwrap().clone()
     }
 
+    /// Live channels on this replica (every organization).
+    pub fn channel_count(&self) -> usize {
+        self.links.lock().unwrap().values().map(Vec::len).sum()
+    }
+
+    /// Closes every channel on this replica (shutdown: connectors reconnect to another one).
+    pub fn close_all(&self) {
+        for l in self.links.lock().unwrap().values().flatten() {
+            l.close();
+        }
+    }
+
     /// Adds a channel; a previous channel of the same connector on this replica is closed.
     pub fn attach(&self, link: Arc<Link>) {
         let mut links = self.links.lock().unwrap();

@@ -61,6 +61,36 @@ pub async fn activate(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
+    let started = std::time::Instant::now();
+    let mut version = None;
+    let r = activate_inner(&state, &req, payload, &mut version).await;
+    record_activation(version, started, &r);
+    r
+}
+
+/// One activation in the metrics: IMD version (`unknown` before the token is verified) and
+/// outcome (`created`, `repeat` or the error code).
+pub fn record_activation(
+    version: Option<imd_tokens::ImdVersion>,
+    started: std::time::Instant,
+    r: &Result<HttpResponse, ApiError>,
+) {
+    let version = version.map_or("unknown", |v| v.as_str());
+    let outcome = match r {
+        Ok(resp) if resp.status() == actix_web::http::StatusCode::CREATED => "created",
+        Ok(_) => "repeat",
+        Err(e) => e.code.as_str(),
+    };
+    crate::metrics::ACTIVATIONS.inc(&[version, outcome]);
+    crate::metrics::ACTIVATION_DURATION.observe(&[version], started.elapsed());
+}
+
+async fn activate_inner(
+    state: &web::Data<AppState>,
+    req: &HttpRequest,
+    payload: web::Payload,
+    version: &mut Option<imd_tokens::ImdVersion>,
+) -> Result<HttpResponse, ApiError> {
     let now = state.clock.now();
     let ip = req.peer_addr().map(|a| a.ip());
     if let Some(ip) = ip
@@ -81,13 +111,13 @@ pub async fn activate(
         ));
     }
     // No Content-Type at all is accepted (minimal clients); any other type is not.
-    if media::content_type_is(&req, &["application/json"]) == Some(false) {
+    if media::content_type_is(req, &["application/json"]) == Some(false) {
         return Err(ApiError::new(
             Code::UnsupportedMediaType,
             "expected Content-Type: application/json",
         ));
     }
-    let body = read_limited(&req, payload, state.limits.activation_body_bytes).await?;
+    let body = read_limited(req, payload, state.limits.activation_body_bytes).await?;
     let remote = ip.map(|i| i.to_string());
     let mut ctx = AttemptContext::default();
     let mut parsed: Option<ActivationRequest> = None;
@@ -102,6 +132,7 @@ pub async fn activate(
             .await
     }
     .await;
+    *version = ctx.version;
     match result {
         Ok(o) => {
             let status = if o.created {
@@ -117,7 +148,7 @@ pub async fn activate(
                 state.limiter.record_failure(ip, now);
             }
             let login = parsed.as_ref().and_then(|p| p.user.display());
-            audit_failure(&state, ctx, &err, parsed.as_ref(), login, remote, now).await;
+            audit_failure(state, ctx, &err, parsed.as_ref(), login, remote, now).await;
             Err(err)
         }
     }

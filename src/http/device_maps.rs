@@ -131,15 +131,31 @@ pub async fn upload(
     drop(spool);
     let mut report = match result {
         Ok(r) => r,
-        Err(ImportError::Header(h)) => {
-            return Err(ApiError::new(Code::DeviceMapInvalid, h.to_string()));
+        Err(e) => {
+            crate::metrics::DEVICE_MAP_UPLOADS.inc(&["error"]);
+            return Err(match e {
+                ImportError::Header(h) => ApiError::new(Code::DeviceMapInvalid, h.to_string()),
+                ImportError::Store(s) => s.into(),
+                e => ApiError::internal(e),
+            });
         }
-        Err(ImportError::Store(s)) => return Err(s.into()),
-        Err(e) => return Err(ApiError::internal(e)),
     };
     // A file that could not be read to its end is refused in either mode.
     let refused =
         report.stopped_at_line.is_some() || (mode == Mode::AllOrNothing && report.rows_invalid > 0);
+    let m = &crate::metrics::DEVICE_MAP_ROWS;
+    if report.applied {
+        m.add(&["created"], report.created);
+        m.add(&["updated"], report.updated);
+    }
+    m.add(&["invalid"], report.rows_invalid);
+    crate::metrics::DEVICE_MAP_UPLOADS.inc(&[if refused {
+        "refused"
+    } else if report.dry_run {
+        "dry_run"
+    } else {
+        "applied"
+    }]);
     tracing::info!(
         org_id = %auth.org_id, rows = report.rows_total, invalid = report.rows_invalid,
         created = report.created, updated = report.updated, dry_run, refused, "device map upload"

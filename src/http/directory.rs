@@ -426,6 +426,17 @@ pub async fn activate_password(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
+    let started = std::time::Instant::now();
+    let r = activate_password_inner(state, req, payload).await;
+    super::activation::record_activation(Some(imd_tokens::ImdVersion::V2), started, &r);
+    r
+}
+
+async fn activate_password_inner(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
     let now = state.clock.now();
     let body = read_limited(&req, payload, state.limits.activation_body_bytes).await?;
     let b = parse_body(&body)?;

@@ -429,6 +429,26 @@ pub trait ImportTx: Send {
 // ---------------------------------------------------------------------------------------------
 // The handle.
 
+/// One connection pool's use at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    /// `read` / `write` (SQLite), `main` (PostgreSQL).
+    pub name: &'static str,
+    /// Open connections.
+    pub size: u32,
+    pub idle: u32,
+    pub max: u32,
+}
+
+fn pool_stats_of<DB: sqlx::Database>(name: &'static str, p: &sqlx::Pool<DB>) -> PoolStats {
+    PoolStats {
+        name,
+        size: p.size(),
+        idle: p.num_idle() as u32,
+        max: p.options().get_max_connections(),
+    }
+}
+
 enum Backend {
     Sqlite(sqlite::SqliteStore),
     Postgres(postgres::PgStore),
@@ -586,6 +606,20 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<FailingDevice>> {
         on!(self, s => s.failing_devices(org_id, outcome, since, limit).await)
+    }
+
+    /// The connection pools' use, as plain numbers (for `/metrics`).
+    pub fn pool_stats(&self) -> Vec<PoolStats> {
+        on!(self, s => s.pool_stats())
+    }
+
+    /// Write jobs waiting for SQLite's group-commit writer thread; PostgreSQL has no such
+    /// queue (each write takes a pool connection: see `pool_stats`), so 0.
+    pub fn writer_queue_depth(&self) -> usize {
+        match &*self.inner {
+            Backend::Sqlite(s) => s.writer_queue_depth(),
+            Backend::Postgres(_) => 0,
+        }
     }
 
     // Organizations and admin keys.

@@ -347,6 +347,7 @@ impl SyncService {
         {
             tracing::error!(run_id = %run.id, error = %e, "recording the end of a sync run failed; its lease expires by itself");
         }
+        crate::metrics::SYNC_RUNS.inc(&[status]);
         tracing::info!(org_id = %run.org_id, run_id = %run.id, status, counts = ?run.counts, "sync run ended");
     }
 
@@ -723,6 +724,7 @@ impl SyncService {
         self.store
             .end_sync_approval(org_id, run_id, status, &counts)
             .await?;
+        crate::metrics::SYNC_RUNS.inc(&[status]);
         r?;
         Ok(self.store.sync_run(org_id, run_id).await?)
     }

@@ -293,7 +293,20 @@ impl TokenService {
 
     /// Verifies a presented token (signature, audience, issuer, expiry at `now`).
     pub async fn verify(&self, token: &str, now: i64) -> Result<Claims, VerifyError> {
+        let r = self.verify_uncounted(token, now).await;
+        let result = match &r {
+            Ok(_) => "valid",
+            Err(VerifyError::Token(TokenError::Expired { .. })) => "expired",
+            Err(VerifyError::Token(_)) => "invalid",
+            Err(_) => "error",
+        };
+        crate::metrics::TOKEN_VERIFICATIONS.inc(&[result]);
+        r
+    }
+
+    async fn verify_uncounted(&self, token: &str, now: i64) -> Result<Claims, VerifyError> {
         if let Some(c) = self.cache.lock().expect("cache lock").get(token).cloned() {
+            crate::metrics::TOKEN_CACHE_HITS.inc(&[]);
             return match c.exp {
                 Some(exp) if now >= exp + LEEWAY_SECONDS as i64 => {
                     Err(TokenError::Expired { exp }.into())

@@ -12,6 +12,8 @@ use serde_json::{Value, json};
 
 pub struct TestApp {
     pub addr: String,
+    /// `http://host:port` of the separate metrics listener, when `metrics.listen` is set.
+    pub metrics_addr: Option<String>,
     pub client: reqwest::Client,
     pub org_id: String,
     pub admin_key: String,
@@ -88,11 +90,13 @@ pub async fn spawn_app_full(
         .await
         .expect("server starts");
     let addr = format!("http://{}", app.addr());
+    let metrics_addr = app.metrics_addr().map(|a| format!("http://{a}"));
     let store = app.store().clone();
     tokio::spawn(app.run_until_stopped());
     let (org, admin_key) = imd::cli::create_org(&settings, "Test Org").await.unwrap();
     TestApp {
         addr,
+        metrics_addr,
         client: reqwest::Client::builder()
             .pool_max_idle_per_host(128)
             .build()

@@ -329,7 +329,7 @@ async fn a_full_audit_queue_drops_and_counts_instead_of_blocking() {
         ("database.acquire_timeout_ms", "200"),
     ])
     .await;
-    let (sink, _task) = AuditSink::start_with(app.store.clone(), 1);
+    let (sink, _stop, _task) = AuditSink::start_with(app.store.clone(), 1);
     let record = |i: usize| ActivationRecord {
         org_id: Some(app.org_id.clone()),
         created_at: 1,

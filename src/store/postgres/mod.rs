@@ -226,6 +226,10 @@ impl PgStore {
     pub(super) async fn close(&self) {
         self.pool.close().await;
     }
+
+    pub(super) fn pool_stats(&self) -> Vec<crate::store::PoolStats> {
+        vec![crate::store::pool_stats_of("main", &self.pool)]
+    }
 }
 
 impl PgStore {

@@ -276,6 +276,32 @@ impl SqliteStore {
     pub(super) async fn close(&self) {
         self.write.close().await;
         self.read.close().await;
+        // Copy the WAL back into the database file and truncate it, so a stopped server leaves
+        // one self-contained file (the writer thread's commits are all in the WAL by now).
+        let (path, busy) = (self.path.clone(), self.busy_timeout);
+        let done = tokio::task::spawn_blocking(move || {
+            writer::open_sync(&path, busy)
+                .and_then(|c| Ok(c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?))
+        })
+        .await;
+        match done {
+            Ok(Ok(())) => tracing::debug!("database checkpointed"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "final checkpoint failed; the WAL is replayed at the next start")
+            }
+            Err(e) => tracing::warn!(error = %e, "final checkpoint did not run"),
+        }
+    }
+
+    pub(super) fn pool_stats(&self) -> Vec<crate::store::PoolStats> {
+        vec![
+            crate::store::pool_stats_of("read", &self.read),
+            crate::store::pool_stats_of("write", &self.write),
+        ]
+    }
+
+    pub(super) fn writer_queue_depth(&self) -> usize {
+        self.hot.queue_depth()
     }
 }
 

@@ -115,6 +115,11 @@ impl BatchWriter {
         Ok(BatchWriter { tx, _alive: alive })
     }
 
+    /// Jobs sent and not yet taken by the writer thread.
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
     /// Runs `f` inside a group-committed write transaction. `Ok` means its writes are committed;
     /// `Err` means none of them are (the job's own error, or the commit's).
     pub async fn run<T, E, F>(&self, f: F) -> Result<T, E>
