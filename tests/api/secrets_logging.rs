@@ -215,6 +215,68 @@ async fn a_full_run_at_trace_level_logs_no_secret() {
         }
     }
 
+    // A console session: sign-in with the key, a page, an API call with the cookie and CSRF
+    // token, sign-out.
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = browser
+        .post(server.url("/console/session"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(format!("key={admin_key}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    secrets.push((
+        "console session".into(),
+        cookie.trim_start_matches("imd_session=").to_string(),
+    ));
+    let page = browser
+        .get(server.url("/console"))
+        .header("Cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let marker = "name=\"csrf-token\" content=\"";
+    let at = page.find(marker).expect("the console page") + marker.len();
+    let csrf = page[at..at + page[at..].find('"').unwrap()].to_string();
+    let r = browser
+        .post(server.url("/api/v1/admin/tokens"))
+        .header("Cookie", &cookie)
+        .header("X-CSRF-Token", &csrf)
+        .json(&json!({"version": "v4", "name": "from the console"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let minted: Value = r.json().await.unwrap();
+    secrets.push((
+        "console-minted token".into(),
+        minted["token"].as_str().unwrap().into(),
+    ));
+    secrets.push(("console CSRF token".into(), csrf.clone()));
+    let r = browser
+        .post(server.url("/console/signout"))
+        .header("Cookie", &cookie)
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(format!("csrf={csrf}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+
     server.sigterm();
     let (status, out) = server.wait(Duration::from_secs(30)).await;
     assert!(status.success(), "{out}");
