@@ -203,15 +203,33 @@ pub mod tag {
 
     /// Tags in the order the description lists them, with a line each.
     pub const ALL: [(&str, &str); 11] = [
-        (HEALTH, "Liveness, readiness and the token-verification keys."),
+        (
+            HEALTH,
+            "Liveness, readiness and the token-verification keys.",
+        ),
         (ACTIVATION, "Devices activating, and asking who they are."),
-        (ORG, "The organization of the admin key, and its admin keys."),
-        (TOKENS, "Mass-deployment tokens and their deployment bundles."),
+        (
+            ORG,
+            "The organization of the admin key, and its admin keys.",
+        ),
+        (
+            TOKENS,
+            "Mass-deployment tokens and their deployment bundles.",
+        ),
         (USERS, "Users, devices and the activation audit trail."),
-        (DEVICE_MAPS, "IMD v4 device maps: CSV uploads and JSON mappings."),
-        (CONNECTORS, "Directory connectors (IMD v2) and their channel."),
+        (
+            DEVICE_MAPS,
+            "IMD v4 device maps: CSV uploads and JSON mappings.",
+        ),
+        (
+            CONNECTORS,
+            "Directory connectors (IMD v2) and their channel.",
+        ),
         (DIRECTORY, "AD/LDAP browsing, mappings and password checks."),
-        (AZURE, "The Azure AD (IMD v5) app registration and mappings."),
+        (
+            AZURE,
+            "The Azure AD (IMD v5) app registration and mappings.",
+        ),
         (SYNC, "Directory sync: settings, profiles and runs."),
         (REFERENCE, "This description and its reference page."),
     ];
@@ -242,7 +260,13 @@ pub struct Operation {
 
 impl std::fmt::Debug for Operation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {} ({})", self.method.as_str(), self.path, self.operation_id)
+        write!(
+            f,
+            "{} {} ({})",
+            self.method.as_str(),
+            self.path,
+            self.operation_id
+        )
     }
 }
 

@@ -318,18 +318,6 @@ impl ResponseError for ApiError {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::Code;
-
-    #[test]
-    fn all_codes_listed_once_in_order() {
-        for (i, c) in Code::ALL.iter().enumerate() {
-            assert_eq!(c.index(), i, "{}", c.as_str());
-        }
-    }
-}
-
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
@@ -461,4 +449,16 @@ pub fn query_error(err: actix_web::error::QueryPayloadError) -> ApiError {
 
 pub fn path_error(err: actix_web::error::PathError) -> ApiError {
     ApiError::invalid(format!("bad path: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Code;
+
+    #[test]
+    fn all_codes_listed_once_in_order() {
+        for (i, c) in Code::ALL.iter().enumerate() {
+            assert_eq!(c.index(), i, "{}", c.as_str());
+        }
+    }
 }

@@ -7,8 +7,8 @@ use std::sync::OnceLock;
 
 use actix_web::HttpResponse;
 use actix_web::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, ContentType};
-use schemars::generate::SchemaSettings;
 use schemars::SchemaGenerator;
+use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
 
 use super::api_routes::{Auth, Body, Content, Operation, by_path, tag};
@@ -255,11 +255,19 @@ fn query_params(schema: &Value) -> Vec<Value> {
             .unwrap_or_default();
         if let Some(props) = s.get("properties").and_then(Value::as_object) {
             for (name, p) in props {
+                // A missing parameter is how a query says "none"; `null` is not sendable.
+                let mut p = p.clone();
+                if let Some(Value::Array(types)) = p.get_mut("type") {
+                    types.retain(|t| t != "null");
+                    if types.len() == 1 {
+                        p["type"] = types[0].clone();
+                    }
+                }
                 let mut param = json!({
                     "name": name,
                     "in": "query",
                     "required": required.contains(&name.as_str()),
-                    "schema": p,
+                    "schema": &p,
                 });
                 if let Some(d) = p.get("description") {
                     param["description"] = d.clone();

@@ -58,7 +58,11 @@ impl<'a> Validator<'a> {
                 _ => panic!("bad type at {at}"),
             };
             if !types.iter().any(|t| type_matches(t, v)) {
-                out.push(format!("{at}: expected {}, got {}", types.join(" or "), kind(v)));
+                out.push(format!(
+                    "{at}: expected {}, got {}",
+                    types.join(" or "),
+                    kind(v)
+                ));
                 return;
             }
         }
@@ -70,7 +74,10 @@ impl<'a> Validator<'a> {
         if let Some(Value::Array(e)) = s.get("enum")
             && !e.contains(v)
         {
-            out.push(format!("{at}: {v} is not one of {}", Value::Array(e.clone())));
+            out.push(format!(
+                "{at}: {v} is not one of {}",
+                Value::Array(e.clone())
+            ));
         }
         if let Some(n) = v.as_f64() {
             if let Some(min) = s.get("minimum").and_then(Value::as_f64)
@@ -95,7 +102,10 @@ impl<'a> Validator<'a> {
             out.push(format!("{at}: matches none of anyOf"));
         }
         if let Some(Value::Array(one)) = s.get("oneOf") {
-            let n = one.iter().filter(|sub| self.errors(sub, v).is_empty()).count();
+            let n = one
+                .iter()
+                .filter(|sub| self.errors(sub, v).is_empty())
+                .count();
             if n != 1 {
                 out.push(format!("{at}: matches {n} of oneOf, not exactly one"));
             }
@@ -164,7 +174,8 @@ fn operation<'a>(doc: &'a Value, method: &str, path: &str) -> Option<&'a Value> 
 }
 
 fn response_schema<'a>(doc: &'a Value, method: &str, path: &str, status: &str) -> &'a Value {
-    let op = operation(doc, method, path).unwrap_or_else(|| panic!("{method} {path} is not described"));
+    let op =
+        operation(doc, method, path).unwrap_or_else(|| panic!("{method} {path} is not described"));
     op["responses"]
         .get(status)
         .unwrap_or_else(|| panic!("{method} {path} has no {status} response"))
@@ -186,7 +197,11 @@ fn listed_codes(op: &Value) -> Vec<String> {
         for c in r["x-error-codes"].as_array().into_iter().flatten() {
             let c = c.as_str().unwrap();
             let code = Code::ALL.iter().find(|k| k.as_str() == c).unwrap();
-            assert_eq!(code.status().as_u16().to_string(), *status, "{c} listed under {status}");
+            assert_eq!(
+                code.status().as_u16().to_string(),
+                *status,
+                "{c} listed under {status}"
+            );
             out.push(c.to_string());
         }
     }
@@ -204,19 +219,35 @@ fn openapi_describes_every_table_route_with_its_error_codes() {
     for item in doc["paths"].as_object().unwrap().values() {
         described += item.as_object().unwrap().len();
     }
-    assert_eq!(described, operations().len(), "the description has operations the table has not");
+    assert_eq!(
+        described,
+        operations().len(),
+        "the description has operations the table has not"
+    );
     for o in operations() {
         let op = operation(doc, o.method.as_str(), o.path)
             .unwrap_or_else(|| panic!("{o:?} is not in the description"));
         assert_eq!(op["operationId"], o.operation_id);
         let listed = listed_codes(op);
         for c in o.error_codes() {
-            assert!(listed.contains(&c.as_str().to_string()), "{o:?}: {} not listed", c.as_str());
+            assert!(
+                listed.contains(&c.as_str().to_string()),
+                "{o:?}: {} not listed",
+                c.as_str()
+            );
         }
-        assert_eq!(listed.len(), o.error_codes().len(), "{o:?}: extra codes listed");
+        assert_eq!(
+            listed.len(),
+            o.error_codes().len(),
+            "{o:?}: extra codes listed"
+        );
         for p in o.path_params() {
             assert!(
-                op["parameters"].as_array().unwrap().iter().any(|x| x["name"] == p && x["in"] == "path"),
+                op["parameters"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|x| x["name"] == p && x["in"] == "path"),
                 "{o:?}: path parameter {p} not described"
             );
         }
@@ -231,7 +262,11 @@ fn openapi_operations_list_their_auth_codes() {
         assert_eq!(op["x-imd-auth"], o.auth.as_str());
         let listed = listed_codes(op);
         for c in o.auth.codes() {
-            assert!(listed.contains(&c.as_str().to_string()), "{o:?}: auth code {} missing", c.as_str());
+            assert!(
+                listed.contains(&c.as_str().to_string()),
+                "{o:?}: auth code {} missing",
+                c.as_str()
+            );
         }
         if o.auth == Auth::AdminKey {
             assert_eq!(op["security"], json!([{"adminKey": []}]), "{o:?}");
@@ -241,7 +276,11 @@ fn openapi_operations_list_their_auth_codes() {
             assert!(!listed.is_empty());
         }
         // Every admin route is under /api/v1/admin/ and the other way round.
-        assert_eq!(o.auth == Auth::AdminKey, o.path.starts_with("/api/v1/admin/"), "{o:?}");
+        assert_eq!(
+            o.auth == Auth::AdminKey,
+            o.path.starts_with("/api/v1/admin/"),
+            "{o:?}"
+        );
     }
 }
 
@@ -250,14 +289,25 @@ fn openapi_operations_list_their_auth_codes() {
 
 fn concrete(path: &str) -> String {
     path.split('/')
-        .map(|s| if s.starts_with('{') { "00000000-0000-0000-0000-000000000000" } else { s })
+        .map(|s| {
+            if s.starts_with('{') {
+                "00000000-0000-0000-0000-000000000000"
+            } else {
+                s
+            }
+        })
         .collect::<Vec<_>>()
         .join("/")
 }
 
 async fn send(app: &TestApp, m: Method, path: &str) -> (u16, Value) {
     let method = reqwest::Method::from_bytes(m.as_str().as_bytes()).unwrap();
-    let resp = app.client.request(method, app.url(path)).send().await.unwrap();
+    let resp = app
+        .client
+        .request(method, app.url(path))
+        .send()
+        .await
+        .unwrap();
     let status = resp.status().as_u16();
     let body = resp.json::<Value>().await.unwrap_or(Value::Null);
     (status, body)
@@ -279,7 +329,12 @@ async fn openapi_routes_match_the_live_server() {
                     "{} {path} is described but not served",
                     m.as_str()
                 );
-                assert_ne!(code, "method_not_allowed", "{} {path} is described but 405", m.as_str());
+                assert_ne!(
+                    code,
+                    "method_not_allowed",
+                    "{} {path} is described but 405",
+                    m.as_str()
+                );
             } else {
                 assert_eq!(
                     (status, code),
@@ -292,7 +347,10 @@ async fn openapi_routes_match_the_live_server() {
     }
     // And a path that is not described is not served.
     let (status, body) = send(&app, Method::Get, "/api/v1/not-a-route").await;
-    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -346,7 +404,10 @@ fn examples(md: &str) -> Result<Vec<Example>, String> {
                 ExampleKind::Request
             } else if label == "Error body:" {
                 ExampleKind::ErrorBody
-            } else if let Some(s) = label.strip_prefix("Response ").and_then(|s| s.strip_suffix(':')) {
+            } else if let Some(s) = label
+                .strip_prefix("Response ")
+                .and_then(|s| s.strip_suffix(':'))
+            {
                 ExampleKind::Response(s.to_string())
             } else {
                 return Err(format!(
@@ -355,7 +416,10 @@ fn examples(md: &str) -> Result<Vec<Example>, String> {
                 ));
             };
             if kind != ExampleKind::ErrorBody && endpoint.is_none() {
-                return Err(format!("docs/api.md:{}: an example outside an endpoint section", i + 1));
+                return Err(format!(
+                    "docs/api.md:{}: an example outside an endpoint section",
+                    i + 1
+                ));
             }
             out.push(Example {
                 line: i + 1,
@@ -393,7 +457,11 @@ fn example_problems(doc: &Value, examples: &[Example]) -> Vec<String> {
 fn openapi_docs_examples_validate() {
     let md = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/api.md")).unwrap();
     let examples = examples(&md).unwrap();
-    assert!(examples.len() >= 10, "only {} examples found", examples.len());
+    assert!(
+        examples.len() >= 10,
+        "only {} examples found",
+        examples.len()
+    );
     assert!(examples.iter().any(|e| e.kind == ExampleKind::Request));
     let problems = example_problems(description(), &examples);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
@@ -421,17 +489,36 @@ fn openapi_wrong_examples_are_rejected() {
     let ex = examples(md).unwrap();
     assert_eq!(ex.len(), 3);
     let problems = example_problems(doc, &ex);
-    assert!(problems.iter().any(|p| p.contains("unknown key \"max_use\"")), "{problems:?}");
-    assert!(problems.iter().any(|p| p.contains("missing required key \"token\"")), "{problems:?}");
-    assert!(problems.iter().any(|p| p.contains("no_such_code")), "{problems:?}");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("unknown key \"max_use\"")),
+        "{problems:?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("missing required key \"token\"")),
+        "{problems:?}"
+    );
+    assert!(
+        problems.iter().any(|p| p.contains("no_such_code")),
+        "{problems:?}"
+    );
     // An unlabelled example, or one outside an endpoint section, is refused outright.
     assert!(examples("### GET /healthz\n\n```json\n{}\n```\n").is_err());
     assert!(examples("## Intro\n\nResponse 200:\n```json\n{}\n```\n").is_err());
     // A wrong type, and an error code listed under another status.
     let v = Validator::new(doc);
     let mint = request_schema(doc, "POST", "/api/v1/admin/tokens");
-    assert!(!v.errors(mint, &json!({"version": "v4", "name": 5})).is_empty());
-    assert!(v.errors(mint, &json!({"version": "v4", "name": "n"})).is_empty());
+    assert!(
+        !v.errors(mint, &json!({"version": "v4", "name": 5}))
+            .is_empty()
+    );
+    assert!(
+        v.errors(mint, &json!({"version": "v4", "name": "n"}))
+            .is_empty()
+    );
     let s401 = response_schema(doc, "POST", "/api/v1/admin/tokens", "401");
     let body = |c: &str| json!({"error": {"code": c, "message": "m", "retryable": false}});
     assert!(v.errors(s401, &body("unauthorized")).is_empty());
@@ -447,7 +534,10 @@ async fn check_response(app: &TestApp, resp: reqwest::Response, method: &str, pa
     let body: Value = resp.json().await.unwrap();
     let doc = description();
     let problems = Validator::new(doc).errors(response_schema(doc, method, path, &status), &body);
-    assert!(problems.is_empty(), "{method} {path} {status}: {problems:?}\n{body}");
+    assert!(
+        problems.is_empty(),
+        "{method} {path} {status}: {problems:?}\n{body}"
+    );
     body
 }
 
@@ -457,7 +547,13 @@ async fn openapi_real_responses_validate() {
     let get = |p: &str| app.client.get(app.url(p)).send();
     check_response(&app, get("/healthz").await.unwrap(), "GET", "/healthz").await;
     check_response(&app, get("/readyz").await.unwrap(), "GET", "/readyz").await;
-    check_response(&app, get("/api/v1/keys").await.unwrap(), "GET", "/api/v1/keys").await;
+    check_response(
+        &app,
+        get("/api/v1/keys").await.unwrap(),
+        "GET",
+        "/api/v1/keys",
+    )
+    .await;
 
     // Mint, list, one, rotate.
     let minted = app
@@ -466,7 +562,13 @@ async fn openapi_real_responses_validate() {
     let minted = check_response(&app, minted, "POST", "/api/v1/admin/tokens").await;
     let token = minted["token"].as_str().unwrap().to_string();
     let id = minted["id"].as_str().unwrap().to_string();
-    check_response(&app, app.admin_get("/api/v1/admin/tokens").await, "GET", "/api/v1/admin/tokens").await;
+    check_response(
+        &app,
+        app.admin_get("/api/v1/admin/tokens").await,
+        "GET",
+        "/api/v1/admin/tokens",
+    )
+    .await;
     check_response(
         &app,
         app.admin_get(&format!("/api/v1/admin/tokens/{id}")).await,
@@ -474,29 +576,79 @@ async fn openapi_real_responses_validate() {
         "/api/v1/admin/tokens/{id}",
     )
     .await;
-    check_response(&app, app.admin_get("/api/v1/admin/org").await, "GET", "/api/v1/admin/org").await;
-    check_response(&app, app.admin_get("/api/v1/admin/admin-keys").await, "GET", "/api/v1/admin/admin-keys").await;
+    check_response(
+        &app,
+        app.admin_get("/api/v1/admin/org").await,
+        "GET",
+        "/api/v1/admin/org",
+    )
+    .await;
+    check_response(
+        &app,
+        app.admin_get("/api/v1/admin/admin-keys").await,
+        "GET",
+        "/api/v1/admin/admin-keys",
+    )
+    .await;
 
     // An activation, then the device and user lists and the device's own view.
     app.map(&crate::helpers::device_map(1)).await;
     let body = crate::helpers::activation(&token, "SER000000", "WS-00000", "user0");
     let activated = app.activate(&body).await;
     let activated = check_response(&app, activated, "POST", "/api/v1/activations").await;
-    let devices = check_response(&app, app.admin_get("/api/v1/admin/devices").await, "GET", "/api/v1/admin/devices").await;
+    let devices = check_response(
+        &app,
+        app.admin_get("/api/v1/admin/devices").await,
+        "GET",
+        "/api/v1/admin/devices",
+    )
+    .await;
     assert_eq!(devices["items"].as_array().unwrap().len(), 1);
-    check_response(&app, app.admin_get("/api/v1/admin/users").await, "GET", "/api/v1/admin/users").await;
-    check_response(&app, app.admin_get("/api/v1/admin/activations").await, "GET", "/api/v1/admin/activations").await;
-    check_response(&app, app.admin_get("/api/v1/admin/device-mappings").await, "GET", "/api/v1/admin/device-mappings").await;
+    check_response(
+        &app,
+        app.admin_get("/api/v1/admin/users").await,
+        "GET",
+        "/api/v1/admin/users",
+    )
+    .await;
+    check_response(
+        &app,
+        app.admin_get("/api/v1/admin/activations").await,
+        "GET",
+        "/api/v1/admin/activations",
+    )
+    .await;
+    check_response(
+        &app,
+        app.admin_get("/api/v1/admin/device-mappings").await,
+        "GET",
+        "/api/v1/admin/device-mappings",
+    )
+    .await;
     let cred = activated["device_credential"].as_str().unwrap();
-    check_response(&app, app.get_as("/api/v1/device", cred).await, "GET", "/api/v1/device").await;
+    check_response(
+        &app,
+        app.get_as("/api/v1/device", cred).await,
+        "GET",
+        "/api/v1/device",
+    )
+    .await;
 
     let rotated = app
-        .admin_post(&format!("/api/v1/admin/tokens/{id}/rotate"), &json!({"grace_days": 1}))
+        .admin_post(
+            &format!("/api/v1/admin/tokens/{id}/rotate"),
+            &json!({"grace_days": 1}),
+        )
         .await;
     check_response(&app, rotated, "POST", "/api/v1/admin/tokens/{id}/rotate").await;
 
     // Error bodies: no key, an unknown id, an unknown body field.
-    let anonymous = app.client.get(app.url("/api/v1/admin/devices")).send().await.unwrap();
+    let anonymous = app
+        .client
+        .get(app.url("/api/v1/admin/devices"))
+        .send()
+        .await
+        .unwrap();
     check_response(&app, anonymous, "GET", "/api/v1/admin/devices").await;
     check_response(
         &app,
@@ -505,7 +657,9 @@ async fn openapi_real_responses_validate() {
         "/api/v1/admin/tokens/{id}",
     )
     .await;
-    let unknown_field = app.mint(&json!({"version": "v4", "name": "x", "colour": 1})).await;
+    let unknown_field = app
+        .mint(&json!({"version": "v4", "name": "x", "colour": 1}))
+        .await;
     let e = check_response(&app, unknown_field, "POST", "/api/v1/admin/tokens").await;
     assert_eq!(e["error"]["code"], "invalid_request");
 }
@@ -513,24 +667,49 @@ async fn openapi_real_responses_validate() {
 #[tokio::test]
 async fn openapi_description_and_reference_page_are_served() {
     let app = spawn_app().await;
-    let resp = app.client.get(app.url("/api/v1/openapi.json")).send().await.unwrap();
+    let resp = app
+        .client
+        .get(app.url("/api/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
-    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
     let served: Value = resp.json().await.unwrap();
     assert_eq!(&served, description());
 
     let page = app.client.get(app.url("/api/docs")).send().await.unwrap();
     assert_eq!(page.status(), 200);
-    let csp = page.headers()["content-security-policy"].to_str().unwrap().to_string();
-    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
     let html = page.text().await.unwrap();
     assert!(html.contains("<html lang=\"en\">"));
     assert!(html.contains("src=\"/api/docs/reference.js\""));
     // No inline script: every <script> has a src.
-    assert_eq!(html.matches("<script").count(), html.matches("<script src=").count());
-    for (path, kind) in [("/api/docs/reference.js", "javascript"), ("/api/docs/reference.css", "css")] {
+    assert_eq!(
+        html.matches("<script").count(),
+        html.matches("<script src=").count()
+    );
+    for (path, kind) in [
+        ("/api/docs/reference.js", "javascript"),
+        ("/api/docs/reference.css", "css"),
+    ] {
         let r = app.client.get(app.url(path)).send().await.unwrap();
         assert_eq!(r.status(), 200, "{path}");
-        assert!(r.headers()["content-type"].to_str().unwrap().contains(kind), "{path}");
+        assert!(
+            r.headers()["content-type"].to_str().unwrap().contains(kind),
+            "{path}"
+        );
     }
 }
