@@ -54,6 +54,24 @@ pub fn parse_rfc3339(s: &str) -> Result<i64, String> {
 pub mod ser {
     use serde::Serializer;
 
+    /// How a timestamp field serialized with [`ts`] / [`ts_opt`] looks in the API description
+    /// (`#[schemars(with = "crate::clock::ser::Timestamp")]`): an RFC 3339 string.
+    pub struct Timestamp;
+
+    impl schemars::JsonSchema for Timestamp {
+        fn schema_name() -> std::borrow::Cow<'static, str> {
+            "Timestamp".into()
+        }
+
+        fn inline_schema() -> bool {
+            true
+        }
+
+        fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+            schemars::json_schema!({"type": "string", "format": "date-time"})
+        }
+    }
+
     pub fn ts<S: Serializer>(t: &i64, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&super::rfc3339(*t))
     }

@@ -155,7 +155,7 @@ impl ActivationError {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct ActivationResponse {
     pub device_id: String,
     pub user_id: String,

@@ -16,7 +16,7 @@ pub const REGISTER_PATH: &str = "/api/v1/connectors/register";
 pub const CREDENTIAL_PREFIX: &str = "imdc_";
 
 /// `POST /api/v1/connectors/register` body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RegisterRequest {
     pub registration_key: String,
     pub version: String,
@@ -24,7 +24,7 @@ pub struct RegisterRequest {
 }
 
 /// `POST /api/v1/connectors/register` answer: the long-lived credential, shown this once.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RegisterResponse {
     pub connector_id: String,
     pub org_id: String,

@@ -11,14 +11,14 @@ const MAX_FIELD_LEN: usize = 255;
 const MIN_INSTALL_KEY_LEN: usize = 16;
 const MAX_INSTALL_KEY_LEN: usize = 2048;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct RawActivation {
     pub token: Option<String>,
     pub device: Option<RawDevice>,
     pub user: Option<RawUser>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 pub struct RawDevice {
     pub hostname: Option<String>,
     pub serial: Option<String>,
@@ -29,7 +29,7 @@ pub struct RawDevice {
     pub install_key: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 pub struct RawUser {
     pub login: Option<String>,
     pub domain: Option<String>,

@@ -63,7 +63,7 @@ pub async fn get_org(
     Ok(HttpResponse::Ok().json(state.store.org(&auth.org_id).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrgPatch {
     name: Option<String>,
@@ -166,7 +166,7 @@ pub async fn patch_org(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MintRequest {
     version: String,
@@ -283,7 +283,7 @@ pub async fn revoke_token(
     Ok(HttpResponse::Ok().json(token_view(&t, now)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct UserQuery {
     email: Option<String>,
     status: Option<String>,
@@ -331,7 +331,7 @@ pub async fn get_user(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct DeviceQuery {
     user_id: Option<String>,
     status: Option<String>,
@@ -401,7 +401,7 @@ pub async fn revoke_device(
     Ok(HttpResponse::Ok().json(d))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct ActivationQuery {
     outcome: Option<String>,
     device_id: Option<String>,
@@ -434,7 +434,7 @@ pub async fn list_activations(
     Ok(HttpResponse::Ok().json(Paged::new(rows, &page, |a| a.id.as_str())))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewAdminKey {
     name: String,
@@ -487,7 +487,7 @@ pub async fn revoke_admin_key(
     }
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateRequest {
     /// How long the old token keeps working, in days (default 7).
@@ -549,7 +549,7 @@ pub async fn rotate_token(
     Ok(HttpResponse::Created().json(v))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BundleQuery {
     vendor: Option<String>,

@@ -42,7 +42,8 @@ const MAX_GROUP_RESULTS: u32 = 100;
 // ---------------------------------------------------------------------------------------------
 // The app registration.
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "AzureConfigPut")]
 #[serde(deny_unknown_fields)]
 pub struct PutConfig {
     tenant_id: String,
@@ -347,7 +348,8 @@ pub async fn test(state: web::Data<AppState>, auth: AdminAuth) -> Result<HttpRes
     Ok(HttpResponse::Ok().json(body))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "AzureGroupQuery")]
 #[serde(deny_unknown_fields)]
 pub struct GroupQuery {
     #[serde(default)]
@@ -401,7 +403,8 @@ pub async fn groups(
 // Mappings.
 
 /// `{"group_id"}` or `{"attribute", "value"}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "AzureMappingSource")]
 #[serde(deny_unknown_fields)]
 pub struct Source {
     #[serde(default)]
@@ -412,7 +415,8 @@ pub struct Source {
     value: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "AzureMappingCreate")]
 #[serde(deny_unknown_fields)]
 pub struct NewMapping {
     name: String,
@@ -427,7 +431,8 @@ pub struct NewMapping {
 }
 
 /// Absent fields stay as they are; `source` is replaced whole; `null` clears `quota_bytes`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "AzureMappingPatch")]
 #[serde(deny_unknown_fields)]
 pub struct MappingPatch {
     name: Option<String>,

@@ -82,7 +82,7 @@ fn key_view(c: &ConnectorRow, key: &str) -> Value {
     })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewConnector {
     name: String,

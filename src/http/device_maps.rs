@@ -22,7 +22,7 @@ use crate::store::{MappingFilter, MappingsOutcome, StoreError};
 const MAX_LISTED_ERRORS: usize = 1000;
 const MAX_JSON_MAPPINGS: usize = 10_000;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UploadQuery {
     mode: Option<String>,
@@ -287,7 +287,8 @@ pub async fn create_mappings(
     Ok(HttpResponse::Created().json(json!({ "items": stored })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "DeviceMappingQuery")]
 pub struct MappingQuery {
     #[serde(rename = "emailID")]
     email_id: Option<String>,

@@ -148,7 +148,7 @@ pub async fn naming_contexts(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OusQuery {
     base: Option<String>,
@@ -182,7 +182,8 @@ pub async fn ous(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "DirectoryGroupsQuery")]
 #[serde(deny_unknown_fields)]
 pub struct GroupsQuery {
     base: Option<String>,
@@ -244,7 +245,7 @@ pub async fn groups(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordBody {
     organization: String,

@@ -61,6 +61,89 @@ pub enum Code {
 }
 
 impl Code {
+    /// Every code, in declaration order (the API description lists them). A new variant must be
+    /// added here and to the exhaustive `index`; a unit test checks that the two agree.
+    pub const ALL: [Code; 36] = [
+        Code::InvalidRequest,
+        Code::Unauthorized,
+        Code::NotFound,
+        Code::MethodNotAllowed,
+        Code::UnsupportedMediaType,
+        Code::TokenInvalid,
+        Code::TokenExpired,
+        Code::TokenRevoked,
+        Code::TokenExhausted,
+        Code::UserNotMapped,
+        Code::DeviceNotMapped,
+        Code::DeviceConflict,
+        Code::UserPreserved,
+        Code::UserDeleted,
+        Code::DirectoryUnavailable,
+        Code::ConnectorUnavailable,
+        Code::UserNotFound,
+        Code::UserDisabled,
+        Code::InvalidCredentials,
+        Code::DirectoryError,
+        Code::ProtocolVersionUnsupported,
+        Code::ConnectorCredentialInvalid,
+        Code::Conflict,
+        Code::DeviceMapInvalid,
+        Code::RegistrationKeyInvalid,
+        Code::MappingInvalid,
+        Code::AzureNotConfigured,
+        Code::InvalidSetting,
+        Code::SyncInProgress,
+        Code::SyncNotConfigured,
+        Code::SyncRunNotPending,
+        Code::CsrfFailed,
+        Code::PayloadTooLarge,
+        Code::RateLimited,
+        Code::Unavailable,
+        Code::Internal,
+    ];
+
+    /// Position in [`Code::ALL`]; exhaustive, so a variant cannot be left out of the list.
+    pub fn index(self) -> usize {
+        match self {
+            Code::InvalidRequest => 0,
+            Code::Unauthorized => 1,
+            Code::NotFound => 2,
+            Code::MethodNotAllowed => 3,
+            Code::UnsupportedMediaType => 4,
+            Code::TokenInvalid => 5,
+            Code::TokenExpired => 6,
+            Code::TokenRevoked => 7,
+            Code::TokenExhausted => 8,
+            Code::UserNotMapped => 9,
+            Code::DeviceNotMapped => 10,
+            Code::DeviceConflict => 11,
+            Code::UserPreserved => 12,
+            Code::UserDeleted => 13,
+            Code::DirectoryUnavailable => 14,
+            Code::ConnectorUnavailable => 15,
+            Code::UserNotFound => 16,
+            Code::UserDisabled => 17,
+            Code::InvalidCredentials => 18,
+            Code::DirectoryError => 19,
+            Code::ProtocolVersionUnsupported => 20,
+            Code::ConnectorCredentialInvalid => 21,
+            Code::Conflict => 22,
+            Code::DeviceMapInvalid => 23,
+            Code::RegistrationKeyInvalid => 24,
+            Code::MappingInvalid => 25,
+            Code::AzureNotConfigured => 26,
+            Code::InvalidSetting => 27,
+            Code::SyncInProgress => 28,
+            Code::SyncNotConfigured => 29,
+            Code::SyncRunNotPending => 30,
+            Code::CsrfFailed => 31,
+            Code::PayloadTooLarge => 32,
+            Code::RateLimited => 33,
+            Code::Unavailable => 34,
+            Code::Internal => 35,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Code::InvalidRequest => "invalid_request",
@@ -366,4 +449,16 @@ pub fn query_error(err: actix_web::error::QueryPayloadError) -> ApiError {
 
 pub fn path_error(err: actix_web::error::PathError) -> ApiError {
     ApiError::invalid(format!("bad path: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Code;
+
+    #[test]
+    fn all_codes_listed_once_in_order() {
+        for (i, c) in Code::ALL.iter().enumerate() {
+            assert_eq!(c.index(), i, "{}", c.as_str());
+        }
+    }
 }

@@ -97,7 +97,8 @@ fn validate(v: LdapMappingValues) -> Result<LdapMappingValues, ApiError> {
     })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "LdapMappingCreate")]
 #[serde(deny_unknown_fields)]
 pub struct NewMapping {
     name: String,
@@ -120,7 +121,8 @@ pub struct NewMapping {
 }
 
 /// Absent fields stay as they are; `null` clears the optional ones.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "LdapMappingPatch")]
 #[serde(deny_unknown_fields)]
 pub struct MappingPatch {
     name: Option<String>,

@@ -3,6 +3,7 @@
 
 mod activation;
 mod admin;
+pub mod api_routes;
 pub mod auth;
 mod azure;
 mod connectors;
@@ -12,9 +13,11 @@ pub mod error;
 mod health;
 mod ldap_mappings;
 mod media;
+pub mod openapi;
 mod overview;
 mod pagination;
 pub mod request_id;
+mod schemas;
 pub mod session;
 mod sync;
 
@@ -33,6 +36,7 @@ use crate::crypto::MasterKey;
 use crate::directory::graph::GraphClients;
 use crate::store::Store;
 use crate::tokens::TokenService;
+use api_routes::JsonLimit;
 pub use error::{ApiError, Code};
 
 pub struct AppState {
@@ -71,182 +75,29 @@ fn resource(path: &str) -> actix_web::Resource {
     web::resource(path).default_service(web::to(method_not_allowed))
 }
 
+/// Registers every route of the table (`api_routes.rs`), one resource per path with its 405
+/// default service and its JSON body limit. Nothing else is registered here, so every route is
+/// in the OpenAPI description.
 pub fn routes(cfg: &mut web::ServiceConfig, limits: &Limits) {
-    let json_small = web::JsonConfig::default()
-        .limit(limits.activation_body_bytes as usize)
-        .error_handler(|e, _| error::json_error(e).into());
-    let json_admin = web::JsonConfig::default()
-        .limit(limits.json_body_bytes as usize)
-        .error_handler(|e, _| error::json_error(e).into());
+    let json_config = |limit: u64| {
+        web::JsonConfig::default()
+            .limit(limit as usize)
+            .error_handler(|e, _| error::json_error(e).into())
+    };
     cfg.app_data(web::QueryConfig::default().error_handler(|e, _| error::query_error(e).into()))
-        .app_data(web::PathConfig::default().error_handler(|e, _| error::path_error(e).into()))
-        .service(resource("/healthz").route(web::get().to(health::healthz)))
-        .service(resource("/readyz").route(web::get().to(health::readyz)))
-        .service(
-            web::scope("/api/v1")
-                .service(resource("/keys").route(web::get().to(health::jwks)))
-                .service(
-                    resource("/activations")
-                        .app_data(json_small.clone())
-                        .route(web::post().to(activation::activate)),
-                )
-                .service(resource("/device").route(web::get().to(activation::device)))
-                .service(
-                    resource(crate::connector::proto::REGISTER_PATH.trim_start_matches("/api/v1"))
-                        .app_data(json_small)
-                        .route(web::post().to(connectors::register)),
-                )
-                .service(
-                    resource("/activations/password")
-                        .route(web::post().to(directory::activate_password)),
-                )
-                .service(resource("/auth/ldap").route(web::post().to(directory::auth_ldap)))
-                .service(
-                    resource(crate::connector::proto::CHANNEL_PATH.trim_start_matches("/api/v1"))
-                        .route(web::get().to(directory::channel)),
-                )
-                .service(
-                    resource("/internal/connector-calls")
-                        .route(web::post().to(directory::forwarded)),
-                )
-                .service(
-                    web::scope("/admin")
-                        .app_data(json_admin)
-                        .service(
-                            resource("/org")
-                                .route(web::get().to(admin::get_org))
-                                .route(web::patch().to(admin::patch_org)),
-                        )
-                        .service(
-                            resource("/admin-keys")
-                                .route(web::post().to(admin::create_admin_key))
-                                .route(web::get().to(admin::list_admin_keys)),
-                        )
-                        .service(
-                            resource("/admin-keys/{id}/revoke")
-                                .route(web::post().to(admin::revoke_admin_key)),
-                        )
-                        .service(
-                            resource("/tokens")
-                                .route(web::post().to(admin::mint_token))
-                                .route(web::get().to(admin::list_tokens)),
-                        )
-                        .service(resource("/tokens/{id}").route(web::get().to(admin::get_token)))
-                        .service(
-                            resource("/tokens/{id}/revoke")
-                                .route(web::post().to(admin::revoke_token)),
-                        )
-                        .service(
-                            resource("/tokens/{id}/rotate")
-                                .route(web::post().to(admin::rotate_token)),
-                        )
-                        .service(
-                            resource("/tokens/{id}/bundle")
-                                .route(web::post().to(admin::token_bundle)),
-                        )
-                        .service(resource("/overview").route(web::get().to(overview::overview)))
-                        .service(resource("/users").route(web::get().to(admin::list_users)))
-                        .service(
-                            resource("/sync-settings")
-                                .route(web::get().to(sync::get_settings))
-                                .route(web::put().to(sync::put_settings)),
-                        )
-                        .service(resource("/profiles").route(web::get().to(sync::list_profiles)))
-                        .service(
-                            resource("/profiles/{name}")
-                                .route(web::get().to(sync::get_profile))
-                                .route(web::put().to(sync::put_profile))
-                                .route(web::delete().to(sync::delete_profile)),
-                        )
-                        .service(resource("/sync").route(web::post().to(sync::start)))
-                        .service(resource("/sync-runs").route(web::get().to(sync::list_runs)))
-                        .service(resource("/sync-runs/{id}").route(web::get().to(sync::get_run)))
-                        .service(
-                            resource("/sync-runs/{id}/users").route(web::get().to(sync::run_users)),
-                        )
-                        .service(
-                            resource("/sync-runs/{id}/approve")
-                                .route(web::post().to(sync::approve)),
-                        )
-                        .service(
-                            resource("/sync-runs/{id}/reject").route(web::post().to(sync::reject)),
-                        )
-                        .service(resource("/users/{id}").route(web::get().to(admin::get_user)))
-                        .service(resource("/devices").route(web::get().to(admin::list_devices)))
-                        .service(resource("/devices/{id}").route(web::get().to(admin::get_device)))
-                        .service(
-                            resource("/devices/{id}/revoke")
-                                .route(web::post().to(admin::revoke_device)),
-                        )
-                        .service(
-                            resource("/activations").route(web::get().to(admin::list_activations)),
-                        )
-                        .service(
-                            resource("/device-maps").route(web::post().to(device_maps::upload)),
-                        )
-                        .service(
-                            resource("/directory/naming-contexts")
-                                .route(web::get().to(directory::naming_contexts)),
-                        )
-                        .service(resource("/directory/ous").route(web::get().to(directory::ous)))
-                        .service(
-                            resource("/directory/groups").route(web::get().to(directory::groups)),
-                        )
-                        .service(
-                            resource("/device-mappings")
-                                .route(web::post().to(device_maps::create_mappings))
-                                .route(web::get().to(device_maps::list_mappings)),
-                        )
-                        .service(
-                            resource("/device-mappings/{id}")
-                                .route(web::get().to(device_maps::get_mapping))
-                                .route(web::delete().to(device_maps::delete_mapping)),
-                        )
-                        .service(
-                            resource("/connectors")
-                                .route(web::post().to(connectors::create))
-                                .route(web::get().to(connectors::list)),
-                        )
-                        .service(
-                            resource("/connectors/{id}")
-                                .route(web::get().to(connectors::get))
-                                .route(web::delete().to(connectors::retire)),
-                        )
-                        .service(
-                            resource("/connectors/{id}/registration-key")
-                                .route(web::post().to(connectors::reissue_key)),
-                        )
-                        .service(
-                            resource("/ldap-mappings")
-                                .route(web::post().to(ldap_mappings::create))
-                                .route(web::get().to(ldap_mappings::list)),
-                        )
-                        .service(
-                            resource("/ldap-mappings/{id}")
-                                .route(web::get().to(ldap_mappings::get))
-                                .route(web::patch().to(ldap_mappings::patch))
-                                .route(web::delete().to(ldap_mappings::delete)),
-                        )
-                        .service(
-                            resource("/azure")
-                                .route(web::put().to(azure::put_config))
-                                .route(web::get().to(azure::get_config)),
-                        )
-                        .service(resource("/azure/test").route(web::post().to(azure::test)))
-                        .service(resource("/azure/groups").route(web::get().to(azure::groups)))
-                        .service(
-                            resource("/azure-mappings")
-                                .route(web::post().to(azure::create_mapping))
-                                .route(web::get().to(azure::list_mappings)),
-                        )
-                        .service(
-                            resource("/azure-mappings/{id}")
-                                .route(web::get().to(azure::get_mapping))
-                                .route(web::patch().to(azure::patch_mapping))
-                                .route(web::delete().to(azure::delete_mapping)),
-                        ),
-                ),
-        );
+        .app_data(web::PathConfig::default().error_handler(|e, _| error::path_error(e).into()));
+    for (path, ops) in api_routes::by_path() {
+        let mut r = resource(path);
+        match ops[0].json_limit {
+            JsonLimit::None => {}
+            JsonLimit::Activation => r = r.app_data(json_config(limits.activation_body_bytes)),
+            JsonLimit::Admin => r = r.app_data(json_config(limits.json_body_bytes)),
+        }
+        for o in ops {
+            r = r.route(o.route());
+        }
+        cfg.service(r);
+    }
 }
 
 async fn method_not_allowed(

@@ -15,7 +15,7 @@ use crate::clock::rfc3339;
 const TOP_FAILURES: i64 = 10;
 const DEVICES_PER_FAILURE: i64 = 5;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OverviewQuery {
     /// `24h` (hourly buckets, the default) or `30d` (daily buckets).

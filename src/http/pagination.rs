@@ -12,10 +12,13 @@ use crate::store::Page;
 pub const DEFAULT_LIMIT: u32 = 100;
 pub const MAX_LIMIT: u32 = 1000;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct PageQuery {
     // A string: serde's `flatten` (used by the endpoints' query structs) hands numbers over as text.
+    /// Page size, 1–1000 (default 100).
+    #[schemars(with = "Option<u32>", range(min = 1, max = 1000))]
     pub limit: Option<String>,
+    /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
 }
 
@@ -43,7 +46,8 @@ impl PageQuery {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+#[schemars(rename = "{T}Page")]
 pub struct Paged<T> {
     pub items: Vec<T>,
     pub next_cursor: Option<String>,

@@ -211,7 +211,7 @@ pub async fn delete_profile(
     Ok(HttpResponse::Ok().json(one_profile(&state, &auth.org_id, &name).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartQuery {
     dry_run: Option<String>,
@@ -279,7 +279,7 @@ pub async fn get_run(
     Ok(HttpResponse::Ok().json(run_json(&r)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct RunUsersQuery {
     action: Option<String>,
     #[serde(flatten)]

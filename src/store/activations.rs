@@ -5,13 +5,14 @@ use serde::Serialize;
 
 use super::{StoreError, TxJob, WriteTx};
 
-#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, schemars::JsonSchema)]
 pub struct ActivationRow {
     pub id: String,
     #[serde(skip)]
     pub org_id: Option<String>,
     pub token_id: Option<String>,
     #[serde(serialize_with = "crate::clock::ser::ts")]
+    #[schemars(with = "crate::clock::ser::Timestamp")]
     pub created_at: i64,
     pub outcome: String,
     pub status: i64,

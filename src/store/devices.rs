@@ -5,7 +5,7 @@
 use crate::domain::DeviceIdentifiers;
 use serde::Serialize;
 
-#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, schemars::JsonSchema)]
 pub struct DeviceRow {
     pub id: String,
     pub org_id: String,
@@ -37,10 +37,13 @@ pub struct DeviceRow {
     pub replaces: Option<String>,
     pub restore_data: Option<String>,
     #[serde(serialize_with = "crate::clock::ser::ts")]
+    #[schemars(with = "crate::clock::ser::Timestamp")]
     pub created_at: i64,
     #[serde(serialize_with = "crate::clock::ser::ts")]
+    #[schemars(with = "crate::clock::ser::Timestamp")]
     pub last_activated_at: i64,
     #[serde(serialize_with = "crate::clock::ser::ts_opt")]
+    #[schemars(with = "Option<crate::clock::ser::Timestamp>")]
     pub revoked_at: Option<i64>,
 }
 

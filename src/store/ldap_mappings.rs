@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, Serialize, schemars::JsonSchema)]
 pub struct LdapMappingRow {
     pub id: String,
     #[serde(skip)]
@@ -25,8 +25,10 @@ pub struct LdapMappingRow {
     /// `none` | `upn`: whether a user without `mail` may use its UPN as email.
     pub email_fallback: String,
     #[serde(serialize_with = "crate::clock::ser::ts")]
+    #[schemars(with = "crate::clock::ser::Timestamp")]
     pub created_at: i64,
     #[serde(serialize_with = "crate::clock::ser::ts")]
+    #[schemars(with = "crate::clock::ser::Timestamp")]
     pub updated_at: i64,
 }
 

@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::{StoreError, TxJob, WriteTx};
 use crate::domain::MappingRow;
 
-#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, schemars::JsonSchema)]
 pub struct StoredMapping {
     pub id: String,
     #[serde(skip)]
@@ -32,10 +32,13 @@ pub struct StoredMapping {
     #[serde(rename = "restoreData")]
     pub restore_data: Option<String>,
     #[serde(serialize_with = "crate::clock::ser::ts")]
+    #[schemars(with = "crate::clock::ser::Timestamp")]
     pub created_at: i64,
     #[serde(serialize_with = "crate::clock::ser::ts")]
+    #[schemars(with = "crate::clock::ser::Timestamp")]
     pub updated_at: i64,
     #[serde(serialize_with = "crate::clock::ser::ts_opt")]
+    #[schemars(with = "Option<crate::clock::ser::Timestamp>")]
     pub consumed_at: Option<i64>,
     pub device_id: Option<String>,
 }

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, schemars::JsonSchema)]
 pub struct OrgRow {
     pub id: String,
     pub name: String,
@@ -11,6 +11,7 @@ pub struct OrgRow {
     pub default_quota_bytes: Option<i64>,
     pub require_install_key: bool,
     #[serde(serialize_with = "crate::clock::ser::ts")]
+    #[schemars(with = "crate::clock::ser::Timestamp")]
     pub created_at: i64,
     /// A short public name (lower-case `[a-z0-9-]`), unique across organizations.
     pub slug: Option<String>,
@@ -23,13 +24,15 @@ pub struct OrgRow {
 pub const DIRECTORY_OUTAGE_POLICIES: [&str; 2] = ["refuse", "allow_known_users"];
 
 /// An admin API key as listed (never the key or its hash).
-#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, schemars::JsonSchema)]
 pub struct AdminKeyRow {
     pub id: String,
     pub name: String,
     #[serde(serialize_with = "crate::clock::ser::ts")]
+    #[schemars(with = "crate::clock::ser::Timestamp")]
     pub created_at: i64,
     #[serde(serialize_with = "crate::clock::ser::ts_opt")]
+    #[schemars(with = "Option<crate::clock::ser::Timestamp>")]
     pub revoked_at: Option<i64>,
 }
 

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, schemars::JsonSchema)]
 pub struct TokenRow {
     pub id: String,
     pub org_id: String,
@@ -12,16 +12,21 @@ pub struct TokenRow {
     pub kid: String,
     pub issuer: String,
     #[serde(serialize_with = "crate::clock::ser::ts")]
+    #[schemars(with = "crate::clock::ser::Timestamp")]
     pub issued_at: i64,
     #[serde(serialize_with = "crate::clock::ser::ts_opt")]
+    #[schemars(with = "Option<crate::clock::ser::Timestamp>")]
     pub expires_at: Option<i64>,
     pub max_uses: Option<i64>,
     pub uses: i64,
     #[serde(serialize_with = "crate::clock::ser::ts_opt")]
+    #[schemars(with = "Option<crate::clock::ser::Timestamp>")]
     pub last_used_at: Option<i64>,
     #[serde(serialize_with = "crate::clock::ser::ts_opt")]
+    #[schemars(with = "Option<crate::clock::ser::Timestamp>")]
     pub revoked_at: Option<i64>,
     #[serde(serialize_with = "crate::clock::ser::ts")]
+    #[schemars(with = "crate::clock::ser::Timestamp")]
     pub created_at: i64,
     /// The successor minted by a rotation; this token stops at its (grace) expiry.
     pub rotated_to: Option<String>,

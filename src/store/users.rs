@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, schemars::JsonSchema)]
 pub struct UserRow {
     pub id: String,
     pub org_id: String,
@@ -19,8 +19,10 @@ pub struct UserRow {
     pub quota_bytes: Option<i64>,
     pub status: String,
     #[serde(serialize_with = "crate::clock::ser::ts")]
+    #[schemars(with = "crate::clock::ser::Timestamp")]
     pub created_at: i64,
     #[serde(serialize_with = "crate::clock::ser::ts")]
+    #[schemars(with = "crate::clock::ser::Timestamp")]
     pub updated_at: i64,
     /// Directory attributes (v2 users), as imported at activation.
     pub display_name: Option<String>,
@@ -31,11 +33,14 @@ pub struct UserRow {
     pub country: Option<String>,
     /// Group DNs, stored as a JSON array.
     #[serde(serialize_with = "groups_array")]
+    #[schemars(with = "Option<Vec<String>>")]
     pub groups: Option<String>,
     pub mapping_id: Option<String>,
     #[serde(serialize_with = "crate::clock::ser::ts_opt")]
+    #[schemars(with = "Option<crate::clock::ser::Timestamp>")]
     pub preserved_at: Option<i64>,
     #[serde(serialize_with = "crate::clock::ser::ts_opt")]
+    #[schemars(with = "Option<crate::clock::ser::Timestamp>")]
     pub deleted_at: Option<i64>,
     /// When the status last changed (sync's lifecycle writes check it).
     #[serde(skip)]

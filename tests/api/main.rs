@@ -18,6 +18,7 @@ mod imd_v2;
 mod imd_v5;
 mod ldap_mappings;
 mod metrics;
+mod openapi;
 mod process;
 mod replicas;
 mod resolvers;
