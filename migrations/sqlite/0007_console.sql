@@ -16,3 +16,4 @@ CREATE INDEX activations_org_time ON activations(org_id, created_at);
 CREATE INDEX activations_org_token ON activations(org_id, token_id, id);
 CREATE INDEX activations_org_user ON activations(org_id, user_id, id);
 CREATE INDEX activations_org_device ON activations(org_id, device_id, id);
+CREATE INDEX devices_org_token ON devices(org_id, token_id, status);

@@ -9,7 +9,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 
-use crate::http::auth::{self, cookie};
+use crate::http::auth;
 use crate::http::session;
 use crate::http::{ApiError, AppState};
 
@@ -139,20 +139,16 @@ async fn sign_in(
     form: web::Form<SignIn>,
 ) -> Result<HttpResponse, ApiError> {
     let now = state.clock.now();
-    if let Err(e) = auth::check_admin_limit(&state, &req, now) {
-        let mut r = page(
-            StatusCode::TOO_MANY_REQUESTS,
+    // Login CSRF: another site must not sign a browser in (into the attacker's organisation).
+    if auth::cross_site(&req) {
+        return Ok(page(
+            StatusCode::FORBIDDEN,
             "text/html; charset=utf-8",
             login_html(Some((
                 "error",
-                "Too many wrong keys from this address. Wait a minute and try again.",
+                "Sign in from this page, not from another site.",
             ))),
-        );
-        if let Some(secs) = e.retry_after {
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        return Ok(r);
+        ));
     }
     let key = form.key.trim();
     let opened = if key.is_empty() || key.len() > 512 {
@@ -161,14 +157,37 @@ async fn sign_in(
         session::sign_in(&state.store, &state.console, key, now).await?
     };
     let Some(opened) = opened else {
-        auth::record_admin_failure(&state, &req, now);
-        tracing::info!("console sign-in with an unknown or revoked admin key");
-        return Ok(page(
-            StatusCode::UNAUTHORIZED,
+        let e = auth::wrong_admin_key(&state, &req, now);
+        tracing::info!(
+            code = e.code.as_str(),
+            "console sign-in with an unknown or revoked admin key"
+        );
+        let (status, text) = if e.code == crate::http::Code::RateLimited {
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many wrong keys from this address. Wait a minute and try again.",
+            )
+        } else {
+            (
+                StatusCode::UNAUTHORIZED,
+                "That admin key is unknown or revoked.",
+            )
+        };
+        let mut r = page(
+            status,
             "text/html; charset=utf-8",
-            login_html(Some(("error", "That admin key is unknown or revoked."))),
-        ));
+            login_html(Some(("error", text))),
+        );
+        if let Some(secs) = e.retry_after {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        return Ok(r);
     };
+    // A new sign-in replaces the browser's previous session for good.
+    if let Ok(Some(old)) = auth::session_secret(&state, &req) {
+        session::sign_out(&state.store, old).await?;
+    }
     let mut r = redirect("/console");
     let c = session::set_cookie(
         Some(&opened.secret),
@@ -192,9 +211,11 @@ async fn sign_out(
     req: HttpRequest,
     form: web::Form<SignOut>,
 ) -> Result<HttpResponse, ApiError> {
-    if let Some(secret) = cookie(&req, session::COOKIE) {
+    if let Some(secret) = auth::session_secret(&state, &req)? {
         // Only the page that holds the session's token can end it (no drive-by sign-outs).
-        if !crate::crypto::ct_eq(&session::csrf_for(secret), form.csrf.trim()) {
+        if auth::cross_site(&req)
+            || !crate::crypto::ct_eq(&session::csrf_for(secret), form.csrf.trim())
+        {
             return Err(ApiError::new(
                 crate::http::Code::CsrfFailed,
                 "missing or wrong CSRF token for this console session; reload the page",

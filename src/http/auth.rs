@@ -44,46 +44,96 @@ pub struct AdminAuth {
     pub org_id: String,
 }
 
-/// The cookie value named `name`, if the request carries one.
-pub fn cookie<'r>(req: &'r HttpRequest, name: &str) -> Option<&'r str> {
-    req.headers()
+/// What a wrong admin key gets: 401, or 429 once its address has used up this minute's wrong
+/// keys. A right key is never refused (an office behind one address must not be locked out by
+/// someone else's typos); the limit slows down and shows up key scanning.
+pub fn wrong_admin_key(state: &AppState, req: &HttpRequest, now: i64) -> ApiError {
+    if let Some(ip) = req.peer_addr().map(|a| a.ip()) {
+        if let Err(secs) = state.admin_limiter.check(ip, now) {
+            return ApiError::new(
+                Code::RateLimited,
+                "too many wrong admin keys from this address",
+            )
+            .with_retry_after(secs);
+        }
+        state.admin_limiter.record_failure(ip, now);
+    }
+    ApiError::new(Code::Unauthorized, "unknown or revoked admin key")
+}
+
+/// The console session secret the request's cookie carries. Two different values (a cookie
+/// planted for a longer path or a parent domain beside the real one) authenticate nothing.
+pub fn session_secret<'r>(
+    state: &AppState,
+    req: &'r HttpRequest,
+) -> Result<Option<&'r str>, ApiError> {
+    let name = session::cookie_name(state.secure_cookies);
+    let mut found: Option<&str> = None;
+    for (k, v) in req
+        .headers()
         .get_all(actix_web::http::header::COOKIE)
         .filter_map(|h| h.to_str().ok())
         .flat_map(|h| h.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.trim())
-}
-
-/// Refuses a client address that has used up its wrong admin keys for this minute.
-pub fn check_admin_limit(state: &AppState, req: &HttpRequest, now: i64) -> Result<(), ApiError> {
-    if let Some(ip) = req.peer_addr().map(|a| a.ip())
-        && let Err(secs) = state.admin_limiter.check(ip, now)
     {
-        return Err(ApiError::new(
-            Code::RateLimited,
-            "too many wrong admin keys from this address",
-        )
-        .with_retry_after(secs));
+        if k != name {
+            continue;
+        }
+        match found {
+            Some(prev) if prev != v.trim() => {
+                return Err(ApiError::new(
+                    Code::Unauthorized,
+                    "the request carries two different console session cookies; sign in again",
+                ));
+            }
+            _ => found = Some(v.trim()),
+        }
     }
-    Ok(())
+    Ok(found)
 }
 
-pub fn record_admin_failure(state: &AppState, req: &HttpRequest, now: i64) {
-    if let Some(ip) = req.peer_addr().map(|a| a.ip()) {
-        state.admin_limiter.record_failure(ip, now);
+/// Whether a browser says the request comes from another site: `Sec-Fetch-Site`, or, from
+/// browsers that do not send it, an `Origin` naming another host.
+pub fn cross_site(req: &HttpRequest) -> bool {
+    let h = req.headers();
+    if let Some(site) = h.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        return !matches!(site, "same-origin" | "none");
+    }
+    match h
+        .get(actix_web::http::header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+    {
+        None => false,
+        Some(origin) => {
+            let host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+            !host.eq_ignore_ascii_case(req.connection_info().host())
+        }
     }
 }
 
-/// The console session a cookie names, for a request of the console or the API.
+/// The console session a cookie names, for a request of the console or the API. Requests the
+/// console's page makes by itself (`X-Imd-Background: 1`, the overview's refresh) do not count
+/// as use, so an open tab does not keep a session alive.
 pub async fn console_session(
     state: &AppState,
     req: &HttpRequest,
 ) -> Result<Option<session::Session>, ApiError> {
-    let Some(secret) = cookie(req, session::COOKIE) else {
+    if !state.console.enabled {
+        return Ok(None);
+    }
+    let Some(secret) = session_secret(state, req)? else {
         return Ok(None);
     };
-    match session::authenticate(&state.store, &state.console, secret, state.clock.now()).await {
+    let used = req.headers().get("x-imd-background").is_none();
+    match session::authenticate(
+        &state.store,
+        &state.console,
+        secret,
+        state.clock.now(),
+        used,
+    )
+    .await
+    {
         Ok(s) => Ok(Some(s)),
         Err(session::Refused::Unknown) => Err(ApiError::new(
             Code::Unauthorized,
@@ -104,11 +154,7 @@ pub fn check_csrf(req: &HttpRequest, s: &session::Session) -> Result<(), ApiErro
         return Ok(());
     }
     // Browsers name the initiator; a cross-site request is refused whatever it carries.
-    let site = req
-        .headers()
-        .get("sec-fetch-site")
-        .and_then(|v| v.to_str().ok());
-    if matches!(site, Some("cross-site") | Some("same-site")) {
+    if cross_site(req) {
         return Err(ApiError::new(
             Code::CsrfFailed,
             "a console request from another site was refused",
@@ -143,17 +189,9 @@ impl FromRequest for AdminAuth {
                 return Ok(AdminAuth { org_id: s.org_id });
             }
             let key = bearer(&req)?;
-            let now = state.clock.now();
-            check_admin_limit(&state, &req, now)?;
             match state.store.org_for_admin_key(&sha256_hex(&key)).await? {
                 Some(org_id) => Ok(AdminAuth { org_id }),
-                None => {
-                    record_admin_failure(&state, &req, now);
-                    Err(ApiError::new(
-                        Code::Unauthorized,
-                        "unknown or revoked admin key",
-                    ))
-                }
+                None => Err(wrong_admin_key(&state, &req, state.clock.now())),
             }
         })
     }

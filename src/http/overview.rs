@@ -84,7 +84,7 @@ pub async fn overview(
     let mut buckets: BTreeMap<i64, (i64, i64, i64)> = (0..span / bucket)
         .map(|i| (since + i * bucket, (0, 0, 0)))
         .collect();
-    for b in state.store.activity(org, since, bucket).await? {
+    for b in state.store.activity(org, since, end, bucket).await? {
         let e = buckets.entry(b.bucket).or_default();
         match b.outcome.as_str() {
             "activated" => e.0 += b.n,

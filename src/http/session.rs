@@ -6,7 +6,15 @@ use crate::config::ConsoleSettings;
 use crate::crypto::{ct_eq, random_secret, sha256_hex};
 use crate::store::{Store, StoreError};
 
+/// The cookie's name over plain HTTP; behind TLS it is `__Host-imd_session`, which browsers
+/// accept only from this host itself (Secure, `Path=/`, no `Domain`), so a sibling or parent
+/// domain cannot plant one.
 pub const COOKIE: &str = "imd_session";
+const HOST_COOKIE: &str = "__Host-imd_session";
+
+pub fn cookie_name(secure: bool) -> &'static str {
+    if secure { HOST_COOKIE } else { COOKIE }
+}
 pub const CSRF_HEADER: &str = "x-csrf-token";
 /// Session secrets start with this, so a leaked one is recognisable.
 const SECRET_PREFIX: &str = "imds_";
@@ -24,8 +32,6 @@ pub struct Opened {
 pub struct Session {
     pub org_id: String,
     pub csrf: String,
-    pub expires_at: i64,
-    pub idle_expires_at: i64,
 }
 
 /// Why a cookie does not authenticate.
@@ -72,13 +78,16 @@ pub async fn sign_in(
     Ok(Some(Opened { secret, expires_at }))
 }
 
-/// The live session a cookie secret names, moving its idle clock on.
+/// The live session a cookie secret names, moving its idle clock on when the request is a use
+/// (`used`; the page's own background refreshes are not). The idle clock is written at most
+/// once a minute, so a session may end up to a minute before `idle_timeout_secs` of real idleness.
 #[tracing::instrument(skip_all)]
 pub async fn authenticate(
     store: &Store,
     settings: &ConsoleSettings,
     secret: &str,
     now: i64,
+    used: bool,
 ) -> Result<Session, Refused> {
     if !secret.starts_with(SECRET_PREFIX) || secret.len() > 128 {
         return Err(Refused::Unknown);
@@ -94,16 +103,12 @@ pub async fn authenticate(
         store.delete_console_session(&hash).await?;
         return Err(Refused::Expired);
     }
-    let mut last_seen = row.last_seen_at;
-    if now - row.last_seen_at >= TOUCH_EVERY_SECS.min(idle / 2) {
+    if used && now - row.last_seen_at >= TOUCH_EVERY_SECS.min(idle / 2) {
         store.touch_console_session(&hash, now).await?;
-        last_seen = now;
     }
     Ok(Session {
         org_id: row.org_id,
         csrf: csrf_for(secret),
-        expires_at: row.expires_at,
-        idle_expires_at: (last_seen + idle).min(row.expires_at),
     })
 }
 
@@ -115,12 +120,13 @@ pub async fn sign_out(store: &Store, secret: &str) -> Result<(), StoreError> {
 /// The `Set-Cookie` value that hands the browser its session (or, with `None`, removes it).
 /// `Path=/`: the console's pages call the JSON API under `/api/v1`.
 pub fn set_cookie(secret: Option<&str>, secure: bool, max_age: i64) -> String {
-    let secure = if secure { "; Secure" } else { "" };
+    let name = cookie_name(secure);
+    let flag = if secure { "; Secure" } else { "" };
     match secret {
         Some(s) => {
-            format!("{COOKIE}={s}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}")
+            format!("{name}={s}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{flag}")
         }
-        None => format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}"),
+        None => format!("{name}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{flag}"),
     }
 }
 
@@ -140,7 +146,8 @@ mod tests {
     fn cookie_is_http_only_strict_and_secure_only_with_tls() {
         let c = set_cookie(Some("imds_x"), false, 60);
         assert!(c.contains("HttpOnly") && c.contains("SameSite=Strict") && !c.contains("Secure"));
-        assert!(set_cookie(Some("imds_x"), true, 60).ends_with("; Secure"));
+        let tls = set_cookie(Some("imds_x"), true, 60);
+        assert!(tls.starts_with("__Host-imd_session=") && tls.ends_with("; Secure"));
         assert!(set_cookie(None, true, 0).contains("Max-Age=0"));
     }
 }

@@ -159,21 +159,24 @@ macro_rules! console_sql {
         Ok(n)
     }
 
-    /// Attempts since `since`, counted per `bucket_secs` bucket (its start time) and outcome.
+    /// Attempts in `[since, until)`, counted per `bucket_secs` bucket (its start time) and
+    /// outcome.
     pub async fn activity(
         &self,
         org_id: &str,
         since: i64,
+        until: i64,
         bucket_secs: i64,
     ) -> crate::store::Result<Vec<ActivityBucket>> {
         Ok(sqlx::query_as::<_, ActivityBucket>(
             "SELECT (created_at - ((created_at - $2) % $3)) AS bucket, outcome, COUNT(*) AS n
-               FROM activations WHERE org_id = $1 AND created_at >= $2
+               FROM activations WHERE org_id = $1 AND created_at >= $2 AND created_at < $4
               GROUP BY 1, 2 ORDER BY 1, 2",
         )
         .bind(org_id)
         .bind(since)
         .bind(bucket_secs)
+        .bind(until)
         .fetch_all(&self.read)
         .await?)
     }

@@ -151,7 +151,8 @@ macro_rules! device_sql {
         f: &crate::store::DeviceFilter<'_>,
         page: &crate::store::Page,
     ) -> crate::store::Result<Vec<DeviceRow>> {
-        let q = f.q.map(crate::store::like_prefix);
+        // Braces around a pasted UUID are not part of the stored (normalised) value.
+        let q = f.q.map(|q| crate::store::like_prefix(q.trim_matches(['{', '}'])));
         Ok(sqlx::query_as::<_, DeviceRow>(
             "SELECT d.* FROM devices d WHERE d.org_id = $1 AND d.id > $2 AND ($3 IS NULL OR d.user_id = $3)
                AND ($4 IS NULL OR d.status = $4)

@@ -586,9 +586,10 @@ impl Store {
         &self,
         org_id: &str,
         since: i64,
+        until: i64,
         bucket_secs: i64,
     ) -> Result<Vec<ActivityBucket>> {
-        on!(self, s => s.activity(org_id, since, bucket_secs).await)
+        on!(self, s => s.activity(org_id, since, until, bucket_secs).await)
     }
     pub async fn top_failures(
         &self,

@@ -136,7 +136,162 @@ async fn console_with_tls_sets_secure_cookies() {
     let app = crate::helpers::spawn_app_with(&[("public_url", "https://imd.example.com")]).await;
     let r = sign_in(&app, &app.admin_key).await;
     let set = r.headers()[SET_COOKIE].to_str().unwrap();
+    // `__Host-`: only this host can set it, so a sibling domain cannot plant a session.
+    assert!(set.starts_with("__Host-imd_session=imds_"), "{set}");
     assert!(set.ends_with("; Secure"), "{set}");
+    let pair = set.split(';').next().unwrap().to_string();
+    let r = no_redirects()
+        .get(app.url("/api/v1/admin/org"))
+        .header(COOKIE, &pair)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // The plain name is not read on a TLS deployment.
+    let plain = pair.replace("__Host-", "");
+    let r = no_redirects()
+        .get(app.url("/api/v1/admin/org"))
+        .header(COOKIE, &plain)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn console_sign_in_from_another_site_is_refused() {
+    let app = spawn_app().await;
+    for (header, value) in [
+        ("Sec-Fetch-Site", "cross-site"),
+        ("Sec-Fetch-Site", "same-site"),
+        ("Origin", "https://evil.example"),
+    ] {
+        let r = no_redirects()
+            .post(app.url("/console/session"))
+            .header(header, value)
+            .form_body(&[("key", &app.admin_key)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{header}: {value}");
+        assert!(!r.headers().contains_key(SET_COOKIE), "{header}: {value}");
+    }
+    // The console's own form: same origin.
+    let host = app.addr.trim_start_matches("http://").to_string();
+    for (header, value) in [
+        ("Sec-Fetch-Site", "same-origin".to_string()),
+        ("Origin", app.addr.clone()),
+    ] {
+        let r = no_redirects()
+            .post(app.url("/console/session"))
+            .header(header, &value)
+            .header("Host", &host)
+            .form_body(&[("key", &app.admin_key)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::SEE_OTHER, "{header}: {value}");
+    }
+}
+
+#[tokio::test]
+async fn console_session_edge_cases() {
+    let app = spawn_app().await;
+    let get = |cookie: String, background: bool| {
+        let app = &app;
+        async move {
+            let mut r = no_redirects()
+                .get(app.url("/api/v1/admin/org"))
+                .header(COOKIE, cookie);
+            if background {
+                r = r.header("X-Imd-Background", "1");
+            }
+            r.send().await.unwrap().status()
+        }
+    };
+    // A new sign-in ends the browser's previous session.
+    let first = session_cookie(&app).await;
+    let r = no_redirects()
+        .post(app.url("/console/session"))
+        .header(COOKIE, &first)
+        .form_body(&[("key", &app.admin_key)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(get(first.clone(), false).await, StatusCode::UNAUTHORIZED);
+
+    // The page's own refreshes do not keep a session alive.
+    let idle = session_cookie(&app).await;
+    for _ in 0..3 {
+        app.clock.advance(9 * 60);
+        assert_eq!(get(idle.clone(), true).await, StatusCode::OK);
+    }
+    app.clock.advance(4 * 60);
+    assert_eq!(get(idle, true).await, StatusCode::UNAUTHORIZED);
+
+    // Two different session cookies in one request authenticate nothing.
+    let a = session_cookie(&app).await;
+    let b = session_cookie(&app).await;
+    assert_eq!(
+        get(format!("{a}; {b}"), false).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(get(format!("{a}; {a}"), false).await, StatusCode::OK);
+
+    // Same-site (a sibling subdomain) is another site for state changes.
+    let csrf = csrf_of(&app, &a).await;
+    let r = no_redirects()
+        .post(app.url("/api/v1/admin/tokens"))
+        .header(COOKIE, &a)
+        .header("X-CSRF-Token", &csrf)
+        .header("Sec-Fetch-Site", "same-site")
+        .json(&json!({"version": "v4", "name": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await.1, "csrf_failed");
+}
+
+#[tokio::test]
+async fn a_disabled_console_serves_nothing_and_honours_no_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = crate::helpers::spawn_app_in(dir, &[]).await;
+    let cookie = session_cookie(&app).await;
+    assert_eq!(
+        with_cookie(
+            &app,
+            reqwest::Method::GET,
+            "/api/v1/admin/org",
+            &cookie,
+            None,
+            None
+        )
+        .await
+        .status(),
+        StatusCode::OK
+    );
+    // The same database, served with the console turned off.
+    let mut settings = app.settings.clone();
+    settings.console.enabled = false;
+    let off = imd::startup::Application::build(settings, std::sync::Arc::new(app.clock.clone()))
+        .await
+        .unwrap();
+    let base = format!("http://{}", off.addr());
+    tokio::spawn(off.run_until_stopped());
+    let r = no_redirects()
+        .get(format!("{base}/api/v1/admin/org"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = no_redirects()
+        .get(format!("{base}/console/login"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]
@@ -345,7 +500,7 @@ async fn wrong_admin_keys_are_rate_limited_on_the_api_and_the_console_alike() {
         assert!(r.text().await.unwrap().contains("unknown or revoked"));
     }
     // Both kinds count against one budget per address.
-    let r = sign_in(&app, &app.admin_key).await;
+    let r = sign_in(&app, "imd_adm_wrong").await;
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(r.headers().contains_key("retry-after"));
     let (status, code, _) =
@@ -354,12 +509,19 @@ async fn wrong_admin_keys_are_rate_limited_on_the_api_and_the_console_alike() {
         (status, code.as_str()),
         (StatusCode::TOO_MANY_REQUESTS, "rate_limited")
     );
-    // The next minute starts afresh.
-    app.clock.advance(60);
+    // The right key is never locked out by someone else's wrong ones from the same address.
     assert_eq!(
         sign_in(&app, &app.admin_key).await.status(),
         StatusCode::SEE_OTHER
     );
+    assert_eq!(
+        app.admin_get("/api/v1/admin/org").await.status(),
+        StatusCode::OK
+    );
+    // The next minute starts afresh.
+    app.clock.advance(60);
+    let r = app.get_as("/api/v1/admin/org", "imd_adm_wrong").await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]
@@ -410,13 +572,13 @@ async fn overview_counts_rollout_activity_and_failures() {
         "{o}"
     );
     assert_eq!(o["activity"]["buckets"].as_array().unwrap().len(), 24);
-    let hour: i64 = o["activity"]["buckets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["activated"].as_i64().unwrap())
-        .sum();
-    assert_eq!(hour, 1);
+    // It landed in the last bucket: the current hour.
+    let buckets = o["activity"]["buckets"].as_array().unwrap();
+    let last = buckets.last().unwrap();
+    assert_eq!(last["activated"], 1, "{last}");
+    let start = imd::clock::parse_rfc3339(last["start"].as_str().unwrap()).unwrap();
+    let now = app.clock.now();
+    assert!(start <= now && now < start + 3_600, "{last}");
     // The unknown token has no organization: it is not this admin's failure.
     let f = &o["top_failures"][0];
     assert_eq!(f["code"], "device_not_mapped", "{o}");
@@ -492,8 +654,16 @@ async fn device_user_and_audit_lists_filter() {
             .await
             .is_empty()
     );
-    // A wildcard in a search term is a literal character.
+    // Wildcards in a search term are literal characters.
     assert!(app.list("/api/v1/admin/devices?q=%25").await.is_empty());
+    assert!(
+        app.list("/api/v1/admin/devices?q=ws_").await.is_empty(),
+        "_ is not a wildcard"
+    );
+    assert_eq!(
+        names(app.list("/api/v1/admin/devices?q=ws-").await),
+        ["WS-A"]
+    );
     let later = imd::clock::rfc3339(app.clock.now());
     assert!(
         app.list(&format!("/api/v1/admin/devices?seen_after={later}"))
@@ -540,14 +710,18 @@ async fn device_user_and_audit_lists_filter() {
         .await;
     assert_eq!(mine.len(), 1);
     assert_eq!(mine[0]["outcome"], "activated");
-    assert!(
-        app.list(&format!(
-            "/api/v1/admin/activations?until={}",
-            imd::clock::rfc3339(0)
-        ))
-        .await
-        .is_empty()
-    );
+    // The two activations happened an hour before the failure.
+    let cut = imd::clock::rfc3339(app.clock.now() - 60);
+    let early = app
+        .list(&format!("/api/v1/admin/activations?until={cut}"))
+        .await;
+    assert_eq!(early.len(), 2);
+    assert!(early.iter().all(|a| a["outcome"] == "activated"));
+    let late = app
+        .list(&format!("/api/v1/admin/activations?since={cut}"))
+        .await;
+    assert_eq!(late.len(), 1);
+    assert_eq!(late[0]["serial"], "SER-X");
     let tid = failed[0]["token_id"].as_str().unwrap();
     assert_eq!(
         app.list(&format!("/api/v1/admin/activations?token_id={tid}"))
@@ -724,8 +898,28 @@ async fn console_in_a_real_browser() {
     assert_labelled(&b).await;
 
     // Sign out: back at sign-in, and the session is gone for the API too.
+    let session = b
+        .cookies()
+        .await
+        .into_iter()
+        .find(|c| c["name"] == "imd_session")
+        .unwrap()["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
     b.click("#sign-out").await;
     b.wait_text(".notice", "signed out").await;
+    let r = no_redirects()
+        .get(app.url("/api/v1/admin/org"))
+        .header(COOKIE, format!("imd_session={session}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::UNAUTHORIZED,
+        "the server ended the session"
+    );
     b.goto(&app.url("/console")).await;
     b.find("#key").await;
     b.quit().await;

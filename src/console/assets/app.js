@@ -60,6 +60,8 @@
   async function api(method, path, opts = {}) {
     const headers = { Accept: opts.accept || 'application/json' };
     if (method !== 'GET') headers['X-CSRF-Token'] = csrf;
+    // The page's own refreshes are not use: an open tab must not keep a session alive.
+    if (opts.background) headers['X-Imd-Background'] = '1';
     let body = opts.body;
     if (body !== undefined && !(body instanceof Blob) && typeof body !== 'string') {
       body = JSON.stringify(body);
@@ -118,9 +120,16 @@
 
   // A modal dialog; resolves with the value of the button pressed (or null on Escape).
   function dialog(title, body, buttons) {
+    const opener = document.activeElement;
     return new Promise((resolve) => {
       const d = h('dialog', { 'aria-labelledby': 'dlg-title' });
-      const done = (v) => { d.close(); d.remove(); resolve(v); };
+      const done = (v) => {
+        d.close();
+        d.remove();
+        // Back to where the keyboard was (if that control is still on the page).
+        if (opener && opener.isConnected && opener.focus) opener.focus();
+        resolve(v);
+      };
       append(d, [
         h('h2', { id: 'dlg-title' }, title),
         body,
@@ -259,13 +268,16 @@
         type: 'button', 'aria-pressed': String(w === win), 'data-window': w, onclick: (ev) => {
           win = w;
           toggle.querySelectorAll('button').forEach((b) => b.setAttribute('aria-pressed', String(b.dataset.window === w)));
-          refresh();
+          refresh(false);
         },
       }, t)));
     append(root, [h('h1', {}, 'Overview'), toggle, body]);
-    async function refresh() {
-      const o = await attempt(() => api('GET', '/overview', { query: { window: win } }));
+    async function refresh(background) {
+      // Someone reading or using the page keeps their place: no redraw under their focus.
+      if (background && (document.hidden || (body.contains(document.activeElement) && document.activeElement !== body))) return;
+      const o = await attempt(() => api('GET', '/overview', { query: { window: win }, background }));
       if (!o) return;
+      const tableOpen = !!body.querySelector('details[open]');
       body.replaceChildren(
         rollout(o.rollout),
         section('Activations over time', chart(o.activity),
@@ -276,9 +288,10 @@
         failures(o.top_failures),
         h('div', { class: 'two' }, connectorsCard(o.connectors), directoriesCard(o.directories)),
         h('p', { class: 'muted' }, `Updated ${fmtTime(o.generated_at)}; refreshes every 10 seconds.`));
+      if (tableOpen) body.querySelector('details').open = true;
     }
-    await refresh();
-    const timer = setInterval(refresh, 10000);
+    await refresh(false);
+    const timer = setInterval(() => refresh(true), 10000);
     return () => clearInterval(timer);
   };
 
@@ -820,19 +833,27 @@
     const [page, id] = path.split('/');
     return { page: pages[page] ? page : 'overview', id: id ? decodeURIComponent(id) : null, params: new URLSearchParams(query || '') };
   }
+  let renders = 0;
   async function render() {
     stopPage();
     stopPage = () => {};
     const r = route();
+    const mine = ++renders;
     document.querySelectorAll('#nav a').forEach((a) => {
       if (a.dataset.page === r.page) a.setAttribute('aria-current', 'page'); else a.removeAttribute('aria-current');
     });
-    main.replaceChildren();
+    // Each render draws into its own container; one the user has already left is dropped.
+    const view = h('div', { class: 'view' });
+    main.replaceChildren(view);
     try {
-      const stop = await pages[r.page](main, r.id, r.params);
+      const stop = await pages[r.page](view, r.id, r.params);
+      if (mine !== renders || !view.isConnected) {
+        if (typeof stop === 'function') stop();
+        return;
+      }
       if (typeof stop === 'function') stopPage = stop;
     } catch (e) {
-      if (e.status !== 401) showError(e);
+      if (mine === renders && e.status !== 401) showError(e);
     }
     const h1 = main.querySelector('h1');
     document.title = `${h1 ? h1.textContent : 'imd'} · imd console`;
