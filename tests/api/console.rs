@@ -971,3 +971,75 @@ async fn console_fits_a_phone() {
     b.screenshot("phone-tokens").await;
     b.quit().await;
 }
+
+/// The directories page against a real OpenLDAP through a real connector: the connector shows
+/// connected, the directory browser walks the OUs and fills in the base DN, the mapping is added,
+/// and a dry-run sync shows up among the runs.
+#[tokio::test]
+async fn console_directories_page_browses_a_real_directory() {
+    use crate::imd_v2::{Kind, dir, start_connector};
+    let Some(d) = dir(Kind::OpenLdap) else {
+        return;
+    };
+    let Some(b) = Browser::start().await else {
+        return;
+    };
+    let app = spawn_app().await;
+    let _c = start_connector(&app, &d, "hq-dc01").await;
+    b.goto(&app.url("/console/login")).await;
+    b.type_into("#key", &app.admin_key).await;
+    b.click("#sign-in").await;
+    b.wait_text("main h1", "Overview").await;
+    b.wait_text("main", "hq-dc01").await;
+    b.click("a[data-page=directories]").await;
+    b.wait_text("main table", "connected").await;
+
+    b.click("#browse-directory").await;
+    b.wait_text("#dir-browser", &d.base).await;
+    b.click("#dir-browser .tree button[aria-expanded]").await;
+    // The first OU below the base: pick it for the mapping.
+    b.find("#dir-browser .tree .tree button.link").await;
+    let ou = b
+        .exec(
+            "const b = document.querySelector('#dir-browser .tree .tree button.link'); b.click(); return b.textContent",
+            json!([]),
+        )
+        .await
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        ou.to_lowercase().ends_with(&d.base.to_lowercase()) && ou.len() > d.base.len(),
+        "{ou} below {}",
+        d.base
+    );
+    assert_eq!(b.value("#ldap-base_dn").await, ou);
+    b.type_into("#ldap-name", "staff").await;
+    b.type_into("#ldap-priority", "10").await;
+    b.click_button("main form", "Add mapping").await;
+    b.wait_text("main", "staff").await;
+    let mappings = app.list("/api/v1/admin/ldap-mappings").await;
+    assert_eq!(mappings.len(), 1, "{mappings:?}");
+    assert_eq!(mappings[0]["base_dn"], ou.as_str());
+    assert_labelled(&b).await;
+
+    // A dry-run sync from the page.
+    b.click("#sync-dry-run").await;
+    b.click("#sync-now").await;
+    b.wait_text("#banner", "dry run").await;
+    let mut runs = Vec::new();
+    for _ in 0..100 {
+        runs = app.list("/api/v1/admin/sync-runs").await;
+        if runs.first().is_some_and(|r| r["status"] != "running") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0]["dry_run"], true);
+    b.click("a[data-page=overview]").await;
+    b.click("a[data-page=directories]").await;
+    b.wait_text("main", "(dry run)").await;
+    b.screenshot("directories-ldap").await;
+    b.quit().await;
+}

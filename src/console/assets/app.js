@@ -692,7 +692,7 @@
     }) }, 'Browse the directory');
     function ouTree(base) {
       const li = h('li', {});
-      const kids = h('ul', {});
+      const kids = h('ul', { class: 'tree' });
       const pick = h('button', { type: 'button', class: 'link', onclick: () => { create.inputs.base_dn.value = base; create.inputs.base_dn.focus(); } }, base);
       const open = h('button', { type: 'button', 'aria-expanded': 'false', 'aria-label': 'Show OUs under ' + base, onclick: () => attempt(async () => {
         if (open.getAttribute('aria-expanded') === 'true') { kids.replaceChildren(); open.setAttribute('aria-expanded', 'false'); return; }
