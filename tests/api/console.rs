@@ -65,6 +65,11 @@ async fn csrf_of(app: &TestApp, cookie: &str) -> String {
         .text()
         .await
         .unwrap();
+    csrf_in(&html)
+}
+
+/// The CSRF token in a console page's `<meta name="csrf-token">`.
+pub fn csrf_in(html: &str) -> String {
     let marker = "name=\"csrf-token\" content=\"";
     let at = html.find(marker).expect("csrf meta") + marker.len();
     let len = html[at..].find('"').unwrap();
@@ -751,6 +756,20 @@ async fn assert_labelled(b: &Browser) {
     );
 }
 
+/// A screenshot for docs/console.md, and the labels check, of the page as it is now.
+async fn shot(b: &Browser, name: &str) {
+    b.screenshot(name).await;
+    assert_labelled(b).await;
+}
+
+/// Signs the browser in through the form and waits for the overview.
+async fn browser_sign_in(b: &Browser, app: &TestApp) {
+    b.goto(&app.url("/console/login")).await;
+    b.type_into("#key", &app.admin_key).await;
+    b.click("#sign-in").await;
+    b.wait_text("main h1", "Overview").await;
+}
+
 /// The walk an admin takes: sign in, mint a token, upload a CSV with a bad row and see the error
 /// table, watch the overview count an activation, revoke a device, sign out.
 #[tokio::test]
@@ -766,8 +785,7 @@ async fn console_in_a_real_browser() {
         "{}",
         b.url().await
     );
-    b.screenshot("sign-in").await;
-    assert_labelled(&b).await;
+    shot(&b, "sign-in").await;
 
     // A wrong key: an error, still on the sign-in page.
     b.type_into("#key", "imd_adm_wrong").await;
@@ -816,8 +834,7 @@ async fn console_in_a_real_browser() {
     b.screenshot("tokens-minted").await;
     b.click_button("dialog", "Done").await;
     b.wait_text("main table", "Berlin laptops").await;
-    b.screenshot("tokens").await;
-    assert_labelled(&b).await;
+    shot(&b, "tokens").await;
     let listed = app.list("/api/v1/admin/tokens").await;
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0]["name"], "Berlin laptops");
@@ -843,8 +860,7 @@ async fn console_in_a_real_browser() {
         "{errors}"
     );
     assert!(b.exists("#download-failures").await);
-    b.screenshot("device-maps-errors").await;
-    assert_labelled(&b).await;
+    shot(&b, "device-maps-errors").await;
     assert!(
         app.list("/api/v1/admin/device-mappings").await.is_empty(),
         "the dry run wrote nothing"
@@ -863,21 +879,18 @@ async fn console_in_a_real_browser() {
         .await;
     b.wait_text("#activity-totals", "1 activated").await;
     b.wait_text("#rollout", "1 of 2 activated").await;
-    b.screenshot("overview").await;
-    assert_labelled(&b).await;
+    shot(&b, "overview").await;
 
     // Devices: the list, the detail page with its history, revoke.
     b.click("a[data-page=devices]").await;
     b.wait_text("main table", "WS-ALICE").await;
-    b.screenshot("devices").await;
-    assert_labelled(&b).await;
+    shot(&b, "devices").await;
     b.click("main table a").await;
     b.wait_text("main h1", "WS-ALICE").await;
     b.wait_text("main", "Activation history").await;
     b.wait_text("main section:last-of-type table", "activated")
         .await;
-    b.screenshot("device-detail").await;
-    assert_labelled(&b).await;
+    shot(&b, "device-detail").await;
     b.click("#revoke-device").await;
     b.click_button("dialog", "Revoke").await;
     b.wait_text("#banner", "revoked").await;
@@ -886,16 +899,13 @@ async fn console_in_a_real_browser() {
 
     b.click("a[data-page=users]").await;
     b.wait_text("main table", "alice@corp.example.com").await;
-    b.screenshot("users").await;
-    assert_labelled(&b).await;
+    shot(&b, "users").await;
     b.click("a[data-page=audit]").await;
     b.wait_text("main table", "activated").await;
-    b.screenshot("audit").await;
-    assert_labelled(&b).await;
+    shot(&b, "audit").await;
     b.click("a[data-page=directories]").await;
     b.wait_text("main", "Directory sync").await;
-    b.screenshot("directories").await;
-    assert_labelled(&b).await;
+    shot(&b, "directories").await;
 
     // Sign out: back at sign-in, and the session is gone for the API too.
     let session = b
@@ -931,10 +941,7 @@ async fn console_session_expiry_sends_the_browser_back_to_sign_in() {
         return;
     };
     let app = spawn_app().await;
-    b.goto(&app.url("/console/login")).await;
-    b.type_into("#key", &app.admin_key).await;
-    b.click("#sign-in").await;
-    b.wait_text("main h1", "Overview").await;
+    browser_sign_in(&b, &app).await;
     app.clock.advance(31 * 60);
     b.click("a[data-page=users]").await;
     b.wait_text(".notice", "Your session ended").await;
@@ -949,10 +956,7 @@ async fn console_fits_a_phone() {
     };
     let app = spawn_app().await;
     app.token().await;
-    b.goto(&app.url("/console/login")).await;
-    b.type_into("#key", &app.admin_key).await;
-    b.click("#sign-in").await;
-    b.wait_text("main h1", "Overview").await;
+    browser_sign_in(&b, &app).await;
     // The menu folds behind a button and opens with it.
     let shown =
         "const n = document.getElementById('nav'); return getComputedStyle(n).display !== 'none';";
@@ -986,10 +990,7 @@ async fn console_directories_page_browses_a_real_directory() {
     };
     let app = spawn_app().await;
     let _c = start_connector(&app, &d, "hq-dc01").await;
-    b.goto(&app.url("/console/login")).await;
-    b.type_into("#key", &app.admin_key).await;
-    b.click("#sign-in").await;
-    b.wait_text("main h1", "Overview").await;
+    browser_sign_in(&b, &app).await;
     b.wait_text("main", "hq-dc01").await;
     b.click("a[data-page=directories]").await;
     b.wait_text("main table", "connected").await;

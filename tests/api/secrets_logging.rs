@@ -249,9 +249,7 @@ async fn a_full_run_at_trace_level_logs_no_secret() {
         .text()
         .await
         .unwrap();
-    let marker = "name=\"csrf-token\" content=\"";
-    let at = page.find(marker).expect("the console page") + marker.len();
-    let csrf = page[at..at + page[at..].find('"').unwrap()].to_string();
+    let csrf = crate::console::csrf_in(&page);
     let r = browser
         .post(server.url("/api/v1/admin/tokens"))
         .header("Cookie", &cookie)

@@ -858,8 +858,15 @@
     const h1 = main.querySelector('h1');
     document.title = `${h1 ? h1.textContent : 'imd'} · imd console`;
   }
-  window.addEventListener('hashchange', () => { banner.hidden = true; render(); main.focus(); });
   const toggle = document.querySelector('.menu-toggle');
+  window.addEventListener('hashchange', () => {
+    banner.hidden = true;
+    // On a phone the menu folds away again once a page is chosen.
+    toggle.setAttribute('aria-expanded', 'false');
+    document.getElementById('nav').classList.remove('open');
+    render();
+    main.focus();
+  });
   toggle.addEventListener('click', () => {
     const open = toggle.getAttribute('aria-expanded') !== 'true';
     toggle.setAttribute('aria-expanded', String(open));
