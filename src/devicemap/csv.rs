@@ -113,7 +113,8 @@ fn separator_hint(unknown: &[String]) -> &'static str {
 /// `column`/`value` describe the first problem, and `error` then lists all
 /// of them as "column: problem; column: problem", which reads better in a
 /// spreadsheet than one line per problem.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
+#[schemars(rename = "DeviceMapRowError", deny_unknown_fields)]
 pub struct RowError {
     /// 1-based physical line where the record starts (the header is line 1).
     pub line: u64,

@@ -33,7 +33,9 @@ pub struct ImportOptions {
     pub max_listed_errors: usize,
 }
 
-#[derive(Debug, Serialize)]
+/// A device-map upload report (docs/csv-format.md), as `POST /api/v1/admin/device-maps` answers.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+#[schemars(rename = "DeviceMapReport", deny_unknown_fields)]
 pub struct ImportReport {
     pub rows_total: u64,
     pub rows_valid: u64,

@@ -664,7 +664,7 @@ fn table() -> Vec<Operation> {
         .admin()
         .csv_body()
         .query::<device_maps::UploadQuery>()
-        .ok::<DeviceMapReport>(200, "The report (or, with Accept: text/csv, the failing rows)")
+        .ok::<crate::devicemap::import::ImportReport>(200, "The report (or, with Accept: text/csv, the failing rows)")
         .errors(&[C::DeviceMapInvalid]),
         op(Post, "/api/v1/admin/device-mappings", "createDeviceMappings", DEVICE_MAPS, "Create device mappings (JSON)", |r| {
             r.to(device_maps::create_mappings)
@@ -696,23 +696,23 @@ fn table() -> Vec<Operation> {
         })
         .admin()
         .body::<connectors::NewConnector>()
-        .ok::<ConnectorKey>(201, "The connector and its registration key")
+        .ok::<connectors::ConnectorKey>(201, "The connector and its registration key")
         .errors(&[C::Conflict]),
         op(Get, "/api/v1/admin/connectors", "listConnectors", CONNECTORS, "List connectors", |r| {
             r.to(connectors::list)
         })
         .admin()
-        .ok::<List<ConnectorView>>(200, "Every connector"),
+        .ok::<List<connectors::ConnectorView>>(200, "Every connector"),
         op(Get, "/api/v1/admin/connectors/{id}", "getConnector", CONNECTORS, "A connector", |r| {
             r.to(connectors::get)
         })
         .admin()
-        .ok::<ConnectorView>(200, "The connector"),
+        .ok::<connectors::ConnectorView>(200, "The connector"),
         op(Post, "/api/v1/admin/connectors/{id}/registration-key", "reissueRegistrationKey", CONNECTORS, "A new registration key", |r| {
             r.to(connectors::reissue_key)
         })
         .admin()
-        .ok::<ConnectorKey>(200, "The new key"),
+        .ok::<connectors::ConnectorKey>(200, "The new key"),
         op(Delete, "/api/v1/admin/connectors/{id}", "retireConnector", CONNECTORS, "Retire a connector", |r| {
             r.to(connectors::retire)
         })
@@ -864,14 +864,14 @@ fn table() -> Vec<Operation> {
         })
         .admin()
         .query::<sync::StartQuery>()
-        .ok::<SyncRun>(202, "The run, started")
+        .ok::<SyncStarted>(202, "The run, started")
         .errors(&[C::InvalidSetting, C::SyncInProgress, C::SyncNotConfigured]),
         op(Get, "/api/v1/admin/sync-runs", "listSyncRuns", SYNC, "Sync runs", |r| {
             r.to(sync::list_runs)
         })
         .admin()
         .query::<pagination::PageQuery>()
-        .ok::<ObjectPage>(200, "A page of runs"),
+        .ok::<SyncRunPage>(200, "A page of runs"),
         op(Get, "/api/v1/admin/sync-runs/{id}", "getSyncRun", SYNC, "A sync run", |r| {
             r.to(sync::get_run)
         })
@@ -882,7 +882,7 @@ fn table() -> Vec<Operation> {
         })
         .admin()
         .query::<sync::RunUsersQuery>()
-        .ok::<ObjectPage>(200, "A page of the report"),
+        .ok::<SyncRunUserPage>(200, "A page of the report"),
         op(Post, "/api/v1/admin/sync-runs/{id}/approve", "approveSyncRun", SYNC, "Approve a run's held-back changes", |r| {
             r.to(sync::approve)
         })

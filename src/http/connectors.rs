@@ -4,12 +4,12 @@
 //! long-lived credential. Keys and credentials are shown once and stored as SHA-256 only.
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use super::auth::AdminAuth;
 use super::{ApiError, AppState, Code};
-use crate::clock::rfc3339;
+use crate::clock::ser::{Timestamp, ts, ts_opt};
 use crate::connector::proto::{CREDENTIAL_PREFIX, RegisterRequest, RegisterResponse};
 use crate::crypto::{random_secret, sha256_hex};
 use crate::store::{ConnectorRow, ConnectorSessionRow, StoreError};
@@ -34,30 +34,72 @@ fn connector_name(v: &str) -> Result<String, ApiError> {
     Ok(v.to_string())
 }
 
-fn ts(t: Option<i64>) -> Value {
-    t.map_or(Value::Null, |t| json!(rfc3339(t)))
+/// Whether a connector has a live session (seen within the heartbeat window).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnectorStatus {
+    Connected,
+    Disconnected,
 }
 
-/// The admin view of a connector, with its live session (if any) folded in.
-fn connector_view(c: &ConnectorRow, session: Option<&ConnectorSessionRow>) -> Value {
-    let last_seen = c.last_seen_at.max(session.map(|s| s.last_seen_at));
-    json!({
-        "id": c.id,
-        "name": c.name,
-        "status": if session.is_some() { "connected" } else { "disconnected" },
-        "last_seen_at": ts(last_seen),
-        "version": session.and_then(|s| s.version.clone()).or_else(|| c.version.clone()),
-        "hostname": c.hostname,
-        "remote_addr": session.and_then(|s| s.remote_addr.clone()).or_else(|| c.remote_addr.clone()),
-        "directory_kind": session
+/// A connector as the admin API shows it, with its live session (if any) folded in
+/// (docs/connector.md).
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct ConnectorView {
+    pub id: String,
+    pub name: String,
+    pub status: ConnectorStatus,
+    #[serde(serialize_with = "ts_opt")]
+    #[schemars(with = "Option<Timestamp>")]
+    pub last_seen_at: Option<i64>,
+    /// The connector's version, as it last reported it.
+    pub version: Option<String>,
+    pub hostname: Option<String>,
+    pub remote_addr: Option<String>,
+    /// The directory behind the connector (`ad`, `ldap`, ...), as it last reported it.
+    pub directory_kind: Option<String>,
+    /// Calls under way on its live session (0 without one).
+    pub in_flight: i64,
+    pub registered: bool,
+    #[serde(serialize_with = "ts_opt")]
+    #[schemars(with = "Option<Timestamp>")]
+    pub registered_at: Option<i64>,
+    /// Null once the key is used.
+    #[serde(serialize_with = "ts_opt")]
+    #[schemars(with = "Option<Timestamp>")]
+    pub registration_key_expires_at: Option<i64>,
+    #[serde(serialize_with = "ts")]
+    #[schemars(with = "Timestamp")]
+    pub created_at: i64,
+}
+
+fn connector_view(c: &ConnectorRow, session: Option<&ConnectorSessionRow>) -> ConnectorView {
+    ConnectorView {
+        id: c.id.clone(),
+        name: c.name.clone(),
+        status: if session.is_some() {
+            ConnectorStatus::Connected
+        } else {
+            ConnectorStatus::Disconnected
+        },
+        last_seen_at: c.last_seen_at.max(session.map(|s| s.last_seen_at)),
+        version: session
+            .and_then(|s| s.version.clone())
+            .or_else(|| c.version.clone()),
+        hostname: c.hostname.clone(),
+        remote_addr: session
+            .and_then(|s| s.remote_addr.clone())
+            .or_else(|| c.remote_addr.clone()),
+        directory_kind: session
             .and_then(|s| s.directory_kind.clone())
             .or_else(|| c.directory_kind.clone()),
-        "in_flight": session.map_or(0, |s| s.in_flight),
-        "registered": c.registered_at.is_some(),
-        "registered_at": ts(c.registered_at),
-        "registration_key_expires_at": ts(c.registration_key_expires_at),
-        "created_at": rfc3339(c.created_at),
-    })
+        in_flight: session.map_or(0, |s| s.in_flight),
+        registered: c.registered_at.is_some(),
+        registered_at: c.registered_at,
+        registration_key_expires_at: c.registration_key_expires_at,
+        created_at: c.created_at,
+    }
 }
 
 /// Sessions seen within the heartbeat window count as connected.
@@ -73,13 +115,26 @@ async fn live_sessions(
         .await?)
 }
 
-fn key_view(c: &ConnectorRow, key: &str) -> Value {
-    json!({
-        "id": c.id,
-        "name": c.name,
-        "registration_key": key,
-        "registration_key_expires_at": ts(c.registration_key_expires_at),
-    })
+/// A connector's registration key, shown once (create and reissue).
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct ConnectorKey {
+    pub id: String,
+    pub name: String,
+    /// `imdr_…`; shown only once.
+    pub registration_key: String,
+    #[serde(serialize_with = "ts_opt")]
+    #[schemars(with = "Option<Timestamp>")]
+    pub registration_key_expires_at: Option<i64>,
+}
+
+fn key_view(c: &ConnectorRow, key: &str) -> ConnectorKey {
+    ConnectorKey {
+        id: c.id.clone(),
+        name: c.name.clone(),
+        registration_key: key.to_string(),
+        registration_key_expires_at: c.registration_key_expires_at,
+    }
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -125,7 +180,7 @@ pub(super) async fn views(
     state: &AppState,
     org_id: &str,
     now: i64,
-) -> Result<Vec<Value>, ApiError> {
+) -> Result<Vec<ConnectorView>, ApiError> {
     let rows = state.store.connectors(org_id).await?;
     let sessions = live_sessions(state, org_id, now).await?;
     Ok(rows
@@ -136,7 +191,10 @@ pub(super) async fn views(
 
 pub async fn list(state: web::Data<AppState>, auth: AdminAuth) -> Result<HttpResponse, ApiError> {
     let items = views(&state, &auth.org_id, state.clock.now()).await?;
-    Ok(HttpResponse::Ok().json(json!({ "items": items, "next_cursor": null })))
+    Ok(HttpResponse::Ok().json(super::pagination::Paged {
+        items,
+        next_cursor: None,
+    }))
 }
 
 pub async fn get(

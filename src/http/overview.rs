@@ -130,7 +130,7 @@ pub async fn overview(
     let connectors = super::connectors::views(&state, org, now).await?;
     let connected = connectors
         .iter()
-        .filter(|c| c["status"] == "connected")
+        .filter(|c| c.status == super::connectors::ConnectorStatus::Connected)
         .count();
     let azure = state.store.azure_config(org).await?;
     let ldap_mappings = state.store.ldap_mappings(org).await?.len();

@@ -280,48 +280,6 @@ impl JsonSchema for DeviceWithUser {
     }
 }
 
-described!(
-    /// A connector as the admin API lists it (docs/connector.md).
-    ConnectorView,
-    {
-        "type": "object",
-        "required": ["id", "name"],
-        "properties": {
-            "id": {"type": "string"}, "name": {"type": "string"},
-            "status": {"type": "string"}, "created_at": {"type": "string", "format": "date-time"}
-        }
-    }
-);
-
-described!(
-    /// A connector registration key, shown once.
-    ConnectorKey,
-    {
-        "type": "object",
-        "required": ["id", "name", "registration_key", "registration_key_expires_at"],
-        "properties": {
-            "id": {"type": "string"}, "name": {"type": "string"},
-            "registration_key": {"type": "string", "description": "imdr_…; shown only once."},
-            "registration_key_expires_at": {"type": "string", "format": "date-time"}
-        }
-    }
-);
-
-described!(
-    /// A device-map upload report (docs/csv-format.md).
-    DeviceMapReport,
-    {
-        "type": "object",
-        "properties": {
-            "rows_total": {"type": "integer"}, "rows_valid": {"type": "integer"},
-            "rows_invalid": {"type": "integer"}, "applied": {"type": "boolean"},
-            "created": {"type": "integer"}, "updated": {"type": "integer"},
-            "dry_run": {"type": "boolean"}, "errors": {"type": "array"},
-            "errors_truncated": {"type": "boolean"}
-        }
-    }
-);
-
 /// One stored mapping, or `{"items": [...]}` when several were sent.
 pub struct DeviceMappingsCreated;
 
@@ -354,26 +312,90 @@ described!(
     AzureConfigView,
     {
         "type": "object",
+        "additionalProperties": false,
+        "required": ["tenant_id", "client_id", "client_secret_set", "authority_url", "graph_url", "allow_guests", "created_at", "updated_at"],
         "properties": {
             "tenant_id": {"type": "string"}, "client_id": {"type": "string"},
-            "client_secret_set": {"type": "boolean"}, "authority_url": {"type": "string"},
-            "graph_url": {"type": "string"}, "allow_guests": {"type": "boolean"},
-            "created_at": {"type": "string", "format": "date-time"},
-            "updated_at": {"type": "string", "format": "date-time"}
+            "client_secret_set": {"const": true, "description": "A secret is always stored; it is never returned."},
+            "authority_url": {"type": "string"}, "graph_url": {"type": "string"},
+            "allow_guests": {"type": "boolean"},
+            "created_at": {"type": "string", "format": "date-time"}, "updated_at": {"type": "string", "format": "date-time"}
         }
     }
 );
 
 described!(
-    /// The result of an Azure AD connection test.
+    /// The result of an Azure AD connection test: `ok: true` with a sample user and group (null
+    /// when the tenant has none), or `ok: false` with what went wrong.
     AzureTestResult,
-    {"type": "object", "required": ["ok"], "properties": {"ok": {"type": "boolean"}}}
+    {
+        "anyOf": [
+            {
+                "type": "object",
+                "additionalProperties": false,
+                "required": ["ok", "token", "user_sample", "group_sample"],
+                "properties": {
+                    "ok": {"const": true},
+                    "token": {"const": "ok"},
+                    "user_sample": {"anyOf": [{"type": "null"}, {
+                        "type": "object", "additionalProperties": false,
+                        "required": ["id", "user_principal_name", "display_name"],
+                        "properties": {"id": {"type": "string"}, "user_principal_name": {"type": ["string", "null"]}, "display_name": {"type": ["string", "null"]}}
+                    }]},
+                    "group_sample": {"anyOf": [{"type": "null"}, {
+                        "type": "object", "additionalProperties": false,
+                        "required": ["id", "display_name", "kind"],
+                        "properties": {"id": {"type": "string"}, "display_name": {"type": ["string", "null"]}, "kind": {"type": "string"}}
+                    }]}
+                }
+            },
+            {
+                "type": "object",
+                "additionalProperties": false,
+                "required": ["ok", "token", "problem", "message"],
+                "description": "The stored secret cannot be unsealed (the master key changed?).",
+                "properties": {
+                    "ok": {"const": false}, "token": {"const": "failed"},
+                    "problem": {"const": "secret_unreadable"}, "message": {"type": "string"}
+                }
+            },
+            {
+                "type": "object",
+                "additionalProperties": false,
+                "required": ["ok", "token", "problem", "code", "permission", "message", "retryable"],
+                "description": "Azure AD or Graph refused or failed; `code` is theirs, `permission` the Graph permission to grant (if that is the problem).",
+                "properties": {
+                    "ok": {"const": false},
+                    "token": {"enum": ["ok", "failed", "unknown"], "description": "Whether a token was issued."},
+                    "problem": {"type": "string"}, "code": {"type": "string"},
+                    "permission": {"type": ["string", "null"]}, "message": {"type": "string"},
+                    "retryable": {"type": "boolean"}
+                }
+            }
+        ]
+    }
 );
 
 described!(
-    /// An Azure AD mapping (docs/azure-mappings.md).
+    /// An Azure AD mapping (docs/azure-mappings.md): users of a group, or with an attribute's
+    /// value, get the profile, storage region and quota.
     AzureMappingView,
-    {"type": "object", "required": ["id", "name", "priority"], "properties": {"id": {"type": "string"}, "name": {"type": "string"}, "priority": {"type": "integer"}}}
+    {
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["id", "name", "priority", "source", "profile", "storage_region", "quota_bytes", "auto_import", "created_at", "updated_at"],
+        "properties": {
+            "id": {"type": "string"}, "name": {"type": "string"}, "priority": {"type": "integer"},
+            "source": {"anyOf": [
+                {"type": "object", "additionalProperties": false, "required": ["group_id"], "properties": {"group_id": {"type": ["string", "null"]}}},
+                {"type": "object", "additionalProperties": false, "required": ["attribute", "value"], "properties": {"attribute": {"type": ["string", "null"]}, "value": {"type": ["string", "null"]}}}
+            ]},
+            "profile": {"type": "string"}, "storage_region": {"type": "string"},
+            "quota_bytes": {"type": ["integer", "null"], "description": "Null: unlimited."},
+            "auto_import": {"type": "boolean"},
+            "created_at": {"type": "string", "format": "date-time"}, "updated_at": {"type": "string", "format": "date-time"}
+        }
+    }
 );
 
 described!(
@@ -416,13 +438,37 @@ described!(
 described!(
     /// Sync settings (docs/sync.md); a `PUT` sends the keys to change.
     SyncSettings,
-    {"type": "object", "properties": {"last_run_at": {"type": ["string", "null"], "format": "date-time"}, "next_run_at": {"type": ["string", "null"], "format": "date-time"}}}
+    {
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["auto_sync_interval_hours", "auto_update_user_details", "auto_preserve_unmapped_users", "mass_change_threshold_percent", "mass_change_threshold_min", "updated_at", "last_run_at", "next_run_at"],
+        "properties": {
+            "auto_sync_interval_hours": {"type": "integer", "minimum": 1, "maximum": 8760},
+            "auto_update_user_details": {"type": "boolean"},
+            "auto_preserve_unmapped_users": {"type": "boolean"},
+            "mass_change_threshold_percent": {"type": "integer", "minimum": 0, "maximum": 100},
+            "mass_change_threshold_min": {"type": "integer", "minimum": 0, "maximum": 1000000},
+            "updated_at": {"type": ["string", "null"], "format": "date-time", "description": "Null while the defaults apply."},
+            "last_run_at": {"type": ["string", "null"], "format": "date-time"}, "next_run_at": {"type": ["string", "null"], "format": "date-time"}
+        }
+    }
 );
 
 described!(
     /// A profile's retention policy (docs/sync.md).
     Profile,
-    {"type": "object"}
+    {
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["name", "auto_delete_preserved", "delete_after_days", "configured", "users"],
+        "properties": {
+            "name": {"type": "string"},
+            "auto_delete_preserved": {"type": "boolean"},
+            "delete_after_days": {"type": "integer", "minimum": 1, "maximum": 366},
+            "configured": {"type": "boolean", "description": "False: the defaults apply."},
+            "users": {"type": "integer", "minimum": 0, "description": "Users with this profile."}
+        }
+    }
 );
 
 described!(
@@ -434,7 +480,86 @@ described!(
 described!(
     /// A sync run (docs/sync.md).
     SyncRun,
-    {"type": "object", "required": ["id", "status"], "properties": {"id": {"type": "string"}, "status": {"type": "string"}, "dry_run": {"type": "boolean"}}}
+    {
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["id", "trigger", "dry_run", "as_of", "status", "started_at", "ended_at", "replica_id", "counts", "held", "sources", "error"],
+        "properties": {
+            "id": {"type": "string"}, "trigger": {"type": "string"}, "dry_run": {"type": "boolean"},
+            "as_of": {"type": ["string", "null"], "format": "date-time"}, "status": {"type": "string"},
+            "started_at": {"type": "string", "format": "date-time"}, "ended_at": {"type": ["string", "null"], "format": "date-time"},
+            "replica_id": {"type": "string"},
+            "counts": {
+                "type": "object", "additionalProperties": false,
+                "required": ["seen", "imported", "updated", "preserved", "reenabled", "deleted", "skipped", "errors"],
+                "properties": {
+                    "seen": {"type": "integer"}, "imported": {"type": "integer"}, "updated": {"type": "integer"},
+                    "preserved": {"type": "integer"}, "reenabled": {"type": "integer"}, "deleted": {"type": "integer"},
+                    "skipped": {"type": "integer"}, "errors": {"type": "integer"}
+                }
+            },
+            "held": {
+                "type": "object", "additionalProperties": false, "required": ["preserve", "delete"],
+                "properties": {"preserve": {"type": "integer"}, "delete": {"type": "integer"}}
+            },
+            "sources": {"type": "array", "items": {
+                "type": "object", "additionalProperties": false,
+                "required": ["source", "mode", "load_ms", "elapsed_ms"],
+                "properties": {
+                    "source": {"type": "string"}, "mode": {"enum": ["full", "delta"]},
+                    "reason": {"type": "string"}, "error": {"type": "string"},
+                    "load_ms": {"type": "integer", "minimum": 0}, "elapsed_ms": {"type": "integer", "minimum": 0}
+                }
+            }},
+            "error": {"type": ["string", "null"]}
+        }
+    }
+);
+
+described!(
+    /// A sync run just started (`POST /api/v1/admin/sync`); follow it with `GET /api/v1/admin/sync-runs/{id}`.
+    SyncStarted,
+    {
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["id", "status", "dry_run"],
+        "properties": {"id": {"type": "string"}, "status": {"const": "running"}, "dry_run": {"type": "boolean"}}
+    }
+);
+
+described!(
+    /// A page of sync runs.
+    SyncRunPage,
+    {
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["items", "next_cursor"],
+        "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/SyncRun"}}, "next_cursor": {"type": ["string", "null"]}}
+    }
+);
+
+described!(
+    /// A page of a sync run's per-user report.
+    SyncRunUserPage,
+    {
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["items", "next_cursor"],
+        "properties": {
+            "items": {"type": "array", "items": {
+                "type": "object", "additionalProperties": false,
+                "required": ["action", "user_id", "external_id", "source", "email", "name", "reason", "applied"],
+                "properties": {
+                    "action": {"enum": ["imported", "updated", "preserved", "reenabled", "deleted", "skipped", "error"]},
+                    "user_id": {"type": ["string", "null"]}, "external_id": {"type": ["string", "null"]},
+                    "source": {"type": "string"}, "email": {"type": ["string", "null"]},
+                    "name": {"type": ["string", "null"]}, "reason": {"type": ["string", "null"]},
+                    "applied": {"type": "boolean"}
+                }
+            }},
+            "next_cursor": {"type": ["string", "null"]}
+        }
+    }
 );
 
 described!(
@@ -443,17 +568,101 @@ described!(
     {"type": "object", "required": ["items"], "properties": {"items": {"type": "array", "items": {"type": "object"}}, "next_cursor": {"type": ["string", "null"]}}}
 );
 
-described!(
-    /// `GET /api/v1/admin/overview` (the console's first page).
-    Overview,
-    {
-        "type": "object",
-        "required": ["window", "generated_at"],
-        "properties": {
-            "window": {"enum": ["24h", "30d"]},
-            "generated_at": {"type": "string", "format": "date-time"},
-            "rollout": {"type": "object"},
-            "activity": {"type": "object"}
-        }
+/// `GET /api/v1/admin/overview` (the console's first page).
+pub struct Overview;
+
+impl JsonSchema for Overview {
+    fn schema_name() -> Cow<'static, str> {
+        "Overview".into()
     }
-);
+
+    fn json_schema(g: &mut SchemaGenerator) -> Schema {
+        let connector = g
+            .subschema_for::<super::connectors::ConnectorView>()
+            .to_value();
+        let ts = json!({"type": "string", "format": "date-time"});
+        let ts_null = json!({"type": ["string", "null"], "format": "date-time"});
+        let count = json!({"type": "integer", "minimum": 0});
+        json_schema!({
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["window", "generated_at", "rollout", "activity", "top_failures", "connectors", "directories"],
+            "properties": {
+                "window": {"enum": ["24h", "30d"]},
+                "generated_at": ts,
+                "rollout": {
+                    "type": "object", "additionalProperties": false, "required": ["tokens", "pending"],
+                    "properties": {
+                        "tokens": {"type": "array", "items": {
+                            "type": "object", "additionalProperties": false,
+                            "required": ["id", "name", "version", "status", "uses", "last_used_at", "activated", "pending", "expected"],
+                            "properties": {
+                                "id": {"type": "string"}, "name": {"type": "string"},
+                                "version": {"type": "string", "description": "`v2`, `v4` or `v5`."},
+                                "status": {"enum": ["active", "expired", "revoked"]},
+                                "uses": count, "last_used_at": ts_null,
+                                "activated": count,
+                                "pending": {"type": "integer", "minimum": 0, "description": "Machines still to come: the organization's figure for the token's IMD version."},
+                                "expected": count
+                            }
+                        }},
+                        "pending": {
+                            "type": "object", "additionalProperties": false, "required": ["device_map", "ldap", "azure"],
+                            "properties": {"device_map": count, "ldap": count, "azure": count}
+                        }
+                    }
+                },
+                "activity": {
+                    "type": "object", "additionalProperties": false,
+                    "required": ["since", "bucket_secs", "buckets", "totals"],
+                    "properties": {
+                        "since": ts,
+                        "bucket_secs": {"enum": [3600, 86400]},
+                        "buckets": {"type": "array", "items": {
+                            "type": "object", "additionalProperties": false,
+                            "required": ["start", "activated", "reactivated", "failed"],
+                            "properties": {"start": ts, "activated": count, "reactivated": count, "failed": count}
+                        }},
+                        "totals": {
+                            "type": "object", "additionalProperties": false,
+                            "required": ["activated", "reactivated", "failed"],
+                            "properties": {"activated": count, "reactivated": count, "failed": count}
+                        }
+                    }
+                },
+                "top_failures": {"type": "array", "items": {
+                    "type": "object", "additionalProperties": false,
+                    "required": ["code", "count", "devices", "recent_devices"],
+                    "properties": {
+                        "code": {"type": "string", "description": "The error code the attempts failed with."},
+                        "count": count,
+                        "devices": {"type": "integer", "minimum": 0, "description": "Distinct machines."},
+                        "recent_devices": {"type": "array", "items": {
+                            "type": "object", "additionalProperties": false,
+                            "required": ["hostname", "serial", "uuid", "attempts", "last_at"],
+                            "properties": {
+                                "hostname": {"type": ["string", "null"]}, "serial": {"type": ["string", "null"]},
+                                "uuid": {"type": ["string", "null"]}, "attempts": count, "last_at": ts
+                            }
+                        }}
+                    }
+                }},
+                "connectors": {
+                    "type": "object", "additionalProperties": false, "required": ["total", "connected", "items"],
+                    "properties": {"total": count, "connected": count, "items": {"type": "array", "items": connector}}
+                },
+                "directories": {
+                    "type": "object", "additionalProperties": false,
+                    "required": ["ldap_mappings", "azure_configured", "azure_mappings", "last_sync"],
+                    "properties": {
+                        "ldap_mappings": count, "azure_configured": {"type": "boolean"}, "azure_mappings": count,
+                        "last_sync": {"anyOf": [{"type": "null"}, {
+                            "type": "object", "additionalProperties": false, "required": ["started_at", "status"],
+                            "properties": {"started_at": ts, "status": {"type": "string"}}
+                        }]}
+                    }
+                }
+            }
+        })
+    }
+}

@@ -36,7 +36,7 @@ async fn put_config(app: &TestApp, body: &Value) -> reqwest::Response {
     send(app, reqwest::Method::PUT, CONFIG, body).await
 }
 
-fn config(authority: &str, graph: &str) -> Value {
+pub(crate) fn config(authority: &str, graph: &str) -> Value {
     json!({"tenant_id": TENANT, "client_id": CLIENT, "client_secret": SECRET,
            "authority_url": authority, "graph_url": graph})
 }
@@ -214,7 +214,7 @@ async fn test_and_group_search_need_a_configuration() {
 // ---------------------------------------------------------------------------------------------
 // Mappings.
 
-fn group_mapping(name: &str, priority: i64) -> Value {
+pub(crate) fn group_mapping(name: &str, priority: i64) -> Value {
     json!({"name": name, "priority": priority, "source": {"group_id": GROUP},
            "profile": "Laptops", "storage_region": "eu-central", "quota_bytes": 1000,
            "auto_import": true})
@@ -445,7 +445,7 @@ enum TokenMode {
     ExpiredSecret,
 }
 
-struct Fake {
+pub(crate) struct Fake {
     mode: std::sync::Mutex<TokenMode>,
     deny_groups: std::sync::atomic::AtomicBool,
     token_calls: AtomicU64,
@@ -498,7 +498,7 @@ async fn fake_handler(
     }
 }
 
-async fn start_fake() -> (actix_web::web::Data<Fake>, String) {
+pub(crate) async fn start_fake() -> (actix_web::web::Data<Fake>, String) {
     let fake = actix_web::web::Data::new(Fake {
         mode: std::sync::Mutex::new(TokenMode::Ok),
         deny_groups: Default::default(),

@@ -7,7 +7,7 @@ use imd::http::Code;
 use imd::http::api_routes::{Auth, Method, operations};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::helpers::{TestApp, spawn_app, spawn_app_with};
 
 // ---------------------------------------------------------------------------------------------
 // A small JSON Schema (2020-12) validator: the keywords the description uses. Unknown keywords
@@ -712,4 +712,229 @@ async fn openapi_description_and_reference_page_are_served() {
             "{path}"
         );
     }
+}
+
+async fn send_json(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    body: &Value,
+) -> reqwest::Response {
+    app.client
+        .request(method, app.url(path))
+        .bearer_auth(&app.admin_key)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The admin answers built from handler-made JSON: connectors, the overview, the device-map
+/// report, sync settings and profiles, Azure AD (against a Graph stand-in) and sync runs.
+#[tokio::test]
+async fn openapi_real_admin_responses_validate() {
+    let app = spawn_app_with(&[("azure.max_retries", "1")]).await;
+    let put = reqwest::Method::PUT;
+
+    // Connectors: create, list, one, a new key.
+    let c = app
+        .admin_post("/api/v1/admin/connectors", &json!({"name": "hq"}))
+        .await;
+    let c = check_response(&app, c, "POST", "/api/v1/admin/connectors").await;
+    let cid = c["id"].as_str().unwrap().to_string();
+    check_response(
+        &app,
+        app.admin_get("/api/v1/admin/connectors").await,
+        "GET",
+        "/api/v1/admin/connectors",
+    )
+    .await;
+    check_response(
+        &app,
+        app.admin_get(&format!("/api/v1/admin/connectors/{cid}"))
+            .await,
+        "GET",
+        "/api/v1/admin/connectors/{id}",
+    )
+    .await;
+    let k = app
+        .admin_post(
+            &format!("/api/v1/admin/connectors/{cid}/registration-key"),
+            &json!({}),
+        )
+        .await;
+    check_response(
+        &app,
+        k,
+        "POST",
+        "/api/v1/admin/connectors/{id}/registration-key",
+    )
+    .await;
+
+    // Device maps: a dry run, a refusal with row errors, an upload applied.
+    let map = crate::helpers::device_map(2);
+    let dry = app.upload(&map, "?dry_run=true").await;
+    let dry = check_response(&app, dry, "POST", "/api/v1/admin/device-maps").await;
+    assert_eq!(dry["dry_run"], true);
+    let bad = format!("{map}not-an-email,,,,\n");
+    let refused = app.upload(&bad, "").await;
+    let refused = check_response(&app, refused, "POST", "/api/v1/admin/device-maps").await;
+    assert_eq!(refused["error"]["code"], "device_map_invalid", "{refused}");
+    let applied = app.upload(&map, "").await;
+    let applied = check_response(&app, applied, "POST", "/api/v1/admin/device-maps").await;
+    assert_eq!(applied["applied"], true);
+
+    // The overview after an activation and a failure, both windows.
+    let token = app.token().await;
+    let ok = app
+        .activate(&crate::helpers::activation(
+            &token,
+            "SER000000",
+            "WS-00000",
+            "user0",
+        ))
+        .await;
+    assert!(ok.status().is_success());
+    let failed = app
+        .activate(&crate::helpers::activation(
+            &token, "NOPE", "WS-NOPE", "nobody",
+        ))
+        .await;
+    assert!(failed.status().is_client_error());
+    for w in ["24h", "30d"] {
+        let o = check_response(
+            &app,
+            app.admin_get(&format!("/api/v1/admin/overview?window={w}"))
+                .await,
+            "GET",
+            "/api/v1/admin/overview",
+        )
+        .await;
+        assert_eq!(o["window"], w);
+        assert!(!o["top_failures"].as_array().unwrap().is_empty(), "{o}");
+        assert_eq!(o["connectors"]["total"], 1);
+    }
+
+    // Sync settings and profiles.
+    check_response(
+        &app,
+        app.admin_get("/api/v1/admin/sync-settings").await,
+        "GET",
+        "/api/v1/admin/sync-settings",
+    )
+    .await;
+    let s = send_json(
+        &app,
+        put.clone(),
+        "/api/v1/admin/sync-settings",
+        &json!({"auto_sync_interval_hours": 12}),
+    )
+    .await;
+    check_response(&app, s, "PUT", "/api/v1/admin/sync-settings").await;
+    let p = send_json(
+        &app,
+        put.clone(),
+        "/api/v1/admin/profiles/Default",
+        &json!({"delete_after_days": 60}),
+    )
+    .await;
+    check_response(&app, p, "PUT", "/api/v1/admin/profiles/{name}").await;
+    check_response(
+        &app,
+        app.admin_get("/api/v1/admin/profiles").await,
+        "GET",
+        "/api/v1/admin/profiles",
+    )
+    .await;
+    check_response(
+        &app,
+        app.admin_get("/api/v1/admin/profiles/Default").await,
+        "GET",
+        "/api/v1/admin/profiles/{name}",
+    )
+    .await;
+
+    // Azure AD against a Graph stand-in: the registration, a test, a mapping.
+    let (_fake, url) = crate::azure::start_fake().await;
+    let cfg = send_json(
+        &app,
+        put.clone(),
+        "/api/v1/admin/azure",
+        &crate::azure::config(&url, &url),
+    )
+    .await;
+    check_response(&app, cfg, "PUT", "/api/v1/admin/azure").await;
+    check_response(
+        &app,
+        app.admin_get("/api/v1/admin/azure").await,
+        "GET",
+        "/api/v1/admin/azure",
+    )
+    .await;
+    let t = app.admin_post("/api/v1/admin/azure/test", &json!({})).await;
+    let t = check_response(&app, t, "POST", "/api/v1/admin/azure/test").await;
+    assert_eq!(t["ok"], true, "{t}");
+    let m = app
+        .admin_post(
+            "/api/v1/admin/azure-mappings",
+            &crate::azure::group_mapping("laptop users", 20),
+        )
+        .await;
+    let m = check_response(&app, m, "POST", "/api/v1/admin/azure-mappings").await;
+    check_response(
+        &app,
+        app.admin_get("/api/v1/admin/azure-mappings").await,
+        "GET",
+        "/api/v1/admin/azure-mappings",
+    )
+    .await;
+    check_response(
+        &app,
+        app.admin_get(&format!(
+            "/api/v1/admin/azure-mappings/{}",
+            m["id"].as_str().unwrap()
+        ))
+        .await,
+        "GET",
+        "/api/v1/admin/azure-mappings/{id}",
+    )
+    .await;
+
+    // A sync run against the stand-in (it may fail: its shape is what is checked).
+    let started = app
+        .admin_post("/api/v1/admin/sync?dry_run=true", &json!({}))
+        .await;
+    let started = check_response(&app, started, "POST", "/api/v1/admin/sync").await;
+    let rid = started["id"].as_str().unwrap().to_string();
+    let mut run = Value::Null;
+    for _ in 0..100 {
+        run = check_response(
+            &app,
+            app.admin_get(&format!("/api/v1/admin/sync-runs/{rid}"))
+                .await,
+            "GET",
+            "/api/v1/admin/sync-runs/{id}",
+        )
+        .await;
+        if run["status"] != "running" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_ne!(run["status"], "running", "{run}");
+    check_response(
+        &app,
+        app.admin_get("/api/v1/admin/sync-runs").await,
+        "GET",
+        "/api/v1/admin/sync-runs",
+    )
+    .await;
+    check_response(
+        &app,
+        app.admin_get(&format!("/api/v1/admin/sync-runs/{rid}/users"))
+            .await,
+        "GET",
+        "/api/v1/admin/sync-runs/{id}/users",
+    )
+    .await;
 }
