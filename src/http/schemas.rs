@@ -403,10 +403,14 @@ described!(
     DirectoryEntries,
     {
         "type": "object",
+        "additionalProperties": false,
         "required": ["items"],
         "properties": {
-            "items": {"type": "array", "items": {"type": "object", "properties": {"dn": {"type": "string"}, "name": {"type": "string"}, "class": {"type": "string"}}}},
-            "next_cursor": {"type": ["string", "null"]}
+            "items": {"type": "array", "items": {
+                "type": "object", "additionalProperties": false, "required": ["dn", "name", "class"],
+                "properties": {"dn": {"type": "string"}, "name": {"type": "string"},
+                               "class": {"type": "string", "description": "organizationalUnit, container, group, groupOfNames, …"}}}},
+            "next_cursor": {"type": ["string", "null"], "description": "Groups only: `<connector id>.<cursor>` of the next page."}
         }
     }
 );
@@ -414,7 +418,32 @@ described!(
 described!(
     /// The directory's root DSE, through a connector.
     NamingContexts,
-    {"type": "object", "required": ["connector_id", "root_dse"], "properties": {"connector_id": {"type": "string"}, "root_dse": {"type": "object"}}}
+    {
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["connector_id", "root_dse"],
+        "properties": {
+            "connector_id": {"type": "string"},
+            "root_dse": {
+                "type": "object",
+                "additionalProperties": false,
+                "required": ["directory_kind", "naming_contexts", "default_naming_context", "base_dn", "server",
+                             "server_time", "supports_paging", "netbios_domain", "dns_domain", "vendor"],
+                "properties": {
+                    "directory_kind": {"enum": ["ad", "openldap"]},
+                    "naming_contexts": {"type": "array", "items": {"type": "string"}},
+                    "default_naming_context": {"type": ["string", "null"]},
+                    "base_dn": {"type": "string"},
+                    "server": {"type": "string"},
+                    "server_time": {"type": ["string", "null"]},
+                    "supports_paging": {"type": "boolean"},
+                    "netbios_domain": {"type": ["string", "null"]},
+                    "dns_domain": {"type": ["string", "null"]},
+                    "vendor": {"type": ["string", "null"]}
+                }
+            }
+        }
+    }
 );
 
 described!(

@@ -938,3 +938,28 @@ async fn openapi_real_admin_responses_validate() {
     )
     .await;
 }
+
+/// Directory browsing answers, through a real connector to the test OpenLDAP, match their
+/// schemas (skipped without the test directories).
+#[tokio::test]
+async fn openapi_directory_responses_validate() {
+    use crate::imd_v2::{Kind, dir, start_connector};
+    let Some(d) = dir(Kind::OpenLdap) else {
+        return;
+    };
+    let app = spawn_app().await;
+    let _c = start_connector(&app, &d, "browse").await;
+    let r = app
+        .admin_get("/api/v1/admin/directory/naming-contexts")
+        .await;
+    let root = check_response(&app, r, "get", "/api/v1/admin/directory/naming-contexts").await;
+    assert_eq!(root["root_dse"]["directory_kind"], "openldap");
+    let r = app.admin_get("/api/v1/admin/directory/ous").await;
+    let ous = check_response(&app, r, "get", "/api/v1/admin/directory/ous").await;
+    assert!(!ous["items"].as_array().unwrap().is_empty(), "{ous}");
+    let r = app
+        .admin_get("/api/v1/admin/directory/groups?limit=2")
+        .await;
+    let groups = check_response(&app, r, "get", "/api/v1/admin/directory/groups").await;
+    assert!(!groups["items"].as_array().unwrap().is_empty(), "{groups}");
+}
