@@ -30,21 +30,21 @@ pub struct CounterVec {
     name: &'static str,
     help: &'static str,
     labels: &'static [&'static str],
-    values: RwLock<HashMap<Vec<String>, Arc<AtomicU64>>>,
+    values: Cells<AtomicU64>,
 }
 
 impl CounterVec {
     fn new(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> CounterVec {
-        let mut values = HashMap::new();
+        let values = Cells::default();
         // A family without labels is shown from the start, at 0.
         if labels.is_empty() {
-            values.insert(Vec::new(), Arc::new(AtomicU64::new(0)));
+            values.with(&[], || AtomicU64::new(0), |_| ());
         }
         CounterVec {
             name,
             help,
             labels,
-            values: RwLock::new(values),
+            values,
         }
     }
 
@@ -54,12 +54,16 @@ impl CounterVec {
 
     pub fn add(&self, labels: &[&str], n: u64) {
         debug_assert_eq!(labels.len(), self.labels.len(), "{}", self.name);
-        cell(&self.values, labels, || AtomicU64::new(0)).fetch_add(n, Ordering::Relaxed);
+        self.values.with(
+            labels,
+            || AtomicU64::new(0),
+            |c| c.fetch_add(n, Ordering::Relaxed),
+        );
     }
 
     fn render(&self, out: &mut String) {
         header(out, self.name, self.help, "counter");
-        for (values, v) in sorted(&self.values) {
+        for (values, v) in self.values.sorted() {
             let _ = writeln!(
                 out,
                 "{}{} {}",
@@ -104,7 +108,7 @@ pub struct HistogramVec {
     name: &'static str,
     help: &'static str,
     labels: &'static [&'static str],
-    values: RwLock<HashMap<Vec<String>, Arc<Histogram>>>,
+    values: Cells<Histogram>,
 }
 
 impl HistogramVec {
@@ -117,18 +121,18 @@ impl HistogramVec {
             name,
             help,
             labels,
-            values: RwLock::new(HashMap::new()),
+            values: Cells::default(),
         }
     }
 
     pub fn observe(&self, labels: &[&str], d: Duration) {
         debug_assert_eq!(labels.len(), self.labels.len(), "{}", self.name);
-        cell(&self.values, labels, Histogram::new).observe(d);
+        self.values.with(labels, Histogram::new, |h| h.observe(d));
     }
 
     fn render(&self, out: &mut String) {
         header(out, self.name, self.help, "histogram");
-        for (values, h) in sorted(&self.values) {
+        for (values, h) in self.values.sorted() {
             let mut cumulative = 0;
             for (i, b) in BUCKETS.iter().enumerate() {
                 cumulative += h.buckets[i].load(Ordering::Relaxed);
@@ -155,32 +159,70 @@ impl HistogramVec {
     }
 }
 
-/// The cell of `labels`, created on first use (the only time the write lock is taken).
-fn cell<T>(
-    map: &RwLock<HashMap<Vec<String>, Arc<T>>>,
-    labels: &[&str],
-    make: impl FnOnce() -> T,
-) -> Arc<T> {
-    let key: Vec<String> = labels.iter().map(|s| s.to_string()).collect();
-    if let Some(c) = map.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
-        return c.clone();
-    }
-    map.write()
-        .unwrap_or_else(|e| e.into_inner())
-        .entry(key)
-        .or_insert_with(|| Arc::new(make()))
-        .clone()
+/// The cells of one family, by label values. Recording hashes the borrowed label values and
+/// looks them up under the read lock, so the hot path allocates nothing; the write lock is
+/// taken only the first time a label set is seen.
+pub struct Cells<T> {
+    map: RwLock<HashMap<u64, Vec<Cell<T>>>>,
 }
 
-fn sorted<T>(map: &RwLock<HashMap<Vec<String>, Arc<T>>>) -> Vec<(Vec<String>, Arc<T>)> {
-    let mut v: Vec<_> = map
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
+/// One label set's values and its counter or histogram.
+type Cell<T> = (Vec<String>, Arc<T>);
+
+impl<T> Default for Cells<T> {
+    fn default() -> Self {
+        Cells {
+            map: RwLock::new(HashMap::new()),
+        }
+    }
+}
+
+fn label_hash(labels: &[&str]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    for l in labels {
+        l.hash(&mut h);
+    }
+    h.finish()
+}
+
+impl<T> Cells<T> {
+    /// Runs `f` on the cell of `labels`, made with `make` the first time.
+    fn with<R>(&self, labels: &[&str], make: impl FnOnce() -> T, f: impl FnOnce(&T) -> R) -> R {
+        let key = label_hash(labels);
+        let same = |(k, _): &&Cell<T>| k.iter().map(String::as_str).eq(labels.iter().copied());
+        if let Some((_, c)) = self
+            .map
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .and_then(|v| v.iter().find(same))
+        {
+            return f(c);
+        }
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        let bucket = map.entry(key).or_default();
+        if let Some((_, c)) = bucket.iter().find(same) {
+            return f(c);
+        }
+        let c = Arc::new(make());
+        let r = f(&c);
+        bucket.push((labels.iter().map(|s| s.to_string()).collect(), c));
+        r
+    }
+
+    fn sorted(&self) -> Vec<Cell<T>> {
+        let mut v: Vec<_> = self
+            .map
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
 }
 
 fn header(out: &mut String, name: &str, help: &str, kind: &str) {
