@@ -17,7 +17,8 @@ const CLIENT: &str = "535fb089-9ff3-47b6-9bfb-4f1264799865";
 const SECRET: &str = "Xy8Q~notReallyASecret.But-Long-Enough_42";
 const GROUP: &str = "f448435d-3ad1-4f4a-9d1c-1b2a3c4d5e6f";
 
-async fn send(
+/// An admin request with a JSON body.
+pub(crate) async fn send(
     app: &TestApp,
     method: reqwest::Method,
     path: &str,

@@ -36,6 +36,16 @@ fn no_redirects() -> reqwest::Client {
         .unwrap()
 }
 
+/// A GET carrying `cookie`, redirects not followed.
+async fn get_with_cookie(url: impl reqwest::IntoUrl, cookie: impl AsRef<str>) -> reqwest::Response {
+    no_redirects()
+        .get(url)
+        .header(COOKIE, cookie.as_ref())
+        .send()
+        .await
+        .unwrap()
+}
+
 /// Signs in through the form; returns the `imd_session=...` cookie pair.
 async fn sign_in(app: &TestApp, key: &str) -> reqwest::Response {
     no_redirects()
@@ -56,12 +66,8 @@ async fn session_cookie(app: &TestApp) -> String {
 
 /// The CSRF token the console page of this session carries.
 async fn csrf_of(app: &TestApp, cookie: &str) -> String {
-    let html = no_redirects()
-        .get(app.url("/console"))
-        .header(COOKIE, cookie)
-        .send()
+    let html = get_with_cookie(app.url("/console"), cookie)
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -109,12 +115,7 @@ async fn console_session_cookie_is_http_only_strict_and_keeps_no_key() {
     assert!(!set.contains("Secure"), "{set}");
     assert!(!set.contains(&app.admin_key));
     let cookie = set.split(';').next().unwrap().to_string();
-    let page = no_redirects()
-        .get(app.url("/console"))
-        .header(COOKIE, &cookie)
-        .send()
-        .await
-        .unwrap();
+    let page = get_with_cookie(app.url("/console"), &cookie).await;
     assert_eq!(page.status(), StatusCode::OK);
     let csp = page.headers()["content-security-policy"]
         .to_str()
@@ -145,21 +146,11 @@ async fn console_with_tls_sets_secure_cookies() {
     assert!(set.starts_with("__Host-imd_session=imds_"), "{set}");
     assert!(set.ends_with("; Secure"), "{set}");
     let pair = set.split(';').next().unwrap().to_string();
-    let r = no_redirects()
-        .get(app.url("/api/v1/admin/org"))
-        .header(COOKIE, &pair)
-        .send()
-        .await
-        .unwrap();
+    let r = get_with_cookie(app.url("/api/v1/admin/org"), &pair).await;
     assert_eq!(r.status(), StatusCode::OK);
     // The plain name is not read on a TLS deployment.
     let plain = pair.replace("__Host-", "");
-    let r = no_redirects()
-        .get(app.url("/api/v1/admin/org"))
-        .header(COOKIE, &plain)
-        .send()
-        .await
-        .unwrap();
+    let r = get_with_cookie(app.url("/api/v1/admin/org"), &plain).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 }
 
@@ -284,12 +275,7 @@ async fn a_disabled_console_serves_nothing_and_honours_no_session() {
         .unwrap();
     let base = format!("http://{}", off.addr());
     tokio::spawn(off.run_until_stopped());
-    let r = no_redirects()
-        .get(format!("{base}/api/v1/admin/org"))
-        .header(COOKIE, &cookie)
-        .send()
-        .await
-        .unwrap();
+    let r = get_with_cookie(format!("{base}/api/v1/admin/org"), &cookie).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let r = no_redirects()
         .get(format!("{base}/console/login"))
@@ -445,12 +431,7 @@ async fn console_sessions_expire_when_idle_at_their_limit_and_with_their_key() {
     );
     app.clock.advance(31 * 60);
     assert_eq!(get(idle.clone()).await, StatusCode::UNAUTHORIZED);
-    let r = no_redirects()
-        .get(app.url("/console"))
-        .header(COOKIE, &idle)
-        .send()
-        .await
-        .unwrap();
+    let r = get_with_cookie(app.url("/console"), &idle).await;
     assert_eq!(r.headers()[LOCATION], "/console/login?expired=1");
 
     // Absolute: 12 hours after sign-in, however busy.
@@ -919,12 +900,11 @@ async fn console_in_a_real_browser() {
         .to_string();
     b.click("#sign-out").await;
     b.wait_text(".notice", "signed out").await;
-    let r = no_redirects()
-        .get(app.url("/api/v1/admin/org"))
-        .header(COOKIE, format!("imd_session={session}"))
-        .send()
-        .await
-        .unwrap();
+    let r = get_with_cookie(
+        app.url("/api/v1/admin/org"),
+        format!("imd_session={session}"),
+    )
+    .await;
     assert_eq!(
         r.status(),
         StatusCode::UNAUTHORIZED,

@@ -714,21 +714,6 @@ async fn openapi_description_and_reference_page_are_served() {
     }
 }
 
-async fn send_json(
-    app: &TestApp,
-    method: reqwest::Method,
-    path: &str,
-    body: &Value,
-) -> reqwest::Response {
-    app.client
-        .request(method, app.url(path))
-        .bearer_auth(&app.admin_key)
-        .json(body)
-        .send()
-        .await
-        .unwrap()
-}
-
 /// The admin answers built from handler-made JSON: connectors, the overview, the device-map
 /// report, sync settings and profiles, Azure AD (against a Graph stand-in) and sync runs.
 #[tokio::test]
@@ -823,7 +808,7 @@ async fn openapi_real_admin_responses_validate() {
         "/api/v1/admin/sync-settings",
     )
     .await;
-    let s = send_json(
+    let s = crate::azure::send(
         &app,
         put.clone(),
         "/api/v1/admin/sync-settings",
@@ -831,7 +816,7 @@ async fn openapi_real_admin_responses_validate() {
     )
     .await;
     check_response(&app, s, "PUT", "/api/v1/admin/sync-settings").await;
-    let p = send_json(
+    let p = crate::azure::send(
         &app,
         put.clone(),
         "/api/v1/admin/profiles/Default",
@@ -856,7 +841,7 @@ async fn openapi_real_admin_responses_validate() {
 
     // Azure AD against a Graph stand-in: the registration, a test, a mapping.
     let (_fake, url) = crate::azure::start_fake().await;
-    let cfg = send_json(
+    let cfg = crate::azure::send(
         &app,
         put.clone(),
         "/api/v1/admin/azure",
