@@ -624,7 +624,7 @@ fn table() -> Vec<Operation> {
         })
         .admin()
         .query::<overview::OverviewQuery>()
-        .ok::<Overview>(200, "Progress per token, attempts over time, top failures, directory health"),
+        .ok::<overview::Overview>(200, "Progress per token, attempts over time, top failures, directory health"),
         // Users, devices, activations.
         op(Get, "/api/v1/admin/users", "listUsers", USERS, "List users", |r| {
             r.to(admin::list_users)
