@@ -502,10 +502,8 @@ pub async fn handler(
     exposure: web::Data<Exposure>,
 ) -> Result<HttpResponse, crate::http::ApiError> {
     if **exposure == Exposure::LoopbackOnly && !direct_loopback(&req) {
-        return Err(crate::http::ApiError::new(
-            crate::http::Code::NotFound,
-            format!("no route for {} {}", req.method(), req.path()),
-        ));
+        // Answered exactly like a path that does not exist.
+        return crate::http::not_found(req).await;
     }
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
@@ -524,6 +522,21 @@ fn direct_loopback(req: &HttpRequest) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_direct_loopback_peers_pass() {
+        use actix_web::test::TestRequest;
+        let peer = |addr: &str| TestRequest::default().peer_addr(addr.parse().unwrap());
+        assert!(direct_loopback(&peer("127.0.0.1:5000").to_http_request()));
+        assert!(direct_loopback(&peer("[::1]:5000").to_http_request()));
+        assert!(!direct_loopback(&peer("10.0.0.1:5000").to_http_request()));
+        assert!(!direct_loopback(
+            &peer("[2001:db8::1]:5000").to_http_request()
+        ));
+        let proxied = peer("127.0.0.1:5000").insert_header(("x-forwarded-for", "10.0.0.1"));
+        assert!(!direct_loopback(&proxied.to_http_request()));
+        assert!(!direct_loopback(&TestRequest::default().to_http_request()));
+    }
 
     #[test]
     fn counters_and_histograms_render_in_the_text_format() {

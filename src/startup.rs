@@ -35,6 +35,8 @@ pub struct Application {
     metrics_server: Option<Server>,
     store: Store,
     hub: Arc<Hub>,
+    /// The shared state, for the in-flight activation count at shutdown.
+    state: web::Data<AppState>,
     audit_stop: AuditStop,
     audit: tokio::task::JoinHandle<()>,
     scheduler: Option<tokio::task::JoinHandle<()>>,
@@ -273,6 +275,7 @@ impl Application {
             console: settings.console.clone(),
             secure_cookies: settings.tls.cert_file.is_some() || public_url.starts_with("https://"),
         });
+        let app_state = state.clone();
 
         let console = settings.console.enabled;
         let metrics_addr = settings.metrics_listen_addr()?;
@@ -308,7 +311,7 @@ impl Application {
             };
             app.default_service(web::to(http::not_found))
         })
-        // Signals are handled in `run_until_stopped` (connector channels are closed first).
+        // Signals are handled in `run_until_stopped` (it closes connector channels itself).
         .disable_signals()
         .shutdown_timeout(shutdown_timeout.as_secs());
         let server = match (&settings.tls.cert_file, &settings.tls.key_file) {
@@ -348,6 +351,7 @@ impl Application {
             metrics_server,
             store,
             hub,
+            state: app_state,
             audit_stop,
             audit: audit_task,
             scheduler,
@@ -376,14 +380,16 @@ impl Application {
         self.metrics_addr
     }
 
-    /// Serves until SIGTERM or SIGINT, then shuts down in order: stop accepting, close the
-    /// connector channels (connectors reconnect to another replica), let requests in flight
+    /// Serves until SIGTERM or SIGINT, then shuts down in order: stop accepting, let
+    /// activations in flight finish, close the connector channels (connectors reconnect to
+    /// another replica), let the other requests in flight
     /// finish (at most `server.shutdown_timeout_secs`, then they are cut), stop the sync
     /// scheduler, write the queued audit records, close (and on SQLite checkpoint) the database.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let handle = self.server.handle();
         let metrics_handle = self.metrics_server.as_ref().map(Server::handle);
         let hub = self.hub.clone();
+        let state = self.state.clone();
         let timeout = self.shutdown_timeout;
         let signals = tokio::spawn(async move {
             let why = shutdown_signal().await;
@@ -392,11 +398,24 @@ impl Application {
                 timeout_secs = timeout.as_secs(),
                 "shutting down: no new connections; waiting for requests in flight"
             );
-            hub.close_all();
-            if let Some(m) = metrics_handle {
-                m.stop(true).await;
+            // Stop accepting at once (the command is sent before the future is polled).
+            let stopped = handle.stop(true);
+            // Activations in flight may be waiting on a connector's answer: the channels stay
+            // open until they are done (within the bound). Then the channels close, or their
+            // open WebSockets would hold the workers for the whole timeout.
+            let deadline = tokio::time::Instant::now() + timeout;
+            while state.inflight.load(std::sync::atomic::Ordering::Relaxed) > 0
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            handle.stop(true).await;
+            hub.close_all();
+            match metrics_handle {
+                Some(m) => {
+                    futures_util::future::join(m.stop(true), stopped).await;
+                }
+                None => stopped.await,
+            }
         });
         let metrics = self.metrics_server.map(tokio::spawn);
         let r = self.server.await;

@@ -25,7 +25,8 @@ const CAPPED: &[&str] = &[
 ];
 
 /// The filter directives: the operator's, then a cap for every payload-carrying crate they
-/// did not name.
+/// did not name. The cap only ever lowers what the operator's default level lets through
+/// (`warn` or `off` stay as quiet as asked).
 pub fn filter_directives(user: &str) -> String {
     let named = |krate: &str| {
         user.split(',').any(|d| {
@@ -33,9 +34,17 @@ pub fn filter_directives(user: &str) -> String {
             target == krate || target.starts_with(&format!("{krate}::"))
         })
     };
+    // The bare level (`debug` in `debug,sqlx=warn`) is what an unnamed crate gets; without one,
+    // unnamed crates log nothing.
+    let verbose = user
+        .split(',')
+        .map(str::trim)
+        .any(|d| d.eq_ignore_ascii_case("debug") || d.eq_ignore_ascii_case("trace"));
     let mut out = user.to_string();
-    for krate in CAPPED.iter().filter(|k| !named(k)) {
-        out.push_str(&format!(",{krate}=info"));
+    if verbose {
+        for krate in CAPPED.iter().filter(|k| !named(k)) {
+            out.push_str(&format!(",{krate}=info"));
+        }
     }
     out
 }
@@ -68,6 +77,10 @@ mod tests {
         let f = filter_directives("debug,h2=trace,hyper::proto=debug");
         assert!(!f.contains("h2=info") && !f.contains("hyper=info"), "{f}");
         assert!(f.contains("reqwest=info"));
+        // A quieter default is left alone: the cap never turns a crate on.
+        for quiet in ["info,sqlx=warn", "warn", "off", "imd=debug"] {
+            assert_eq!(filter_directives(quiet), quiet);
+        }
         // The result is a filter tracing accepts.
         tracing_subscriber::EnvFilter::try_new(filter_directives("info,sqlx=warn")).unwrap();
     }

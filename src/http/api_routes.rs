@@ -470,6 +470,7 @@ fn table() -> Vec<Operation> {
         op(Get, "/api/v1/keys", "getKeys", HEALTH, "Token-verification keys (JWKS)", |r| {
             r.to(health::jwks)
         })
+        .infallible()
         .ok::<Jwks>(200, "The public signing keys"),
         // The description itself.
         op(Get, openapi::DESCRIPTION_PATH, "getOpenApi", REFERENCE, "This OpenAPI 3.1 description", |r| {
@@ -871,7 +872,7 @@ fn table() -> Vec<Operation> {
         })
         .admin()
         .query::<pagination::PageQuery>()
-        .ok::<SyncRunPage>(200, "A page of runs"),
+        .ok::<pagination::Paged<SyncRun>>(200, "A page of runs"),
         op(Get, "/api/v1/admin/sync-runs/{id}", "getSyncRun", SYNC, "A sync run", |r| {
             r.to(sync::get_run)
         })

@@ -189,8 +189,8 @@ impl FromRequest for AdminAuth {
                 return Ok(AdminAuth { org_id: s.org_id });
             }
             let key = bearer(&req)?;
-            match state.store.org_for_admin_key(&sha256_hex(&key)).await? {
-                Some(org_id) => Ok(AdminAuth { org_id }),
+            match state.store.live_admin_key(&sha256_hex(&key)).await? {
+                Some((_, org_id)) => Ok(AdminAuth { org_id }),
                 None => Err(wrong_admin_key(&state, &req, state.clock.now())),
             }
         })

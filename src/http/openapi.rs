@@ -107,9 +107,9 @@ fn build() -> Value {
     for (name, schema) in g.response.take_definitions(true) {
         match schemas.get(&name) {
             Some(existing) if *existing != schema => {
-                // Same name, two shapes (a type described for both directions that differs
-                // between them): keep both, apart.
-                schemas.insert(format!("{name}Response"), schema);
+                // Every `$ref` names the one component: two shapes under one name would make
+                // half of them wrong. Give one side its own `schema_name`.
+                panic!("schema {name} differs between requests and responses");
             }
             _ => {
                 schemas.insert(name, schema);

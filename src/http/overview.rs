@@ -196,10 +196,17 @@ pub async fn overview(
     // Rollout: machines still to come are the pending device-map rows (v4) and the directory
     // users without an active device (v2: ldap, v5: azure); each token of that IMD version shows
     // the organisation's figure.
+    let without = state.store.users_without_devices(org).await?;
+    let of = |source: &str| {
+        without
+            .iter()
+            .find(|(s, _)| s == source)
+            .map_or(0, |(_, n)| *n)
+    };
     let pending = Pending {
         device_map: state.store.count_pending_mappings(org).await?,
-        ldap: state.store.users_without_devices(org, "ldap").await?,
-        azure: state.store.users_without_devices(org, "azure").await?,
+        ldap: of("ldap"),
+        azure: of("azure"),
     };
     let tokens = state
         .store

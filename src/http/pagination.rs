@@ -47,7 +47,7 @@ impl PageQuery {
 }
 
 #[derive(Debug, Serialize, schemars::JsonSchema)]
-#[schemars(rename = "{T}Page")]
+#[schemars(rename = "{T}Page", deny_unknown_fields)]
 pub struct Paged<T> {
     pub items: Vec<T>,
     pub next_cursor: Option<String>,

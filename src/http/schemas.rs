@@ -557,17 +557,6 @@ described!(
 );
 
 described!(
-    /// A page of sync runs.
-    SyncRunPage,
-    {
-        "type": "object",
-        "additionalProperties": false,
-        "required": ["items", "next_cursor"],
-        "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/SyncRun"}}, "next_cursor": {"type": ["string", "null"]}}
-    }
-);
-
-described!(
     /// A page of a sync run's per-user report.
     SyncRunUserPage,
     {

@@ -67,7 +67,7 @@ pub async fn sign_in(
     admin_key: &str,
     now: i64,
 ) -> Result<Option<Opened>, StoreError> {
-    let Some((key_id, org_id)) = store.admin_key_by_hash(&sha256_hex(admin_key)).await? else {
+    let Some((key_id, org_id)) = store.live_admin_key(&sha256_hex(admin_key)).await? else {
         return Ok(None);
     };
     let secret = random_secret(SECRET_PREFIX).map_err(|e| StoreError::Internal(e.to_string()))?;

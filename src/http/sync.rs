@@ -259,11 +259,12 @@ pub async fn list_runs(
 ) -> Result<HttpResponse, ApiError> {
     let page = q.page()?;
     let rows = state.store.list_sync_runs(&auth.org_id, &page).await?;
-    let next = (rows.len() as u32 == page.limit)
-        .then(|| rows.last().map(|r| super::pagination::cursor_for(&r.id)))
-        .flatten();
     let items: Vec<Value> = rows.iter().map(run_json).collect();
-    Ok(HttpResponse::Ok().json(json!({"items": items, "next_cursor": next})))
+    Ok(
+        HttpResponse::Ok().json(super::pagination::Paged::new(items, &page, |r| {
+            r["id"].as_str().unwrap_or_default()
+        })),
+    )
 }
 
 pub async fn get_run(

@@ -119,19 +119,6 @@ macro_rules! console_sql {
         Ok(())
     }
 
-    /// The id of the live admin key with this hash, and its organization.
-    pub async fn admin_key_by_hash(&self, key_hash: &str) -> crate::store::Result<Option<(String, String)>> {
-        let row: Option<(String, String, String)> = sqlx::query_as(
-            "SELECT id, org_id, key_hash FROM admin_keys WHERE key_hash = $1 AND revoked_at IS NULL",
-        )
-        .bind(key_hash)
-        .fetch_optional(&self.read)
-        .await?;
-        Ok(row
-            .filter(|(_, _, h)| crate::crypto::ct_eq(h, key_hash))
-            .map(|(id, org, _)| (id, org)))
-    }
-
     /// Every token of the organization with its active devices, newest first (the
     /// password-activation pseudo-token included when it exists).
     pub async fn token_rollout(&self, org_id: &str) -> crate::store::Result<Vec<TokenRollout>> {
@@ -146,17 +133,16 @@ macro_rules! console_sql {
         .await?)
     }
 
-    /// Active directory users (of `source`) with no active device: the machines still to come.
-    pub async fn users_without_devices(&self, org_id: &str, source: &str) -> crate::store::Result<i64> {
-        let (n,): (i64,) = sqlx::query_as(
-            "SELECT COUNT(*) FROM users u WHERE u.org_id = $1 AND u.source = $2 AND u.status = 'active'
-               AND NOT EXISTS (SELECT 1 FROM devices d WHERE d.user_id = u.id AND d.status = 'active')",
+    /// Active users with no active device, per source: the machines still to come.
+    pub async fn users_without_devices(&self, org_id: &str) -> crate::store::Result<Vec<(String, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT u.source, COUNT(*) FROM users u WHERE u.org_id = $1 AND u.status = 'active'
+               AND NOT EXISTS (SELECT 1 FROM devices d WHERE d.user_id = u.id AND d.status = 'active')
+             GROUP BY u.source",
         )
         .bind(org_id)
-        .bind(source)
-        .fetch_one(&self.read)
-        .await?;
-        Ok(n)
+        .fetch_all(&self.read)
+        .await?)
     }
 
     /// Attempts in `[since, until)`, counted per `bucket_secs` bucket (its start time) and

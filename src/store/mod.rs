@@ -572,15 +572,12 @@ impl Store {
     pub async fn delete_console_session(&self, id_hash: &str) -> Result<()> {
         on!(self, s => s.delete_console_session(id_hash).await)
     }
-    /// `(admin key id, organization id)` of the live admin key with this hash.
-    pub async fn admin_key_by_hash(&self, key_hash: &str) -> Result<Option<(String, String)>> {
-        on!(self, s => s.admin_key_by_hash(key_hash).await)
-    }
     pub async fn token_rollout(&self, org_id: &str) -> Result<Vec<TokenRollout>> {
         on!(self, s => s.token_rollout(org_id).await)
     }
-    pub async fn users_without_devices(&self, org_id: &str, source: &str) -> Result<i64> {
-        on!(self, s => s.users_without_devices(org_id, source).await)
+    /// `(source, count)` of active users without an active device.
+    pub async fn users_without_devices(&self, org_id: &str) -> Result<Vec<(String, i64)>> {
+        on!(self, s => s.users_without_devices(org_id).await)
     }
     pub async fn activity(
         &self,
@@ -637,8 +634,9 @@ impl Store {
     pub async fn org_by_ref(&self, r: &str) -> Result<Option<OrgRow>> {
         on!(self, s => s.org_by_ref(r).await)
     }
-    pub async fn org_for_admin_key(&self, key_hash: &str) -> Result<Option<String>> {
-        on!(self, s => s.org_for_admin_key(key_hash).await)
+    /// `(key id, organization id)` of the live admin key with this hash.
+    pub async fn live_admin_key(&self, key_hash: &str) -> Result<Option<(String, String)>> {
+        on!(self, s => s.live_admin_key(key_hash).await)
     }
     pub async fn list_admin_keys(&self, org_id: &str) -> Result<Vec<AdminKeyRow>> {
         on!(self, s => s.list_admin_keys(org_id).await)

@@ -141,17 +141,17 @@ macro_rules! org_sql {
             .await?)
     }
 
-    /// The organization a live admin key (by hash) belongs to.
-    pub async fn org_for_admin_key(&self, key_hash: &str) -> crate::store::Result<Option<String>> {
-        let row: Option<(String, String)> = sqlx::query_as(
-            "SELECT org_id, key_hash FROM admin_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+    /// The live admin key with this hash: `(key id, organization id)`.
+    pub async fn live_admin_key(&self, key_hash: &str) -> crate::store::Result<Option<(String, String)>> {
+        let row: Option<(String, String, String)> = sqlx::query_as(
+            "SELECT id, org_id, key_hash FROM admin_keys WHERE key_hash = $1 AND revoked_at IS NULL",
         )
         .bind(key_hash)
         .fetch_optional(&self.read)
         .await?;
         Ok(row
-            .filter(|(_, h)| crate::crypto::ct_eq(h, key_hash))
-            .map(|(org, _)| org))
+            .filter(|(_, _, h)| crate::crypto::ct_eq(h, key_hash))
+            .map(|(id, org, _)| (id, org)))
     }
 
     pub async fn list_admin_keys(&self, org_id: &str) -> crate::store::Result<Vec<AdminKeyRow>> {

@@ -294,15 +294,7 @@ async fn console_requests_that_change_state_need_the_csrf_token() {
     use reqwest::Method;
 
     // Reads work with the cookie alone.
-    let r = with_cookie(
-        &app,
-        Method::GET,
-        "/api/v1/admin/tokens",
-        &cookie,
-        None,
-        None,
-    )
-    .await;
+    let r = get_with_cookie(app.url("/api/v1/admin/tokens"), &cookie).await;
     assert_eq!(r.status(), StatusCode::OK);
 
     for bad in [None, Some("0".repeat(64)), Some(csrf[..63].to_string())] {
@@ -370,15 +362,7 @@ async fn console_requests_that_change_state_need_the_csrf_token() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    let r = with_cookie(
-        &app,
-        Method::GET,
-        "/api/v1/admin/tokens",
-        &cookie,
-        None,
-        None,
-    )
-    .await;
+    let r = get_with_cookie(app.url("/api/v1/admin/tokens"), &cookie).await;
     assert_eq!(r.status(), StatusCode::OK, "the session survived");
     let r = no_redirects()
         .post(app.url("/console/signout"))
@@ -394,26 +378,17 @@ async fn console_requests_that_change_state_need_the_csrf_token() {
             .unwrap()
             .contains("Max-Age=0")
     );
-    let r = with_cookie(
-        &app,
-        Method::GET,
-        "/api/v1/admin/tokens",
-        &cookie,
-        None,
-        None,
-    )
-    .await;
+    let r = get_with_cookie(app.url("/api/v1/admin/tokens"), &cookie).await;
     assert_eq!(error_code(r).await.1, "unauthorized");
 }
 
 #[tokio::test]
 async fn console_sessions_expire_when_idle_at_their_limit_and_with_their_key() {
     let app = spawn_app().await;
-    use reqwest::Method;
     let get = |cookie: String| {
         let app = &app;
         async move {
-            with_cookie(app, Method::GET, "/api/v1/admin/org", &cookie, None, None)
+            get_with_cookie(app.url("/api/v1/admin/org"), &cookie)
                 .await
                 .status()
         }

@@ -528,8 +528,7 @@ fn openapi_wrong_examples_are_rejected() {
 // ---------------------------------------------------------------------------------------------
 // Real answers against their schemas.
 
-async fn check_response(app: &TestApp, resp: reqwest::Response, method: &str, path: &str) -> Value {
-    let _ = app;
+async fn check_response(resp: reqwest::Response, method: &str, path: &str) -> Value {
     let status = resp.status().as_u16().to_string();
     let body: Value = resp.json().await.unwrap();
     let doc = description();
@@ -545,46 +544,36 @@ async fn check_response(app: &TestApp, resp: reqwest::Response, method: &str, pa
 async fn openapi_real_responses_validate() {
     let app = spawn_app().await;
     let get = |p: &str| app.client.get(app.url(p)).send();
-    check_response(&app, get("/healthz").await.unwrap(), "GET", "/healthz").await;
-    check_response(&app, get("/readyz").await.unwrap(), "GET", "/readyz").await;
-    check_response(
-        &app,
-        get("/api/v1/keys").await.unwrap(),
-        "GET",
-        "/api/v1/keys",
-    )
-    .await;
+    check_response(get("/healthz").await.unwrap(), "GET", "/healthz").await;
+    check_response(get("/readyz").await.unwrap(), "GET", "/readyz").await;
+    check_response(get("/api/v1/keys").await.unwrap(), "GET", "/api/v1/keys").await;
 
     // Mint, list, one, rotate.
     let minted = app
         .mint(&json!({"version": "v4", "name": "Berlin", "max_uses": 5}))
         .await;
-    let minted = check_response(&app, minted, "POST", "/api/v1/admin/tokens").await;
+    let minted = check_response(minted, "POST", "/api/v1/admin/tokens").await;
     let token = minted["token"].as_str().unwrap().to_string();
     let id = minted["id"].as_str().unwrap().to_string();
     check_response(
-        &app,
         app.admin_get("/api/v1/admin/tokens").await,
         "GET",
         "/api/v1/admin/tokens",
     )
     .await;
     check_response(
-        &app,
         app.admin_get(&format!("/api/v1/admin/tokens/{id}")).await,
         "GET",
         "/api/v1/admin/tokens/{id}",
     )
     .await;
     check_response(
-        &app,
         app.admin_get("/api/v1/admin/org").await,
         "GET",
         "/api/v1/admin/org",
     )
     .await;
     check_response(
-        &app,
         app.admin_get("/api/v1/admin/admin-keys").await,
         "GET",
         "/api/v1/admin/admin-keys",
@@ -595,9 +584,8 @@ async fn openapi_real_responses_validate() {
     app.map(&crate::helpers::device_map(1)).await;
     let body = crate::helpers::activation(&token, "SER000000", "WS-00000", "user0");
     let activated = app.activate(&body).await;
-    let activated = check_response(&app, activated, "POST", "/api/v1/activations").await;
+    let activated = check_response(activated, "POST", "/api/v1/activations").await;
     let devices = check_response(
-        &app,
         app.admin_get("/api/v1/admin/devices").await,
         "GET",
         "/api/v1/admin/devices",
@@ -605,21 +593,18 @@ async fn openapi_real_responses_validate() {
     .await;
     assert_eq!(devices["items"].as_array().unwrap().len(), 1);
     check_response(
-        &app,
         app.admin_get("/api/v1/admin/users").await,
         "GET",
         "/api/v1/admin/users",
     )
     .await;
     check_response(
-        &app,
         app.admin_get("/api/v1/admin/activations").await,
         "GET",
         "/api/v1/admin/activations",
     )
     .await;
     check_response(
-        &app,
         app.admin_get("/api/v1/admin/device-mappings").await,
         "GET",
         "/api/v1/admin/device-mappings",
@@ -627,7 +612,6 @@ async fn openapi_real_responses_validate() {
     .await;
     let cred = activated["device_credential"].as_str().unwrap();
     check_response(
-        &app,
         app.get_as("/api/v1/device", cred).await,
         "GET",
         "/api/v1/device",
@@ -640,7 +624,7 @@ async fn openapi_real_responses_validate() {
             &json!({"grace_days": 1}),
         )
         .await;
-    check_response(&app, rotated, "POST", "/api/v1/admin/tokens/{id}/rotate").await;
+    check_response(rotated, "POST", "/api/v1/admin/tokens/{id}/rotate").await;
 
     // Error bodies: no key, an unknown id, an unknown body field.
     let anonymous = app
@@ -649,9 +633,8 @@ async fn openapi_real_responses_validate() {
         .send()
         .await
         .unwrap();
-    check_response(&app, anonymous, "GET", "/api/v1/admin/devices").await;
+    check_response(anonymous, "GET", "/api/v1/admin/devices").await;
     check_response(
-        &app,
         app.admin_get("/api/v1/admin/tokens/nope").await,
         "GET",
         "/api/v1/admin/tokens/{id}",
@@ -660,7 +643,7 @@ async fn openapi_real_responses_validate() {
     let unknown_field = app
         .mint(&json!({"version": "v4", "name": "x", "colour": 1}))
         .await;
-    let e = check_response(&app, unknown_field, "POST", "/api/v1/admin/tokens").await;
+    let e = check_response(unknown_field, "POST", "/api/v1/admin/tokens").await;
     assert_eq!(e["error"]["code"], "invalid_request");
 }
 
@@ -725,17 +708,15 @@ async fn openapi_real_admin_responses_validate() {
     let c = app
         .admin_post("/api/v1/admin/connectors", &json!({"name": "hq"}))
         .await;
-    let c = check_response(&app, c, "POST", "/api/v1/admin/connectors").await;
+    let c = check_response(c, "POST", "/api/v1/admin/connectors").await;
     let cid = c["id"].as_str().unwrap().to_string();
     check_response(
-        &app,
         app.admin_get("/api/v1/admin/connectors").await,
         "GET",
         "/api/v1/admin/connectors",
     )
     .await;
     check_response(
-        &app,
         app.admin_get(&format!("/api/v1/admin/connectors/{cid}"))
             .await,
         "GET",
@@ -748,25 +729,19 @@ async fn openapi_real_admin_responses_validate() {
             &json!({}),
         )
         .await;
-    check_response(
-        &app,
-        k,
-        "POST",
-        "/api/v1/admin/connectors/{id}/registration-key",
-    )
-    .await;
+    check_response(k, "POST", "/api/v1/admin/connectors/{id}/registration-key").await;
 
     // Device maps: a dry run, a refusal with row errors, an upload applied.
     let map = crate::helpers::device_map(2);
     let dry = app.upload(&map, "?dry_run=true").await;
-    let dry = check_response(&app, dry, "POST", "/api/v1/admin/device-maps").await;
+    let dry = check_response(dry, "POST", "/api/v1/admin/device-maps").await;
     assert_eq!(dry["dry_run"], true);
     let bad = format!("{map}not-an-email,,,,\n");
     let refused = app.upload(&bad, "").await;
-    let refused = check_response(&app, refused, "POST", "/api/v1/admin/device-maps").await;
+    let refused = check_response(refused, "POST", "/api/v1/admin/device-maps").await;
     assert_eq!(refused["error"]["code"], "device_map_invalid", "{refused}");
     let applied = app.upload(&map, "").await;
-    let applied = check_response(&app, applied, "POST", "/api/v1/admin/device-maps").await;
+    let applied = check_response(applied, "POST", "/api/v1/admin/device-maps").await;
     assert_eq!(applied["applied"], true);
 
     // The overview after an activation and a failure, both windows.
@@ -788,7 +763,6 @@ async fn openapi_real_admin_responses_validate() {
     assert!(failed.status().is_client_error());
     for w in ["24h", "30d"] {
         let o = check_response(
-            &app,
             app.admin_get(&format!("/api/v1/admin/overview?window={w}"))
                 .await,
             "GET",
@@ -802,7 +776,6 @@ async fn openapi_real_admin_responses_validate() {
 
     // Sync settings and profiles.
     check_response(
-        &app,
         app.admin_get("/api/v1/admin/sync-settings").await,
         "GET",
         "/api/v1/admin/sync-settings",
@@ -815,7 +788,7 @@ async fn openapi_real_admin_responses_validate() {
         &json!({"auto_sync_interval_hours": 12}),
     )
     .await;
-    check_response(&app, s, "PUT", "/api/v1/admin/sync-settings").await;
+    check_response(s, "PUT", "/api/v1/admin/sync-settings").await;
     let p = crate::azure::send(
         &app,
         put.clone(),
@@ -823,16 +796,14 @@ async fn openapi_real_admin_responses_validate() {
         &json!({"delete_after_days": 60}),
     )
     .await;
-    check_response(&app, p, "PUT", "/api/v1/admin/profiles/{name}").await;
+    check_response(p, "PUT", "/api/v1/admin/profiles/{name}").await;
     check_response(
-        &app,
         app.admin_get("/api/v1/admin/profiles").await,
         "GET",
         "/api/v1/admin/profiles",
     )
     .await;
     check_response(
-        &app,
         app.admin_get("/api/v1/admin/profiles/Default").await,
         "GET",
         "/api/v1/admin/profiles/{name}",
@@ -848,16 +819,15 @@ async fn openapi_real_admin_responses_validate() {
         &crate::azure::config(&url, &url),
     )
     .await;
-    check_response(&app, cfg, "PUT", "/api/v1/admin/azure").await;
+    check_response(cfg, "PUT", "/api/v1/admin/azure").await;
     check_response(
-        &app,
         app.admin_get("/api/v1/admin/azure").await,
         "GET",
         "/api/v1/admin/azure",
     )
     .await;
     let t = app.admin_post("/api/v1/admin/azure/test", &json!({})).await;
-    let t = check_response(&app, t, "POST", "/api/v1/admin/azure/test").await;
+    let t = check_response(t, "POST", "/api/v1/admin/azure/test").await;
     assert_eq!(t["ok"], true, "{t}");
     let m = app
         .admin_post(
@@ -865,16 +835,14 @@ async fn openapi_real_admin_responses_validate() {
             &crate::azure::group_mapping("laptop users", 20),
         )
         .await;
-    let m = check_response(&app, m, "POST", "/api/v1/admin/azure-mappings").await;
+    let m = check_response(m, "POST", "/api/v1/admin/azure-mappings").await;
     check_response(
-        &app,
         app.admin_get("/api/v1/admin/azure-mappings").await,
         "GET",
         "/api/v1/admin/azure-mappings",
     )
     .await;
     check_response(
-        &app,
         app.admin_get(&format!(
             "/api/v1/admin/azure-mappings/{}",
             m["id"].as_str().unwrap()
@@ -889,12 +857,11 @@ async fn openapi_real_admin_responses_validate() {
     let started = app
         .admin_post("/api/v1/admin/sync?dry_run=true", &json!({}))
         .await;
-    let started = check_response(&app, started, "POST", "/api/v1/admin/sync").await;
+    let started = check_response(started, "POST", "/api/v1/admin/sync").await;
     let rid = started["id"].as_str().unwrap().to_string();
     let mut run = Value::Null;
     for _ in 0..100 {
         run = check_response(
-            &app,
             app.admin_get(&format!("/api/v1/admin/sync-runs/{rid}"))
                 .await,
             "GET",
@@ -908,14 +875,12 @@ async fn openapi_real_admin_responses_validate() {
     }
     assert_ne!(run["status"], "running", "{run}");
     check_response(
-        &app,
         app.admin_get("/api/v1/admin/sync-runs").await,
         "GET",
         "/api/v1/admin/sync-runs",
     )
     .await;
     check_response(
-        &app,
         app.admin_get(&format!("/api/v1/admin/sync-runs/{rid}/users"))
             .await,
         "GET",
@@ -937,14 +902,14 @@ async fn openapi_directory_responses_validate() {
     let r = app
         .admin_get("/api/v1/admin/directory/naming-contexts")
         .await;
-    let root = check_response(&app, r, "get", "/api/v1/admin/directory/naming-contexts").await;
+    let root = check_response(r, "get", "/api/v1/admin/directory/naming-contexts").await;
     assert_eq!(root["root_dse"]["directory_kind"], "openldap");
     let r = app.admin_get("/api/v1/admin/directory/ous").await;
-    let ous = check_response(&app, r, "get", "/api/v1/admin/directory/ous").await;
+    let ous = check_response(r, "get", "/api/v1/admin/directory/ous").await;
     assert!(!ous["items"].as_array().unwrap().is_empty(), "{ous}");
     let r = app
         .admin_get("/api/v1/admin/directory/groups?limit=2")
         .await;
-    let groups = check_response(&app, r, "get", "/api/v1/admin/directory/groups").await;
+    let groups = check_response(r, "get", "/api/v1/admin/directory/groups").await;
     assert!(!groups["items"].as_array().unwrap().is_empty(), "{groups}");
 }

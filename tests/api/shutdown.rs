@@ -188,8 +188,9 @@ async fn sigterm_loses_no_activation_in_flight() {
 
     let (status, out) = server.wait(Duration::from_secs(15)).await;
     assert!(status.success(), "exit {status}:\n{out}");
+    // Well inside the 10 s bound: nothing may hold the server until it is cut.
     assert!(
-        signalled.elapsed() < Duration::from_secs(12),
+        signalled.elapsed() < Duration::from_secs(6),
         "{:?}",
         signalled.elapsed()
     );
