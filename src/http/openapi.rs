@@ -204,10 +204,11 @@ fn operation(o: &Operation, g: &mut Gens, error_ref: &Value) -> Value {
                 );
             }
             Content::Other(media) => {
-                let schema = if media == "application/zip" {
-                    json!({"type": "string", "contentMediaType": media})
-                } else {
-                    json!({"type": "string"})
+                let schema = match media {
+                    "application/zip" => json!({"type": "string", "contentMediaType": media}),
+                    // The description itself: a JSON document, described elsewhere.
+                    "application/json" => json!({"type": "object"}),
+                    _ => json!({"type": "string"}),
                 };
                 r.insert("content".into(), json!({ media: {"schema": schema} }));
             }
